@@ -1,0 +1,59 @@
+// The training-step benchmark: random tokens, warm-up, then every step timed; the median is
+// reported with llm.c's FLOP count (GPT::flops_per_step) for achieved GFLOP/s.
+#include "benchmarks/bench_step.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "runtime/error.h"
+#include "runtime/optim.h"
+#include "runtime/rng.h"
+
+namespace lt::bench {
+
+GPTConfig named_model(const std::string& name) {
+  if (name == "tiny") return GPTConfig{4, 4, 128, 128, 256};
+  if (name == "124m") return GPTConfig{12, 12, 768, 1024, 50257};
+  if (name == "350m") return GPTConfig{24, 16, 1024, 1024, 50257};
+  throw UserError("--model: expected tiny, 124m or 350m, got '" + name + "'");
+}
+
+StepBenchResult bench_step(const std::string& name, const GPTConfig& cfg, int B, int T, int warmup, int steps) {
+  if (T > cfg.block_size) throw UserError("--seq: expected at most the context " + std::to_string(cfg.block_size));
+  auto backend = make_cpu_backend();
+  GPT model(cfg, *backend);
+  model.init_weights(1);
+  AdamW optim(AdamWConfig{}, model);
+  Rng rng(2);
+  std::vector<int32_t> in((size_t)B * T), tgt((size_t)B * T);
+  StepBenchResult r;
+  r.model = name;
+  r.config = cfg;
+  r.B = B;
+  r.T = T;
+  r.params = model.num_params() - (int64_t)(cfg.padded_vocab() - cfg.vocab_size) * cfg.n_embd;
+  for (int i = 0; i < warmup + steps; i++) {
+    for (size_t j = 0; j < in.size(); j++) {
+      in[j] = (int32_t)rng.below(cfg.vocab_size);
+      tgt[j] = (int32_t)rng.below(cfg.vocab_size);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    model.forward(in.data(), tgt.data(), B, T);
+    model.backward();
+    optim.step(1e-4f);
+    backend->synchronize();
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (i >= warmup) r.ms.push_back(ms);
+  }
+  std::vector<double> sorted = r.ms;
+  std::sort(sorted.begin(), sorted.end());
+  const size_t n = sorted.size();
+  r.median_ms = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+  r.min_ms = sorted.front();
+  r.max_ms = sorted.back();
+  r.tokens_per_s = B * T / (r.median_ms / 1e3);
+  r.gflops = model.flops_per_step(B, T) / (r.median_ms / 1e3) / 1e9;
+  return r;
+}
+
+}  // namespace lt::bench

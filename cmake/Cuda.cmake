@@ -1,0 +1,127 @@
+# CUDA support: the hand-written kernels (kernels/cuda -> leasetrain_kernels_cuda), the GEMM
+# benchmark (benchmarks/cuda -> leasetrain_bench_cuda) and their tests: `gpu` (GoogleTest on a
+# device, SKIPPED without one), `cuda-compile` (PTX proves the tensor-core kernels use mma.sync)
+# and `cuda-emulated` (the kernels run on a CPU emulator of the PTX they use).
+# Included by the top-level CMakeLists.txt after find_package(CUDAToolkit) succeeded. Enables
+# the CUDA language only when a CUDA compiler actually works; otherwise it says so and returns
+# with LEASETRAIN_HAVE_CUDA OFF, and the build stays CPU-only.
+include_guard(GLOBAL)
+set(LEASETRAIN_HAVE_CUDA OFF)
+
+# Let check_language find the toolkit's nvcc even when it is not on PATH.
+if(NOT DEFINED CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND CUDAToolkit_NVCC_EXECUTABLE)
+  set(ENV{CUDACXX} "${CUDAToolkit_NVCC_EXECUTABLE}")
+endif()
+include(CheckLanguage)
+check_language(CUDA)
+if(NOT CMAKE_CUDA_COMPILER)
+  message(STATUS "leasetrain: CUDA toolkit found but no working CUDA compiler: CUDA kernels not built")
+  return()
+endif()
+
+# sm_80 machine code runs on Ampere and newer; 90a adds Hopper's own instructions for the
+# wgmma/TMA path to come. Override with -DCMAKE_CUDA_ARCHITECTURES=... (e.g. "90a" alone on H100
+# to halve the build). Must be set before enable_language(CUDA), which would pick a default.
+if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
+  set(CMAKE_CUDA_ARCHITECTURES "80;90a" CACHE STRING "CUDA architectures for the kernels" FORCE)
+endif()
+enable_language(CUDA)
+set(CMAKE_CUDA_STANDARD 20)
+set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+set(CMAKE_CUDA_EXTENSIONS OFF)
+set(LEASETRAIN_HAVE_CUDA ON)
+message(STATUS "leasetrain: CUDA ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES}")
+
+set(LT_CUDA_DIR ${PROJECT_SOURCE_DIR}/kernels/cuda)
+file(GLOB LT_CUDA_HEADERS CONFIGURE_DEPENDS ${LT_CUDA_DIR}/*.h ${LT_CUDA_DIR}/*.cuh)
+
+# The kernels. cudart is linked statically so a binary has no libcudart dependency and, on a
+# machine without a driver, cudaGetDeviceCount just fails and the caller falls back to the CPU.
+# cuBLAS is only the baseline (tests, benchmarks, --gemm cublas).
+add_library(leasetrain_kernels_cuda STATIC
+  ${LT_CUDA_DIR}/gemm.cu ${LT_CUDA_DIR}/gemm_cublas.cu ${LT_CUDA_DIR}/attention.cu ${LT_CUDA_DIR}/ops.cu)
+target_link_libraries(leasetrain_kernels_cuda PUBLIC leasetrain_flags CUDA::cudart_static CUDA::cublas)
+target_compile_definitions(leasetrain_kernels_cuda PUBLIC LEASETRAIN_HAVE_CUDA=1)
+target_compile_options(leasetrain_kernels_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo>)
+set_target_properties(leasetrain_kernels_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON)
+
+# The GEMM benchmark: the same gemm()/gemm_cublas() symbols the trainer calls.
+file(GLOB LT_BENCH_CUDA_SRC CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/benchmarks/cuda/*.cu)
+add_library(leasetrain_bench_cuda STATIC ${LT_BENCH_CUDA_SRC})
+target_link_libraries(leasetrain_bench_cuda PUBLIC leasetrain_kernels_cuda)
+
+if(NOT LEASETRAIN_BUILD_TESTS)
+  return()
+endif()
+enable_testing()
+
+# cuda-compile: PTX of the tensor-core sources (compute_80: mma.sync is the same on every arch
+# built), then a script that fails unless every named kernel contains mma.sync, ldmatrix and
+# cp.async. Costs one front-end pass per file; no ptxas.
+set(LT_PTX_DIR ${CMAKE_CURRENT_BINARY_DIR}/ptx)
+set(LT_PTX_FILES "")
+set(LT_PTX_HOST_FLAGS "")
+if(CMAKE_CUDA_HOST_COMPILER)
+  set(LT_PTX_HOST_FLAGS -ccbin ${CMAKE_CUDA_HOST_COMPILER})
+endif()
+foreach(name gemm attention)
+  set(ptx ${LT_PTX_DIR}/${name}.compute_80.ptx)
+  add_custom_command(OUTPUT ${ptx}
+    COMMAND ${CMAKE_COMMAND} -E make_directory ${LT_PTX_DIR}
+    COMMAND ${CMAKE_CUDA_COMPILER} ${LT_PTX_HOST_FLAGS} -std=c++20 -O3 -arch=compute_80 -ptx
+            -I${PROJECT_SOURCE_DIR} ${LT_CUDA_DIR}/${name}.cu -o ${ptx}
+    DEPENDS ${LT_CUDA_DIR}/${name}.cu ${LT_CUDA_HEADERS}
+    COMMENT "PTX of kernels/cuda/${name}.cu for the cuda-compile check" VERBATIM)
+  list(APPEND LT_PTX_FILES ${ptx})
+endforeach()
+add_custom_target(leasetrain_cuda_ptx ALL DEPENDS ${LT_PTX_FILES})
+add_test(NAME cuda_ptx_uses_mma_sync
+  COMMAND ${CMAKE_COMMAND} "-DPTX_FILES=${LT_PTX_FILES}"
+          "-DKERNELS=gemm_mma_kernel;flash_fwd_kernel;flash_bwd_dq_kernel;flash_bwd_dkdv_kernel"
+          "-DPATTERNS=mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32;ldmatrix.sync.aligned.m8n8.x4;cp.async.cg.shared.global"
+          -P ${PROJECT_SOURCE_DIR}/tests/cuda/check_ptx_mma.cmake)
+set_tests_properties(cuda_ptx_uses_mma_sync PROPERTIES LABELS cuda-compile)
+
+find_package(GTest REQUIRED)
+include(GoogleTest)
+
+# gpu: every kernel against the CPU reference on a device. Without one each test prints
+# "[  SKIPPED ]" and CTest reports it as skipped, not passed.
+add_executable(test_kernels_gpu ${PROJECT_SOURCE_DIR}/tests/cuda/test_kernels_gpu.cu)
+target_link_libraries(test_kernels_gpu PRIVATE leasetrain_kernels_cuda leasetrain_kernels_cpu GTest::gtest)
+gtest_discover_tests(test_kernels_gpu
+  PROPERTIES LABELS gpu SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" DISCOVERY_TIMEOUT 60)
+
+# cuda-emulated: the same test file and the same kernel sources compiled as C++ against
+# tests/cuda/emulator.h (host threads, PTX fragment semantics), so CI without a GPU still runs
+# the kernels' index math, pipelines and barriers. tests/cuda/emulate.cmake rewrites the launch
+# syntax (and copies the test file to a .cpp). Every CUDA thread is an OS thread, so this is
+# slow: LT_EMULATED trims the test's shape lists, and the cuBLAS tests are left out.
+option(LEASETRAIN_CUDA_EMULATED_TESTS "Run the CUDA kernels on the CPU emulator in CTest" ON)
+if(LEASETRAIN_CUDA_EMULATED_TESTS)
+  set(LT_EMU_DIR ${CMAKE_CURRENT_BINARY_DIR}/emulated)
+  set(LT_EMU_SRC "")
+  foreach(src ${LT_CUDA_DIR}/gemm.cu ${LT_CUDA_DIR}/attention.cu ${LT_CUDA_DIR}/ops.cu
+              ${PROJECT_SOURCE_DIR}/tests/cuda/test_kernels_gpu.cu)
+    get_filename_component(name ${src} NAME_WE)
+    set(out ${LT_EMU_DIR}/${name}.cpp)
+    add_custom_command(OUTPUT ${out}
+      COMMAND ${CMAKE_COMMAND} -DIN=${src} -DOUT=${out} -P ${PROJECT_SOURCE_DIR}/tests/cuda/emulate.cmake
+      DEPENDS ${src} ${PROJECT_SOURCE_DIR}/tests/cuda/emulate.cmake
+      COMMENT "Rewriting ${name}.cu for the CPU emulator" VERBATIM)
+    list(APPEND LT_EMU_SRC ${out})
+  endforeach()
+  add_executable(test_kernels_emulated ${LT_EMU_SRC} ${PROJECT_SOURCE_DIR}/tests/cuda/emulator_stubs.cpp)
+  target_include_directories(test_kernels_emulated PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_options(test_kernels_emulated PRIVATE
+    -include ${PROJECT_SOURCE_DIR}/tests/cuda/emulator.h -fno-strict-aliasing -Wno-unknown-pragmas
+    -Wno-unused-variable -Wno-unused-but-set-variable -Wno-unused-function)
+  target_compile_definitions(test_kernels_emulated PRIVATE LT_EMULATED=1)
+  target_link_libraries(test_kernels_emulated PRIVATE leasetrain_flags leasetrain_kernels_cpu GTest::gtest
+    Threads::Threads)
+  gtest_discover_tests(test_kernels_emulated
+    TEST_PREFIX "emulated."
+    TEST_FILTER "-*Cublas*"
+    PROPERTIES LABELS cuda-emulated SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" TIMEOUT 900
+               DISCOVERY_TIMEOUT 60)
+endif()

@@ -1,0 +1,312 @@
+// CPU reference ops (see ops.h). Every parallel loop writes disjoint outputs and every
+// reduction runs in a fixed order, so results are bit-identical run to run for a given
+// thread count: --resume relies on that.
+#include "kernels/cpu/ops.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace lt::cpu {
+
+namespace {
+constexpr int kColBlock = 16;  // columns per task in column-parallel reductions (one cache line)
+}
+
+void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                     int T, int C) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++) {
+      float* o = out + ((int64_t)b * T + t) * C;
+      const float* e = wte + (int64_t)tokens[b * T + t] * C;
+      const float* p = wpe + (int64_t)t * C;
+      for (int c = 0; c < C; c++) o[c] = e[c] + p[c];
+    }
+}
+
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
+                      int T, int C) {
+  // Several positions may hold the same token, so split the work by channel, not by position.
+#pragma omp parallel for schedule(static)
+  for (int c0 = 0; c0 < C; c0 += kColBlock) {
+    int c1 = std::min(C, c0 + kColBlock);
+    for (int b = 0; b < B; b++)
+      for (int t = 0; t < T; t++) {
+        const float* d = dout + ((int64_t)b * T + t) * C;
+        float* e = dwte + (int64_t)tokens[b * T + t] * C;
+        float* p = dwpe + (int64_t)t * C;
+        for (int c = c0; c < c1; c++) {
+          e[c] += d[c];
+          p[c] += d[c];
+        }
+      }
+  }
+}
+
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
+                       const float* b, int N, int C) {
+  const float eps = 1e-5f;
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) {
+    const float* x = inp + (int64_t)n * C;
+    float m = 0.f;
+    for (int c = 0; c < C; c++) m += x[c];
+    m /= C;
+    float var = 0.f;
+    for (int c = 0; c < C; c++) var += (x[c] - m) * (x[c] - m);
+    var /= C;
+    float s = 1.f / std::sqrt(var + eps);
+    float* o = out + (int64_t)n * C;
+    for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
+    mean[n] = m;
+    rstd[n] = s;
+  }
+}
+
+void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
+                        const float* w, const float* mean, const float* rstd, int N, int C) {
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; n++) {
+      const float* d = dout + (int64_t)n * C;
+      const float* x = inp + (int64_t)n * C;
+      float m = mean[n], s = rstd[n];
+      // dnorm = dout * w; dx = s * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
+      float dnorm_mean = 0.f, dnorm_norm_mean = 0.f;
+      for (int c = 0; c < C; c++) {
+        float dn = w[c] * d[c];
+        dnorm_mean += dn;
+        dnorm_norm_mean += dn * (x[c] - m) * s;
+      }
+      dnorm_mean /= C;
+      dnorm_norm_mean /= C;
+      float* di = dinp + (int64_t)n * C;
+      for (int c = 0; c < C; c++) {
+        float norm = (x[c] - m) * s;
+        di[c] += (w[c] * d[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
+      }
+    }
+#pragma omp for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += kColBlock) {
+      int c1 = std::min(C, c0 + kColBlock);
+      for (int n = 0; n < N; n++) {
+        const float* d = dout + (int64_t)n * C;
+        const float* x = inp + (int64_t)n * C;
+        for (int c = c0; c < c1; c++) {
+          dw[c] += (x[c] - mean[n]) * rstd[n] * d[c];
+          db[c] += d[c];
+        }
+      }
+    }
+  }
+}
+
+void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
+                    int OC) {
+  if (bias) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) std::memcpy(out + (int64_t)n * OC, bias, sizeof(float) * OC);
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.f, inp, C, w, C,
+              bias ? 1.f : 0.f, out, OC);
+}
+
+void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
+                     const float* w, int N, int C, int OC) {
+  if (dinp)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.f, dout, OC, w, C, 0.f,
+                dinp, C);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.f, dout, OC, inp, C, 1.f, dw, C);
+  if (dbias) {
+#pragma omp parallel for schedule(static)
+    for (int o0 = 0; o0 < OC; o0 += kColBlock) {
+      int o1 = std::min(OC, o0 + kColBlock);
+      for (int n = 0; n < N; n++) {
+        const float* d = dout + (int64_t)n * OC;
+        for (int o = o0; o < o1; o++) dbias[o] += d[o];
+      }
+    }
+  }
+}
+
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
+  const int hs = C / NH;
+  const float scale = 1.f / std::sqrt((float)hs);
+  const int64_t C3 = 3 * (int64_t)C;
+#pragma omp parallel for collapse(3) schedule(static)
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < NH; h++)
+      for (int t = 0; t < T; t++) {
+        const float* q = qkv + (b * T + t) * C3 + h * hs;
+        float* a = att + (((int64_t)b * NH + h) * T + t) * T;
+        float maxv = -INFINITY;
+        for (int t2 = 0; t2 <= t; t2++) {
+          const float* k = qkv + (b * T + t2) * C3 + C + h * hs;
+          float s = 0.f;
+          for (int i = 0; i < hs; i++) s += q[i] * k[i];
+          s *= scale;
+          a[t2] = s;
+          maxv = std::max(maxv, s);
+        }
+        float sum = 0.f;
+        for (int t2 = 0; t2 <= t; t2++) {
+          a[t2] = std::exp(a[t2] - maxv);
+          sum += a[t2];
+        }
+        float inv = 1.f / sum;
+        for (int t2 = 0; t2 < T; t2++) a[t2] = t2 <= t ? a[t2] * inv : 0.f;
+        float* o = out + ((int64_t)b * T + t) * C + h * hs;
+        for (int i = 0; i < hs; i++) o[i] = 0.f;
+        for (int t2 = 0; t2 <= t; t2++) {
+          const float* v = qkv + (b * T + t2) * C3 + 2 * C + h * hs;
+          for (int i = 0; i < hs; i++) o[i] += a[t2] * v[i];
+        }
+      }
+}
+
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B,
+                        int T, int C, int NH) {
+  const int hs = C / NH;
+  const float scale = 1.f / std::sqrt((float)hs);
+  const int64_t C3 = 3 * (int64_t)C;
+  // dk and dv of one head gather from every later query, so a task is one (batch, head).
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < NH; h++) {
+      std::vector<float> datt(T), dpre(T);
+      for (int t = 0; t < T; t++)
+        for (int part = 0; part < 3; part++)
+          std::memset(dqkv + (b * T + t) * C3 + part * C + h * hs, 0, sizeof(float) * hs);
+      for (int t = 0; t < T; t++) {
+        const float* a = att + (((int64_t)b * NH + h) * T + t) * T;
+        const float* d = dout + ((int64_t)b * T + t) * C + h * hs;
+        const float* q = qkv + (b * T + t) * C3 + h * hs;
+        float* dq = dqkv + (b * T + t) * C3 + h * hs;
+        float dot = 0.f;
+        for (int t2 = 0; t2 <= t; t2++) {
+          const float* v = qkv + (b * T + t2) * C3 + 2 * C + h * hs;
+          float* dv = dqkv + (b * T + t2) * C3 + 2 * C + h * hs;
+          float s = 0.f;
+          for (int i = 0; i < hs; i++) {
+            s += d[i] * v[i];
+            dv[i] += a[t2] * d[i];
+          }
+          datt[t2] = s;
+          dot += a[t2] * s;
+        }
+        for (int t2 = 0; t2 <= t; t2++) dpre[t2] = a[t2] * (datt[t2] - dot) * scale;
+        for (int t2 = 0; t2 <= t; t2++) {
+          const float* k = qkv + (b * T + t2) * C3 + C + h * hs;
+          float* dk = dqkv + (b * T + t2) * C3 + C + h * hs;
+          for (int i = 0; i < hs; i++) {
+            dq[i] += dpre[t2] * k[i];
+            dk[i] += dpre[t2] * q[i];
+          }
+        }
+      }
+    }
+}
+
+namespace {
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
+}
+
+void gelu_forward(float* out, const float* inp, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    float x = inp[i];
+    out[i] = 0.5f * x * (1.f + std::tanh(kGeluScale * (x + 0.044715f * x * x * x)));
+  }
+}
+
+void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    float x = inp[i];
+    float u = kGeluScale * (x + 0.044715f * x * x * x);
+    float th = std::tanh(u);
+    float sech2 = 1.f - th * th;
+    float grad = 0.5f * (1.f + th) + 0.5f * x * sech2 * kGeluScale * (1.f + 3.f * 0.044715f * x * x);
+    dinp[i] = grad * dout[i];
+  }
+}
+
+void residual_forward(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void crossentropy_forward(float* losses, float* probs, const float* logits, const int32_t* targets,
+                          int N, int V, int Vp) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) {
+    const float* l = logits + (int64_t)n * Vp;
+    float* p = probs + (int64_t)n * Vp;
+    const float logit_t = l[targets[n]];  // read before an in-place overwrite
+    float maxv = -INFINITY;
+    for (int v = 0; v < V; v++) maxv = std::max(maxv, l[v]);
+    double sum = 0.0;
+    for (int v = 0; v < V; v++) {
+      p[v] = std::exp(l[v] - maxv);
+      sum += p[v];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int v = 0; v < V; v++) p[v] *= inv;
+    for (int v = V; v < Vp; v++) p[v] = 0.f;
+    losses[n] = (float)(std::log(sum) + maxv - logit_t);
+  }
+}
+
+void crossentropy_backward(float* dlogits, const float* probs, const int32_t* targets, float dloss,
+                           int N, int V, int Vp) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) {
+    const float* p = probs + (int64_t)n * Vp;
+    float* d = dlogits + (int64_t)n * Vp;
+    for (int v = 0; v < V; v++) d[v] = p[v] * dloss;
+    for (int v = V; v < Vp; v++) d[v] = 0.f;
+    d[targets[n]] -= dloss;
+  }
+}
+
+void adamw_update(float* p, float* g, float* m, float* v, int64_t n, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, float grad_scale, int step) {
+  const float bc1 = 1.f - std::pow(beta1, (float)step);
+  const float bc2_sqrt = std::sqrt(1.f - std::pow(beta2, (float)step));
+  const float step_size = lr / bc1;
+  const float decay = 1.f - lr * weight_decay;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    float grad = g[i] * grad_scale;
+    g[i] = 0.f;
+    float mi = beta1 * m[i] + (1.f - beta1) * grad;
+    float vi = beta2 * v[i] + (1.f - beta2) * grad * grad;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * decay - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
+  }
+}
+
+double sum_squares(const float* x, int64_t n) {
+  // Fixed-size chunks summed in order: the result does not depend on the thread count.
+  constexpr int64_t kChunk = 1 << 14;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> part(chunks);
+#pragma omp parallel for schedule(static)
+  for (int64_t ci = 0; ci < chunks; ci++) {
+    const int64_t lo = ci * kChunk, hi = std::min(n, lo + kChunk);
+    double s = 0.0;
+    for (int64_t i = lo; i < hi; i++) s += (double)x[i] * x[i];
+    part[ci] = s;
+  }
+  double total = 0.0;
+  for (double s : part) total += s;
+  return total;
+}
+
+}  // namespace lt::cpu

@@ -1,0 +1,31 @@
+// Causal flash attention on the GPU (bf16 in, fp32 accumulation, mma.sync tensor cores).
+// defines: attention_supported, attention_forward, attention_backward(_scratch_bytes).
+//
+// Layout as in kernels/cpu/ops.h: qkv [B,T,3C] holds q, k, v for NH heads of C/NH each,
+// out [B,T,C]. The T x T score matrix never exists in memory; forward saves one log-sum-exp per
+// query row instead of the CPU op's att [B,NH,T,T], and backward recomputes the probabilities.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace lt::cuda {
+
+// Head dims with a kernel: 64 (GPT-2) and 128. Pointers must be 16-byte aligned.
+bool attention_supported(int head_dim);
+
+// out [B,T,C] bf16 (assigned). lse [B,NH,T] fp32: per query row, log2 of the sum of
+// exp2(score * log2(e) / sqrt(head_dim)) over its keys, i.e. the row's base-2 log-sum-exp of the
+// scaled scores; only attention_backward reads it. Any T >= 1.
+void attention_forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16* qkv, int B, int T, int C, int NH,
+                       cudaStream_t stream);
+
+size_t attention_backward_scratch_bytes(int B, int T, int NH);
+// dqkv [B,T,3C] (assigned) from dout [B,T,C] and the forward's qkv, out and lse. `scratch`
+// (attention_backward_scratch_bytes) receives D = rowsum(dout * out). Deterministic: no atomics
+// (dq and dk/dv are computed by separate kernels, each output row owned by one warp).
+void attention_backward(__nv_bfloat16* dqkv, void* scratch, const __nv_bfloat16* dout, const __nv_bfloat16* out,
+                        const float* lse, const __nv_bfloat16* qkv, int B, int T, int C, int NH, cudaStream_t stream);
+
+}  // namespace lt::cuda

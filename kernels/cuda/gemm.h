@@ -1,0 +1,86 @@
+// The hand-written GEMM for training: bf16 (or fp32) row-major inputs, fp32 accumulation,
+// fused epilogues. defines: Layout, Epilogue, GemmPath, DataType, GemmArgs, gemm, gemm_cublas.
+//
+// One entry point, `gemm(args, stream)`, picks a kernel path (GemmPath) behind the same
+// arguments, so a Hopper wgmma/TMA path can be added as another GemmPath later without
+// touching a caller. `gemm_cublas` runs the same arguments through cuBLAS: the baseline for
+// tests, benchmarks and `--gemm cublas`.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace lt::cuda {
+
+// The three products of a linear layer, all on row-major storage (C is always [M,N]):
+//   NT: C[M,N] = A[M,K] @ B[N,K]^T   forward:          out = inp @ W^T
+//   NN: C[M,N] = A[M,K] @ B[K,N]     input gradient:   dinp = dout @ W
+//   TN: C[M,N] = A[K,M]^T @ B[K,N]   weight gradient:  dW = dout^T @ inp (usually beta = 1)
+enum class Layout { NT, NN, TN };
+
+enum class DataType { F32, BF16 };
+
+// Epilogue steps, applied in this order to each fp32 result v = (A.B)[m,n]:
+//   Bias:     v += bias[n]
+//   Gelu:     aux[m,n] = v (when aux is set: the pre-activation backward needs), v = gelu(v)
+//   GeluGrad: v *= gelu'(aux[m,n])  (aux holds the pre-activation; fuses gelu_backward)
+//   Residual: v += residual[m,n]
+//   then      v += beta * C[m,n]    (beta != 0 accumulates, e.g. weight gradients)
+// residual and C may alias (each element is read, then written, by one thread); aux may alias
+// C only for GeluGrad.
+enum class Epilogue : uint32_t { None = 0, Bias = 1, Gelu = 2, GeluGrad = 4, Residual = 8 };
+constexpr Epilogue operator|(Epilogue a, Epilogue b) { return Epilogue(uint32_t(a) | uint32_t(b)); }
+constexpr bool has(Epilogue set, Epilogue e) { return (uint32_t(set) & uint32_t(e)) != 0; }
+
+// Which kernel runs. Auto: the tensor-core path when inputs are bf16 with 16-byte aligned rows
+// (base pointers 16-byte aligned, leading dimensions multiples of 8), else the SIMT path.
+enum class GemmPath {
+  Auto,
+  MmaSync,  // mma.sync m16n8k16 + ldmatrix + cp.async pipeline (sm_80 and newer)
+  Simt,     // plain fp32 FMA tiles: any alignment, bf16 or fp32 inputs
+  // Wgmma,  // reserved: Hopper wgmma + TMA (sm_90a), a later issue
+};
+const char* to_string(GemmPath p);
+
+struct GemmArgs {
+  Layout layout = Layout::NT;
+  int M = 0, N = 0, K = 0;  // C is [M,N]; K is the reduction length (may be 0)
+  // Leading dimensions in elements; 0 means packed: A is [M,K] (NT, NN) or [K,M] (TN),
+  // B is [N,K] (NT) or [K,N] (NN, TN), C/residual/aux are [M,N].
+  const void* A = nullptr;
+  int64_t lda = 0;
+  const void* B = nullptr;
+  int64_t ldb = 0;
+  void* C = nullptr;
+  int64_t ldc = 0;
+  DataType in_type = DataType::BF16;   // A, B and bias
+  DataType out_type = DataType::BF16;  // C, residual and aux
+  float beta = 0.f;
+  Epilogue epilogue = Epilogue::None;
+  const void* bias = nullptr;  // [N]
+  const void* residual = nullptr;
+  int64_t ldr = 0;
+  void* aux = nullptr;
+  int64_t ld_aux = 0;
+  GemmPath path = GemmPath::Auto;
+};
+
+// Enqueues C = epilogue(op(A) op(B)) + beta*C on `stream`; any M, N, K >= 0. Returns the path
+// that ran (MmaSync requested on inputs it cannot take falls back to Simt: check the result
+// where that matters, e.g. in a benchmark). Invalid arguments abort with a message.
+GemmPath gemm(const GemmArgs& args, cudaStream_t stream);
+
+// True when `args` can take the MmaSync path (dtype and alignment).
+bool gemm_mma_eligible(const GemmArgs& args);
+
+// The same product through cuBLAS (cublasGemmEx, fp32 compute: no TF32), for every GemmArgs.
+// Without an epilogue it is one cuBLAS call (beta included). With one, cuBLAS writes the fp32
+// product to `workspace` (gemm_cublas_workspace_bytes) and the epilogue above runs as a
+// separate pass, so the baseline computes exactly what gemm() computes. `cublas_handle` is a
+// cublasHandle_t (void* keeps cublas_v2.h out of this header); its stream is set to `stream`.
+size_t gemm_cublas_workspace_bytes(const GemmArgs& args);
+void gemm_cublas(const GemmArgs& args, void* cublas_handle, void* workspace, size_t workspace_bytes,
+                 cudaStream_t stream);
+
+}  // namespace lt::cuda

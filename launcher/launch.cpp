@@ -1,0 +1,283 @@
+// Environment allowlist, mpirun/srun command building and the supervised start (launch.h).
+#include "launcher/launch.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+#include <sstream>
+
+#include "launcher/storage.h"
+#include "runtime/error.h"
+#include "runtime/sha256.h"
+
+extern char** environ;
+
+namespace lt::lease {
+namespace {
+
+bool starts_with(const std::string& s, std::string_view p) { return s.rfind(p, 0) == 0; }
+
+bool matches(const std::string& name, const std::string& pattern) {
+  if (!pattern.empty() && pattern.back() == '*') return starts_with(name, pattern.substr(0, pattern.size() - 1));
+  return name == pattern;
+}
+
+const std::vector<std::string> kBase = {"PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ", "TMPDIR"};
+const std::vector<std::string> kDefaultAllowed = {"NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "OMP_NUM_THREADS",
+                                                  "OMP_PROC_BIND", "OMP_PLACES"};
+// What the launcher process itself needs (ssh to remote nodes, a terminal), never given to
+// ranks through -x.
+const std::vector<std::string> kLauncherOnly = {"HOME", "USER", "LOGNAME", "SHELL", "TERM", "SSH_AUTH_SOCK"};
+
+// Inherited variables worth naming when dropped: they change what NCCL, CUDA, MPI or the
+// dynamic loader do.
+bool is_notable(const std::string& n) {
+  for (std::string_view p : {"NCCL_", "CUDA_", "OMPI_", "PMIX_", "UCX_", "NVSHMEM_", "GLOO_", "OMP_", "MPI_",
+                             "LEASETRAIN_", "LD_", "HCOLL_", "SHARP_", "FI_", "I_MPI_"})
+    if (starts_with(n, p)) return true;
+  return false;
+}
+
+std::string join(const std::vector<std::string>& v, const std::string& sep) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) out += sep;
+    out += v[i];
+  }
+  return out;
+}
+
+}  // namespace
+
+EnvMap current_environment() {
+  EnvMap m;
+  for (char** e = environ; e && *e; ++e) {
+    const char* eq = std::strchr(*e, '=');
+    if (eq) m.emplace(std::string(*e, size_t(eq - *e)), std::string(eq + 1));
+  }
+  return m;
+}
+
+EnvFilter filter_environment(const EnvMap& inherited, const Policy& policy) {
+  EnvFilter f;
+  if (auto it = inherited.find("NCCL_COMM_ID"); it != inherited.end())
+    throw UserError("NCCL_COMM_ID is set (" + it->second +
+                    "): NCCL would bootstrap with a fixed connection magic that other tenants can guess; "
+                    "unset it (the trainer sends the NCCL id by MPI_Bcast)");
+  std::string plugin = "none";
+  if (auto it = inherited.find("NCCL_NET_PLUGIN"); it != inherited.end()) {
+    const auto& ok = policy.net_plugins;
+    if (std::find(ok.begin(), ok.end(), it->second) == ok.end())
+      throw UserError("NCCL_NET_PLUGIN=" + it->second + " is not approved by the lease (approved: " +
+                      (ok.empty() ? std::string("none") : join(ok, ", ")) + "); unset it or ask the operator");
+    plugin = it->second;
+  }
+  f.passed["NCCL_NET_PLUGIN"] = plugin;
+  for (const auto& [name, value] : inherited) {
+    if (name == "NCCL_NET_PLUGIN") continue;
+    bool pass = !is_lease_controlled_env(name) &&
+                (std::find(kBase.begin(), kBase.end(), name) != kBase.end() ||
+                 std::find(kDefaultAllowed.begin(), kDefaultAllowed.end(), name) != kDefaultAllowed.end() ||
+                 std::any_of(policy.allow_env.begin(), policy.allow_env.end(),
+                             [&](const std::string& p) { return matches(name, p); }));
+    if (pass) f.passed[name] = value;
+    else if (is_notable(name)) f.dropped.push_back(name);
+    else if (std::find(kLauncherOnly.begin(), kLauncherOnly.end(), name) == kLauncherOnly.end()) ++f.dropped_other;
+  }
+  return f;
+}
+
+std::string shell_quote(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.,:/=+@%") ==
+                        std::string::npos)
+    return s;
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string command_line(const LaunchCommand& cmd) {
+  std::string out;
+  for (size_t i = 0; i < cmd.argv.size(); ++i) {
+    if (i) out += " ";
+    out += shell_quote(cmd.argv[i]);
+  }
+  return out;
+}
+
+LaunchCommand build_launch(const Plan& plan, const EnvFilter& env, const LaunchOptions& opt) {
+  if (opt.command.empty()) throw UserError("launch: no command to run (give it after --, e.g. -- train --config c.toml)");
+  if (opt.job_dir.empty()) throw UserError("launch: no job directory");
+  LaunchCommand c;
+  const bool in_slurm = opt.inherited.count("SLURM_JOB_ID") > 0;
+  if (opt.launcher == "auto") c.launcher = in_slurm ? "srun" : "mpirun";
+  else if (opt.launcher == "mpirun" || opt.launcher == "srun") c.launcher = opt.launcher;
+  else throw UserError("--launcher: expected auto, mpirun or srun, got '" + opt.launcher + "'");
+
+  // Per-rank environment: what the caller may pass, then the lease's own values on top.
+  for (const RankPlan& r : plan.ranks) {
+    EnvMap e = env.passed;
+    for (const auto& [k, v] : r.env) e[k] = v;
+    e["LEASETRAIN_JOB_DIR"] = opt.job_dir;
+    c.rank_env.push_back(std::move(e));
+  }
+  nlohmann::json ej = c.rank_env;
+  c.env_sha256 = sha256_hex(ej.dump());
+
+  // The launcher's own environment: the base variables, what ssh/srun need, nothing else.
+  for (const auto& [k, v] : env.passed)
+    if (std::find(kBase.begin(), kBase.end(), k) != kBase.end()) c.exec_env[k] = v;
+  for (const std::string& k : kLauncherOnly)
+    if (auto it = opt.inherited.find(k); it != opt.inherited.end()) c.exec_env[k] = it->second;
+  if (!c.exec_env.count("PATH")) c.exec_env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
+
+  std::ostringstream hostfile;
+  for (const NodePlan& n : plan.nodes) hostfile << n.host << " slots=" << n.slots << "\n";
+  c.files.emplace_back(opt.job_dir + "/hostfile", hostfile.str());
+
+  if (c.launcher == "mpirun") {
+    auto& a = c.argv;
+    a = {opt.mpirun};
+    if (opt.as_root) a.push_back("--allow-run-as-root");
+    const std::string ifs = join(plan.mpi_interfaces, ",");
+    const std::vector<std::string> global = {"--hostfile", opt.job_dir + "/hostfile", "--bind-to", "none",
+                                             "--mca", "btl_tcp_if_include", ifs,
+                                             "--mca", "oob_tcp_if_include", ifs};
+    a.insert(a.end(), global.begin(), global.end());
+    // One app context per rank, in rank order: OpenMPI numbers ranks by context, and -x given
+    // inside a context applies to that context only.
+    for (size_t i = 0; i < plan.ranks.size(); ++i) {
+      if (i) a.push_back(":");
+      // host:slots, the node's whole share: a bare host counts as one slot and the second
+      // context on the same node would find it full.
+      int slots = 1;
+      for (const NodePlan& n : plan.nodes)
+        if (n.host == plan.ranks[i].host) slots = n.slots;
+      const std::vector<std::string> context = {"-np", "1", "--host", plan.ranks[i].host + ":" + std::to_string(slots)};
+      a.insert(a.end(), context.begin(), context.end());
+      for (const auto& [k, v] : c.rank_env[i]) {
+        a.push_back("-x");
+        a.push_back(k + "=" + v);
+      }
+      a.insert(a.end(), opt.command.begin(), opt.command.end());
+    }
+  } else {
+    // srun: SLURM_HOSTFILE + --distribution=arbitrary pins rank i to the i-th line's host;
+    // --multi-prog gives each rank its own command line, which sets its environment.
+    for (const std::string& arg : opt.command)
+      if (arg.find_first_of(" \t\n'\"\\%") != std::string::npos)
+        throw UserError("srun --multi-prog cannot carry the argument '" + arg +
+                        "' (spaces, quotes, backslashes or '%'); pass it in a config file instead");
+    for (const auto& e : c.rank_env)
+      for (const auto& [k, v] : e)
+        if (v.find_first_of(" \t\n'\"\\%") != std::string::npos)
+          throw UserError("srun --multi-prog cannot carry " + k + "='" + v + "' (spaces, quotes, backslashes or '%')");
+    std::ostringstream hosts, prog;
+    std::vector<std::string> nodelist;
+    for (const NodePlan& n : plan.nodes) nodelist.push_back(n.host);
+    for (size_t i = 0; i < plan.ranks.size(); ++i) {
+      hosts << plan.ranks[i].host << "\n";
+      prog << i << " /usr/bin/env";
+      for (const auto& [k, v] : c.rank_env[i]) prog << " " << k << "=" << v;
+      for (const std::string& arg : opt.command) prog << " " << arg;
+      prog << "\n";
+    }
+    c.files.emplace_back(opt.job_dir + "/slurm-hostfile", hosts.str());
+    c.files.emplace_back(opt.job_dir + "/multi-prog.conf", prog.str());
+    for (const auto& [k, v] : opt.inherited)
+      if (starts_with(k, "SLURM_")) c.exec_env[k] = v;
+    c.exec_env["SLURM_HOSTFILE"] = opt.job_dir + "/slurm-hostfile";
+    c.argv = {opt.srun,
+              "--nodes=" + std::to_string(plan.nodes.size()),
+              "--ntasks=" + std::to_string(plan.np),
+              "--nodelist=" + join(nodelist, ","),
+              "--distribution=arbitrary",
+              "--kill-on-bad-exit=1",
+              "--export=NONE",
+              "--multi-prog",
+              opt.job_dir + "/multi-prog.conf"};
+  }
+  return c;
+}
+
+namespace {
+volatile sig_atomic_t g_child = 0;
+void forward_signal(int sig) {
+  if (g_child > 0) ::kill(pid_t(g_child), sig);
+}
+}  // namespace
+
+int run_launch(const LaunchCommand& cmd) {
+  for (const auto& [path, content] : cmd.files) write_file_atomic(path, content);
+  std::vector<std::string> envs;
+  for (const auto& [k, v] : cmd.exec_env) envs.push_back(k + "=" + v);
+  std::vector<char*> envp, argv;
+  for (std::string& s : envs) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args = cmd.argv;
+  for (std::string& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) throw UserError(std::string("cannot start ") + cmd.launcher + ": " + std::strerror(errno));
+  if (pid == 0) {
+    ::execvpe(argv[0], argv.data(), envp.data());
+    std::fprintf(stderr, "leasetrain: error: cannot run %s: %s\n", argv[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  g_child = pid;
+  struct sigaction sa {}, old_int{}, old_term{}, old_hup{};
+  sa.sa_handler = forward_signal;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGINT, &sa, &old_int);
+  ::sigaction(SIGTERM, &sa, &old_term);
+  ::sigaction(SIGHUP, &sa, &old_hup);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  g_child = 0;
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGTERM, &old_term, nullptr);
+  ::sigaction(SIGHUP, &old_hup, nullptr);
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+nlohmann::json launch_json(const Plan& plan, const EnvFilter& env, const LaunchCommand& cmd) {
+  nlohmann::json j;
+  j["launcher"] = cmd.launcher;
+  j["argv"] = cmd.argv;
+  j["command_line"] = command_line(cmd);
+  j["exec_env"] = cmd.exec_env;
+  j["rank_env"] = cmd.rank_env;
+  j["env_sha256"] = cmd.env_sha256;
+  j["dropped_env"] = env.dropped;
+  j["dropped_other"] = env.dropped_other;
+  j["files"] = nlohmann::json::object();
+  for (const auto& [path, content] : cmd.files) j["files"][path] = content;
+  j["plan"] = plan_json(plan);
+  return j;
+}
+
+std::string launch_text(const Plan& plan, const EnvFilter& env, const LaunchCommand& cmd) {
+  std::ostringstream o;
+  o << plan_text(plan);
+  if (!env.dropped.empty()) o << "dropped from the environment (not in the lease's policy): " << join(env.dropped, " ") << "\n";
+  if (env.dropped_other) o << "dropped " << env.dropped_other << " other inherited variable(s)\n";
+  for (const auto& [path, content] : cmd.files) {
+    if (path.size() >= 10 && path.compare(path.size() - 10, 10, "/plan.json") == 0) o << "file " << path << ": the plan above, as JSON\n";
+    else o << "file " << path << ":\n" << content;
+  }
+  o << "launcher environment:";
+  for (const auto& [k, v] : cmd.exec_env) o << " " << k << "=" << shell_quote(v);
+  o << "\nenvironment sha256 " << cmd.env_sha256 << "\ncommand:\n" << command_line(cmd) << "\n";
+  return o.str();
+}
+
+}  // namespace lt::lease

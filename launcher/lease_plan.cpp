@@ -1,0 +1,335 @@
+// Lease -> per-node / per-rank plan (see lease_plan.h), and the embedded local lease.
+#include "launcher/lease_plan.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "launcher/audit.h"
+#include "launcher/pkey.h"
+#include "runtime/error.h"
+
+namespace lt::lease {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string join(const std::vector<std::string>& v, const std::string& sep) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) out += sep;
+    out += v[i];
+  }
+  return out;
+}
+
+std::string trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t\r\n"), e = s.find_last_not_of(" \t\r\n");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+std::string fmt_double(double v) {
+  std::ostringstream ss;
+  ss.precision(6);
+  ss << v;
+  return ss.str();
+}
+
+}  // namespace
+
+std::string local_hostname() {
+  char buf[HOST_NAME_MAX + 1] = {0};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "localhost";
+  return buf;
+}
+
+Manifest local_default_manifest(int cpu_ranks, const std::string& proc_root, const std::string& dev_root) {
+  Manifest m;
+  m.origin = "<embedded local lease>";
+  m.embedded = true;
+  m.op.id = "local";
+  Node node;
+  node.hostname = local_hostname();
+  std::error_code ec;
+  fs::path gpus_dir = fs::path(proc_root) / "driver/nvidia/gpus";
+  std::vector<fs::path> entries;
+  for (const auto& e : fs::directory_iterator(gpus_dir, ec)) entries.push_back(e.path());
+  std::sort(entries.begin(), entries.end());  // bus order, as CUDA_DEVICE_ORDER=PCI_BUS_ID
+  for (const fs::path& dir : entries) {
+    std::ifstream in(dir / "information");
+    Gpu g;
+    std::string line;
+    while (std::getline(in, line)) {
+      size_t colon = line.find(':');
+      if (colon == std::string::npos) continue;
+      std::string key = trim(line.substr(0, colon)), val = trim(line.substr(colon + 1));
+      if (key == "GPU UUID") g.uuid = val;
+      else if (key == "Bus Location") g.pci_bus_id = val;
+      else if (key == "Device Minor") g.minor = std::atoi(val.c_str());
+    }
+    std::transform(g.pci_bus_id.begin(), g.pci_bus_id.end(), g.pci_bus_id.begin(),
+                   [](unsigned char c) { return char(std::tolower(c)); });
+    if (!is_gpu_uuid(g.uuid) || g.minor < 0) continue;
+    // Only what this process may use: in a container /proc lists the host's GPUs too.
+    std::string devnode = (fs::path(dev_root) / ("nvidia" + std::to_string(g.minor))).string();
+    int fd = ::open(devnode.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) continue;
+    ::close(fd);
+    node.gpus.push_back(g);
+  }
+  Allocation a;
+  a.node = node.hostname;
+  for (const Gpu& g : node.gpus) a.gpus.push_back(g.uuid);
+  if (a.gpus.empty()) a.cpu_ranks = std::max(1, cpu_ranks);
+  m.nodes.push_back(node);
+  m.tenants.push_back(Tenant{"local", {}, {}, ""});
+  Lease l;
+  l.id = kLocalLeaseId;
+  l.tenant = "local";
+  l.not_before = TimePoint{};  // 1970
+  l.not_after = std::chrono::sys_days{std::chrono::year{9999} / 1 / 1};
+  l.grace_seconds = 0;
+  l.quota.max_ranks = std::max(a.slots(), 1);
+  l.quota.gpu_hours = 1e15;
+  l.quota.storage_bytes = UINT64_MAX;
+  l.storage_roots = {"/"};
+  l.policy.probe = ProbePolicy::warn;
+  l.alloc.push_back(a);
+  m.leases.push_back(l);
+  validate_manifest(m);
+  return m;
+}
+
+Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest& req) {
+  const Lease& l = m.lease(lease_id);
+  check_window(l, req.now);
+  Plan p;
+  p.lease_id = l.id;
+  p.tenant = l.tenant;
+  p.operator_id = m.op.id;
+  p.manifest_origin = m.origin;
+  p.manifest_sha256 = m.sha256;
+  p.embedded = m.embedded;
+  p.now = req.now;
+  p.not_before = l.not_before;
+  p.not_after = l.not_after;
+  p.deadline = l.deadline();
+  p.grace_seconds = l.grace_seconds;
+  p.max_ranks = l.quota.max_ranks;
+  p.gpu_hours_quota = l.quota.gpu_hours;
+  p.storage_bytes = l.quota.storage_bytes;
+  p.storage_roots = l.storage_roots;
+  p.read_only_roots = l.read_only_roots;
+  p.policy = l.policy;
+  p.job_id = req.job_id;
+  p.usage_log = !req.usage_log.empty() ? req.usage_log : m.embedded ? "" : l.usage_log_path();
+  if (req.check_usage && !p.usage_log.empty()) p.gpu_seconds_used = gpu_seconds_used(p.usage_log, l.id);
+  if (p.gpu_seconds_left() <= 0)
+    throw UserError("lease " + l.id + " has used its " + fmt_double(l.quota.gpu_hours) + " GPU-hours (" +
+                    fmt_double(p.gpu_seconds_used / 3600.0) + " recorded in " + p.usage_log + ")");
+
+  const int total = l.total_slots();
+  if (req.np < 0) throw UserError("--np must be positive, got " + std::to_string(req.np));
+  if (req.np > total) {
+    std::string per_node;
+    for (const Allocation& a : l.alloc) per_node += (per_node.empty() ? "" : ", ") + a.node + ": " + std::to_string(a.slots());
+    throw UserError("--np " + std::to_string(req.np) + " exceeds lease " + l.id + ", which has " + std::to_string(total) +
+                    " slots (" + per_node + ")");
+  }
+  if (req.np > l.quota.max_ranks)
+    throw UserError("--np " + std::to_string(req.np) + " exceeds lease " + l.id + "'s quota of " +
+                    std::to_string(l.quota.max_ranks) + " ranks");
+  p.np = req.np > 0 ? req.np : std::min(total, l.quota.max_ranks);
+  if (req.np == 0 && total > l.quota.max_ranks)
+    p.notes.push_back("the lease has " + std::to_string(total) + " slots but a quota of " +
+                      std::to_string(l.quota.max_ranks) + " ranks; using " + std::to_string(p.np));
+
+  const bool multi_node = l.alloc.size() > 1 && p.np > l.alloc[0].slots();
+  std::map<std::string, std::optional<int>> pkey_cache;  // "host/hca" -> index
+  std::set<std::string> ifaces;
+  int rank = 0;
+  for (const Allocation& a : l.alloc) {
+    if (rank >= p.np) break;
+    const Node& node = *m.find_node(a.node);
+    std::vector<std::string> devices = a.gpus;
+    devices.insert(devices.end(), a.mig.begin(), a.mig.end());
+    const int here = std::min(a.slots(), p.np - rank);
+    const Partition* part = a.partition.empty() ? nullptr : m.find_partition(a.partition);
+    NodePlan np;
+    np.host = node.hostname;
+    np.slots = here;
+    for (int local = 0; local < here; ++local, ++rank) {
+      RankPlan r;
+      r.rank = rank;
+      r.local_rank = local;
+      r.host = node.hostname;
+      auto& env = r.env;
+      if (!devices.empty()) {
+        const std::string& dev = devices[size_t(local)];
+        r.devices = {dev};
+        if (const Gpu* g = node.find_gpu(dev)) r.pci_bus_id = g->pci_bus_id;
+        else if (const MigSlice* s = node.find_mig(dev)) r.pci_bus_id = node.find_gpu(s->parent)->pci_bus_id;
+        env["CUDA_VISIBLE_DEVICES"] = dev;
+        np.devices.push_back(dev);
+      } else {
+        env["CUDA_VISIBLE_DEVICES"] = "";  // a CPU rank sees no GPU, even on a GPU node
+      }
+      env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID";
+      const Nic* nic = a.nics.empty() ? nullptr : node.find_nic(a.nics[size_t(local) % a.nics.size()]);
+      if (nic) {
+        r.netdev = nic->netdev;
+        env["NCCL_SOCKET_IFNAME"] = "=" + nic->netdev;
+        ifaces.insert(nic->netdev);
+        if (std::find(np.netdevs.begin(), np.netdevs.end(), nic->netdev) == np.netdevs.end())
+          np.netdevs.push_back(nic->netdev);
+      } else {
+        env["NCCL_SOCKET_IFNAME"] = "=lo";  // single node: bootstrap stays on loopback
+        ifaces.insert("lo");
+      }
+      if (nic && nic->is_ib()) {
+        r.hca = nic->hca();
+        r.pkey = part->pkey;
+        env["NCCL_IB_HCA"] = "=" + r.hca;
+        std::string cache_key = node.hostname + "/" + r.hca;
+        auto it = pkey_cache.find(cache_key);
+        if (it == pkey_cache.end())
+          it = pkey_cache.emplace(cache_key, resolve_pkey_index(req.sysfs_root, nic->ib_dev, nic->port, part->pkey)).first;
+        env["LEASETRAIN_IB_PKEY"] = pkey_hex(part->pkey);
+        if (it->second) {
+          r.pkey_index = *it->second;
+          env["NCCL_IB_PKEY"] = std::to_string(r.pkey_index);
+        }
+        if (nic->gid_index >= 0) env["NCCL_IB_GID_INDEX"] = std::to_string(nic->gid_index);
+        if (nic->traffic_class >= 0) env["NCCL_IB_TC"] = std::to_string(nic->traffic_class);
+        if (part->service_level >= 0) env["NCCL_IB_SL"] = std::to_string(part->service_level);
+      } else {
+        env["NCCL_IB_DISABLE"] = "1";
+      }
+      env["NCCL_HOSTID"] = l.id + "." + node.hostname;
+      if (!l.policy.ras) env["NCCL_RAS_ENABLE"] = "0";
+      env["LEASETRAIN_LEASE"] = l.id;
+      env["LEASETRAIN_NODE"] = node.hostname;
+      env["LEASETRAIN_RANK_DEVICES"] = join(r.devices, ",");
+      env["LEASETRAIN_STORAGE_ROOT"] = l.storage_roots[0];
+      if (!req.manifest_path.empty()) env["LEASETRAIN_MANIFEST"] = req.manifest_path;
+      if (!req.operator_key.empty()) env["LEASETRAIN_OPERATOR_KEY"] = req.operator_key;
+      if (!req.job_id.empty()) env["LEASETRAIN_JOB_ID"] = req.job_id;
+      if (!p.usage_log.empty()) env["LEASETRAIN_USAGE_LOG"] = p.usage_log;
+      env["LEASETRAIN_WORLD_SIZE"] = std::to_string(p.np);
+      p.ranks.push_back(std::move(r));
+    }
+    p.nodes.push_back(std::move(np));
+  }
+  (void)multi_node;
+  // GPU-hours: the device ranks together may run until the quota left is spent.
+  int device_ranks = 0;
+  for (const RankPlan& r : p.ranks) device_ranks += r.devices.empty() ? 0 : 1;
+  if (device_ranks > 0 && !m.embedded) {
+    double secs = p.gpu_seconds_left() / device_ranks;
+    if (secs < 1e10) {
+      std::string end = format_time(req.now + std::chrono::seconds(int64_t(secs)));
+      for (RankPlan& r : p.ranks) r.env["LEASETRAIN_GPU_BUDGET_END"] = end;
+    }
+  }
+  for (auto& [key, idx] : pkey_cache)
+    if (!idx)
+      p.notes.push_back("P_Key index for " + key + " is not in " + req.sysfs_root +
+                        "; each rank resolves it on its node (LeaseGuard::apply_rank_env)");
+  p.mpi_interfaces.assign(ifaces.begin(), ifaces.end());
+  if (p.mpi_interfaces.size() > 1) p.mpi_interfaces.erase(std::remove(p.mpi_interfaces.begin(), p.mpi_interfaces.end(), "lo"), p.mpi_interfaces.end());
+  return p;
+}
+
+nlohmann::json plan_json(const Plan& p) {
+  using nlohmann::json;
+  json j;
+  j["lease"] = p.lease_id;
+  j["tenant"] = p.tenant;
+  j["operator"] = p.operator_id;
+  j["manifest"] = {{"origin", p.manifest_origin}, {"sha256", p.manifest_sha256}, {"embedded", p.embedded},
+                   {"signature", p.signature_note}};
+  j["window"] = {{"now", format_time(p.now)}, {"not_before", format_time(p.not_before)},
+                 {"not_after", format_time(p.not_after)}, {"grace_seconds", p.grace_seconds},
+                 {"deadline", format_time(p.deadline)}};
+  j["quota"] = {{"max_ranks", p.max_ranks}, {"gpu_hours", p.gpu_hours_quota},
+                {"gpu_hours_used", p.gpu_seconds_used / 3600.0}, {"storage_bytes", p.storage_bytes}};
+  j["storage_roots"] = p.storage_roots;
+  j["read_only_roots"] = p.read_only_roots;
+  j["usage_log"] = p.usage_log;
+  j["np"] = p.np;
+  j["job_id"] = p.job_id;
+  j["mpi_interfaces"] = p.mpi_interfaces;
+  j["nodes"] = json::array();
+  for (const NodePlan& n : p.nodes)
+    j["nodes"].push_back({{"host", n.host}, {"slots", n.slots}, {"devices", n.devices}, {"netdevs", n.netdevs}});
+  j["ranks"] = json::array();
+  for (const RankPlan& r : p.ranks) {
+    json jr = {{"rank", r.rank},     {"local_rank", r.local_rank}, {"host", r.host},
+               {"devices", r.devices}, {"pci_bus_id", r.pci_bus_id}, {"netdev", r.netdev},
+               {"hca", r.hca},        {"env", r.env}};
+    jr["pkey"] = r.pkey ? json(pkey_hex(r.pkey)) : json(nullptr);
+    jr["pkey_index"] = r.pkey_index >= 0 ? json(r.pkey_index) : json(nullptr);
+    j["ranks"].push_back(jr);
+  }
+  j["notes"] = p.notes;
+  return j;
+}
+
+std::string plan_text(const Plan& p) {
+  std::ostringstream o;
+  o << "lease " << p.lease_id << " (tenant " << p.tenant << ", operator " << p.operator_id << ")\n";
+  o << "manifest " << p.manifest_origin;
+  if (!p.manifest_sha256.empty()) o << " sha256 " << p.manifest_sha256.substr(0, 16);
+  if (!p.signature_note.empty()) o << "; " << p.signature_note;
+  o << "\n";
+  if (!p.embedded) {
+    o << "window " << format_time(p.not_before) << " .. " << format_time(p.not_after) << ", grace "
+      << p.grace_seconds << " s: checkpoint and stop by " << format_time(p.deadline) << " (now "
+      << format_time(p.now) << ")\n";
+    o << "quota  max_ranks " << p.max_ranks << ", GPU-hours " << fmt_double(p.gpu_hours_quota) << " (used "
+      << fmt_double(p.gpu_seconds_used / 3600.0) << "), storage " << p.storage_bytes << " bytes\n";
+  }
+  o << "storage " << join(p.storage_roots, ", ");
+  if (!p.read_only_roots.empty()) o << " (read-only: " << join(p.read_only_roots, ", ") << ")";
+  o << "\nusage log " << (p.usage_log.empty() ? "(none)" : p.usage_log) << "\n";
+  o << "ranks " << p.np << " on " << p.nodes.size() << " node(s); MPI interfaces " << join(p.mpi_interfaces, ",") << "\n";
+  // Variables equal on every rank once, then what differs per rank.
+  std::map<std::string, std::string> common;
+  if (!p.ranks.empty()) {
+    common = p.ranks[0].env;
+    for (const RankPlan& r : p.ranks)
+      for (auto it = common.begin(); it != common.end();) {
+        auto f = r.env.find(it->first);
+        it = (f == r.env.end() || f->second != it->second) ? common.erase(it) : std::next(it);
+      }
+  }
+  for (const NodePlan& n : p.nodes) {
+    o << "node " << n.host << " slots=" << n.slots << "\n";
+    for (const RankPlan& r : p.ranks) {
+      if (r.host != n.host) continue;
+      o << "  rank " << r.rank << " (local " << r.local_rank << ")  "
+        << (r.devices.empty() ? std::string("cpu") : r.devices[0]);
+      if (!r.pci_bus_id.empty()) o << " @" << r.pci_bus_id;
+      o << "  nic " << (r.netdev.empty() ? "lo" : r.netdev);
+      if (!r.hca.empty()) {
+        o << " " << r.hca << " pkey " << pkey_hex(r.pkey) << " index "
+          << (r.pkey_index >= 0 ? std::to_string(r.pkey_index) : std::string("(resolved on the node)"));
+      }
+      o << "\n";
+      for (const auto& [k, v] : r.env)
+        if (!common.count(k)) o << "    " << k << "=" << v << "\n";
+    }
+  }
+  o << "environment of every rank:\n";
+  for (const auto& [k, v] : common) o << "  " << k << "=" << v << "\n";
+  for (const std::string& n : p.notes) o << "note: " << n << "\n";
+  return o.str();
+}
+
+}  // namespace lt::lease

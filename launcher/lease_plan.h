@@ -1,0 +1,87 @@
+// What a job gets from its lease, per node and per rank: slots, device UUID, NIC, resolved
+// P_Key index and the environment the launcher sets. `leasetrain plan` prints it and
+// `leasetrain launch` turns it into a hostfile and an mpirun/srun command.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "launcher/manifest.h"
+
+namespace lt::lease {
+
+inline constexpr const char* kLocalLeaseId = "local";
+
+struct RankPlan {
+  int rank = 0, local_rank = 0;
+  std::string host;
+  std::vector<std::string> devices;  // the rank's one GPU or MIG UUID; empty for a CPU rank
+  std::string pci_bus_id;
+  std::string netdev;   // "" on a single-node lease without a NIC (loopback)
+  std::string hca;      // ib_dev:port, "" for Ethernet
+  uint16_t pkey = 0;    // partition key value (0: none)
+  int pkey_index = -1;  // index in the port's table; -1: resolved on the node at start
+  std::map<std::string, std::string> env;  // every variable this rank gets from the lease
+};
+
+struct NodePlan {
+  std::string host;
+  int slots = 0;  // ranks placed here (= leased devices, or fewer with --np)
+  std::vector<std::string> devices, netdevs;
+};
+
+struct Plan {
+  std::string lease_id, tenant, operator_id;
+  std::string manifest_origin, manifest_sha256, signature_note;
+  bool embedded = false;
+  TimePoint now{}, not_before{}, not_after{}, deadline{};
+  int64_t grace_seconds = 0;
+  int np = 0;
+  int max_ranks = 0;
+  double gpu_hours_quota = 0, gpu_seconds_used = 0;
+  uint64_t storage_bytes = 0;
+  std::vector<std::string> storage_roots, read_only_roots;
+  std::string usage_log;  // "" = no usage records (the embedded local lease)
+  Policy policy;
+  std::vector<NodePlan> nodes;
+  std::vector<RankPlan> ranks;
+  std::vector<std::string> mpi_interfaces;  // for btl_tcp_if_include / oob_tcp_if_include
+  std::vector<std::string> notes;
+  std::string job_id;
+
+  int devices_per_rank() const { return ranks.empty() || ranks[0].devices.empty() ? 0 : 1; }
+  // Wall seconds the job may run before the GPU-hours quota is spent (all ranks together).
+  double gpu_seconds_left() const { return gpu_hours_quota * 3600.0 - gpu_seconds_used; }
+};
+
+struct PlanRequest {
+  int np = 0;  // 0: every leased slot
+  TimePoint now{};
+  std::string sysfs_root = "/sys";  // where P_Key tables are read (a fake tree in tests)
+  std::string job_id;               // goes into the rank environment
+  std::string manifest_path;        // absolute path the ranks re-read; "" for embedded
+  std::string operator_key;         // passed on so every rank re-verifies the manifest
+  std::string usage_log;            // overrides the lease's usage log ("" keeps it)
+  bool check_usage = true;          // read the usage log for GPU-hours (off in unit tests)
+};
+
+// Refuses (UserError, one line) when the lease is unknown, outside its window, over a quota,
+// or the request exceeds it. Ranks fill nodes in manifest order; on each node devices are
+// taken in the order the allocation lists them, and NICs round-robin by local rank.
+Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest& req);
+
+// The lease used when no manifest is given: this machine alone, its GPUs (read from
+// <proc_root>/driver/nvidia/gpus/*/information, kept only when <dev_root>/nvidia<minor>
+// opens) or, with none, `cpu_ranks` CPU ranks; no window, no quotas, no storage limits.
+Manifest local_default_manifest(int cpu_ranks = 1, const std::string& proc_root = "/proc",
+                                const std::string& dev_root = "/dev");
+
+std::string local_hostname();
+
+nlohmann::json plan_json(const Plan& p);
+std::string plan_text(const Plan& p);
+
+}  // namespace lt::lease

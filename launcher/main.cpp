@@ -1,0 +1,36 @@
+// leasetrain: the command-line entry point. Bad input of any kind ends in one line on stderr
+// and exit code 2; --help on every subcommand explains it.
+#include <cstdio>
+#include <exception>
+
+#include "launcher/commands.h"
+#include "runtime/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "leasetrain: train GPT-2-class models on leased GPU nodes (CPU reference backend, CUDA, "
+      "NCCL/MPI data parallelism, tenant isolation)",
+      "leasetrain"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "leasetrain 0.1.0");
+  lt::cli::add_train_commands(app);
+  lt::cli::add_data_commands(app);
+  lt::cli::add_bench_commands(app);
+  lt::cli::add_lease_commands(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "leasetrain: error: %s (see --help)\n", e.what());
+    return 2;
+  } catch (const lt::UserError& e) {
+    std::fprintf(stderr, "leasetrain: error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

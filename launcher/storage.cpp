@@ -1,0 +1,104 @@
+// Storage-root containment and small atomic writes (see storage.h).
+#include "launcher/storage.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "runtime/error.h"
+
+namespace lt::lease {
+
+namespace fs = std::filesystem;
+
+std::string resolve_real_path(const std::string& path, const std::string& base) {
+  if (path.empty()) throw UserError("empty path");
+  fs::path p(path);
+  if (p.is_relative()) p = (base.empty() ? fs::current_path() : fs::path(base)) / p;
+  // Walk down from '/', resolving each existing prefix with realpath semantics.
+  fs::path existing = "/";
+  auto it = p.begin();
+  ++it;  // skip the root
+  std::error_code ec;
+  for (; it != p.end(); ++it) {
+    fs::path next = existing / *it;
+    if (*it == "." || it->empty()) continue;
+    if (*it == "..") {
+      existing = existing.parent_path();
+      continue;
+    }
+    // symlink_status: a dangling link still counts as existing, and canonical() then fails,
+    // which is what we want (it could later be pointed anywhere).
+    if (!fs::exists(fs::symlink_status(next, ec))) break;
+    fs::path canon = fs::canonical(next, ec);
+    if (ec) throw UserError(next.string() + ": cannot resolve (" + ec.message() + "); a dangling symlink is refused");
+    existing = canon;
+  }
+  fs::path out = existing;
+  for (; it != p.end(); ++it) {
+    if (*it == "." || it->empty()) continue;
+    if (*it == "..") throw UserError(path + ": '..' after a component that does not exist yet is refused");
+    out /= *it;
+  }
+  return out.lexically_normal().string();
+}
+
+bool path_is_under(const std::string& resolved, const std::string& root) {
+  std::error_code ec;
+  fs::path r = fs::weakly_canonical(fs::path(root), ec);
+  if (ec) r = fs::path(root).lexically_normal();
+  fs::path p(resolved);
+  auto pi = p.begin();
+  for (auto ri = r.begin(); ri != r.end(); ++ri, ++pi) {
+    if (ri->empty() && std::next(ri) == r.end()) break;  // trailing slash
+    if (pi == p.end() || *pi != *ri) return false;
+  }
+  return true;
+}
+
+uint64_t disk_usage(const std::string& root) {
+  std::error_code ec;
+  if (!fs::exists(root, ec)) return 0;
+  uint64_t total = 0;
+  fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    std::error_code e2;
+    if (it->is_regular_file(e2) && !it->is_symlink(e2)) total += it->file_size(e2);
+  }
+  return total;
+}
+
+void write_file_atomic(const std::string& path, const std::string& content, unsigned mode) {
+  fs::path p(path);
+  std::error_code ec;
+  if (p.has_parent_path()) fs::create_directories(p.parent_path(), ec);
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) throw UserError(tmp + ": cannot create: " + std::strerror(errno));
+  size_t off = 0;
+  while (off < content.size()) {
+    ssize_t w = ::write(fd, content.data() + off, content.size() - off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw UserError(tmp + ": write failed: " + std::strerror(e));
+    }
+    off += size_t(w);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    ::unlink(tmp.c_str());
+    throw UserError(tmp + ": cannot flush to disk");
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    throw UserError(path + ": cannot replace: " + std::strerror(e));
+  }
+}
+
+}  // namespace lt::lease

@@ -1,0 +1,152 @@
+// TOML training configuration (see config.h). Parsing is strict: a typo in a key must not
+// silently train with a default.
+#include "runtime/config.h"
+
+#include <toml++/toml.h>
+
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "runtime/error.h"
+
+namespace lt {
+
+namespace {
+
+struct Reader {
+  std::string file;
+
+  [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+    throw UserError(file + ": " + key + ": " + what);
+  }
+
+  // Applies `setters` to the keys of one table; any other key is an error.
+  void table(const toml::table& root, const std::string& section,
+             const std::map<std::string, std::function<void(const toml::node&, const std::string&)>>& setters,
+             bool required = false) const {
+    const toml::node* n = root.get(section);
+    if (!n) {
+      if (required) fail(section, "missing section [" + section + "]");
+      return;
+    }
+    const toml::table* t = n->as_table();
+    if (!t) fail(section, "expected a table [" + section + "]");
+    for (const auto& [k, v] : *t) {
+      const std::string key = section + "." + std::string(k.str());
+      auto it = setters.find(std::string(k.str()));
+      if (it == setters.end()) {
+        std::string known;
+        for (const auto& [name, _] : setters) known += (known.empty() ? "" : ", ") + name;
+        fail(key, "unknown key (expected one of: " + known + ")");
+      }
+      it->second(v, key);
+    }
+  }
+
+  int64_t integer(const toml::node& v, const std::string& key, int64_t lo, int64_t hi) const {
+    auto i = v.value<int64_t>();
+    if (!v.is_integer() || !i) fail(key, std::string("expected an integer, got ") + type_name(v));
+    if (*i < lo || *i > hi)
+      fail(key, "expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                    std::to_string(*i));
+    return *i;
+  }
+
+  float number(const toml::node& v, const std::string& key, double lo, double hi) const {
+    if (!v.is_number()) fail(key, std::string("expected a number, got ") + type_name(v));
+    double d = *v.value<double>();
+    if (!(d >= lo && d <= hi)) {
+      std::ostringstream s;
+      s << "expected a number in [" << lo << ", " << hi << "], got " << d;
+      fail(key, s.str());
+    }
+    return (float)d;
+  }
+
+  std::string string(const toml::node& v, const std::string& key) const {
+    if (!v.is_string()) fail(key, std::string("expected a string, got ") + type_name(v));
+    return *v.value<std::string>();
+  }
+
+  static const char* type_name(const toml::node& v) {
+    switch (v.type()) {
+      case toml::node_type::string: return "a string";
+      case toml::node_type::integer: return "an integer";
+      case toml::node_type::floating_point: return "a float";
+      case toml::node_type::boolean: return "a boolean";
+      case toml::node_type::array: return "an array";
+      case toml::node_type::table: return "a table";
+      default: return "a date/time";
+    }
+  }
+};
+
+}  // namespace
+
+TrainConfig load_train_config(const std::string& path) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& src = e.source();
+    if (!src.begin) throw UserError(path + ": cannot read the file");
+    throw UserError(path + ":" + std::to_string(src.begin.line) + ":" + std::to_string(src.begin.column) +
+                    ": TOML syntax error: " + std::string(e.description()));
+  }
+  Reader r{path};
+  TrainConfig c;
+  c.source = path;
+  const int64_t big = int64_t(1) << 40;
+  bool min_lr_set = false;
+  for (const auto& [k, v] : root)
+    if (!v.is_table())
+      r.fail(std::string(k.str()), "unknown top-level key (expected the tables [model], [data], [optim], [train])");
+  const std::map<std::string, bool> sections{{"model", 1}, {"data", 1}, {"optim", 1}, {"train", 1}};
+  for (const auto& [k, v] : root)
+    if (!sections.count(std::string(k.str())))
+      r.fail(std::string(k.str()), "unknown section (expected [model], [data], [optim] or [train])");
+
+  r.table(root, "model",
+          {{"n_layer", [&](auto& v, auto& k) { c.model.n_layer = (int)r.integer(v, k, 1, 1024); }},
+           {"n_head", [&](auto& v, auto& k) { c.model.n_head = (int)r.integer(v, k, 1, 1024); }},
+           {"n_embd", [&](auto& v, auto& k) { c.model.n_embd = (int)r.integer(v, k, 1, 65536); }},
+           {"block_size", [&](auto& v, auto& k) { c.model.block_size = (int)r.integer(v, k, 1, 1 << 20); }},
+           {"vocab_size", [&](auto& v, auto& k) { c.model.vocab_size = (int)r.integer(v, k, 2, 65536); }}});
+  r.table(root, "data",
+          {{"train", [&](auto& v, auto& k) { c.train_data = r.string(v, k); }},
+           {"val", [&](auto& v, auto& k) { c.val_data = r.string(v, k); }}},
+          true);
+  r.table(root, "optim",
+          {{"lr", [&](auto& v, auto& k) { c.optim.lr = r.number(v, k, 0, 10); }},
+           {"min_lr", [&](auto& v, auto& k) { c.optim.min_lr = r.number(v, k, 0, 10), min_lr_set = true; }},
+           {"warmup_steps", [&](auto& v, auto& k) { c.optim.warmup_steps = (int)r.integer(v, k, 0, big); }},
+           {"beta1", [&](auto& v, auto& k) { c.optim.beta1 = r.number(v, k, 0, 0.999999); }},
+           {"beta2", [&](auto& v, auto& k) { c.optim.beta2 = r.number(v, k, 0, 0.999999); }},
+           {"eps", [&](auto& v, auto& k) { c.optim.eps = r.number(v, k, 0, 1); }},
+           {"weight_decay", [&](auto& v, auto& k) { c.optim.weight_decay = r.number(v, k, 0, 10); }},
+           {"grad_clip", [&](auto& v, auto& k) { c.optim.grad_clip = r.number(v, k, 0, 1e9); }}});
+  r.table(root, "train",
+          {{"micro_batch", [&](auto& v, auto& k) { c.micro_batch = (int)r.integer(v, k, 1, 1 << 20); }},
+           {"seq_len", [&](auto& v, auto& k) { c.seq_len = (int)r.integer(v, k, 1, 1 << 20); }},
+           {"grad_accum", [&](auto& v, auto& k) { c.grad_accum = (int)r.integer(v, k, 1, 1 << 20); }},
+           {"steps", [&](auto& v, auto& k) { c.steps = r.integer(v, k, 1, big); }},
+           {"eval_interval", [&](auto& v, auto& k) { c.eval_interval = r.integer(v, k, 0, big); }},
+           {"eval_batches", [&](auto& v, auto& k) { c.eval_batches = (int)r.integer(v, k, 1, 1 << 20); }},
+           {"checkpoint_interval", [&](auto& v, auto& k) { c.checkpoint_interval = r.integer(v, k, 0, big); }},
+           {"log_interval", [&](auto& v, auto& k) { c.log_interval = r.integer(v, k, 1, big); }},
+           {"seed", [&](auto& v, auto& k) { c.seed = (uint64_t)r.integer(v, k, 0, INT64_MAX); }}});
+
+  if (c.model.n_embd % c.model.n_head != 0)
+    r.fail("model.n_embd", "expected a multiple of model.n_head (" + std::to_string(c.model.n_head) + "), got " +
+                               std::to_string(c.model.n_embd));
+  if (c.seq_len > c.model.block_size)
+    r.fail("train.seq_len", "expected at most model.block_size (" + std::to_string(c.model.block_size) +
+                                "), got " + std::to_string(c.seq_len));
+  if (c.train_data.empty()) r.fail("data.train", "missing (a glob of token shards)");
+  if (!min_lr_set) c.optim.min_lr = c.optim.lr * 0.1f;  // the usual floor: a tenth of the peak
+  if (c.optim.min_lr > c.optim.lr) r.fail("optim.min_lr", "expected at most optim.lr");
+  return c;
+}
+
+}  // namespace lt

@@ -1,0 +1,31 @@
+// The training job's TOML configuration: [model], [data], [optim], [train]. Unknown keys,
+// wrong types and out-of-range values are UserErrors naming the file and the key.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "runtime/model.h"
+#include "runtime/optim.h"
+
+namespace lt {
+
+struct TrainConfig {
+  GPTConfig model;
+  std::string train_data;  // glob of llm.c token shards
+  std::string val_data;    // glob; empty disables evaluation
+  AdamWConfig optim;
+  int micro_batch = 16;      // sequences per micro-step (per rank)
+  int seq_len = 128;         // tokens per sequence, <= model.block_size
+  int grad_accum = 1;        // micro-steps per optimizer step
+  int64_t steps = 1000;      // optimizer steps (also the schedule's horizon)
+  int64_t eval_interval = 100;  // 0: evaluate only at the end
+  int eval_batches = 20;
+  int64_t checkpoint_interval = 0;  // 0: checkpoint only at the end
+  int64_t log_interval = 10;        // progress line every N steps (metrics.jsonl gets every step)
+  uint64_t seed = 1337;
+  std::string source;  // the file it was read from, for messages
+};
+
+TrainConfig load_train_config(const std::string& path);
+
+}  // namespace lt

@@ -1,0 +1,480 @@
+// Token shards, the training and validation loaders and the byte tokenizer (see data.h).
+#include "runtime/data.h"
+
+#include <fcntl.h>
+#include <glob.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+
+#include "runtime/error.h"
+
+// Tokens are read straight out of the mapping and written straight from memory.
+static_assert(std::endian::native == std::endian::little, "shards are little-endian");
+
+namespace lt {
+namespace {
+
+std::string errno_str() { return std::strerror(errno); }
+
+int32_t read_le32(const unsigned char* p) {
+  return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                   (uint32_t)p[3] << 24);
+}
+
+void write_all(int fd, const void* data, size_t bytes, const std::string& path) {
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    ssize_t w = ::write(fd, p, bytes);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) throw UserError(path + ": cannot write: " + errno_str());
+    p += w;
+    bytes -= (size_t)w;
+  }
+}
+
+// splitmix64 (Steele, Lea, Flood 2014): tiny, fully specified, good enough to shuffle with.
+struct SplitMix64 {
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, bound) without modulo bias: reject the low values that would wrap unevenly.
+  uint64_t below(uint64_t bound) {
+    const uint64_t threshold = (0 - bound) % bound;
+    for (;;) {
+      uint64_t r = next();
+      if (r >= threshold) return r % bound;
+    }
+  }
+};
+
+std::vector<unsigned char> read_file_bytes(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw UserError(path + ": cannot open: " + errno_str());
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw UserError(path + ": not a regular file");
+  }
+  std::vector<unsigned char> bytes((size_t)st.st_size);
+  size_t got = 0;
+  while (got < bytes.size()) {
+    ssize_t r = ::read(fd, bytes.data() + got, bytes.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      std::string err = errno_str();
+      ::close(fd);
+      throw UserError(path + ": cannot read: " + err);
+    }
+    if (r == 0) break;  // the file shrank under us; keep what is there
+    got += (size_t)r;
+  }
+  ::close(fd);
+  bytes.resize(got);
+  return bytes;
+}
+
+std::string shard_name(const std::string& prefix, const char* split, size_t index) {
+  char suffix[32];
+  std::snprintf(suffix, sizeof suffix, "_%s_%06zu.bin", split, index);
+  return prefix + suffix;
+}
+
+}  // namespace
+
+// ---- shards ----
+
+std::vector<std::string> glob_files(const std::string& pattern) {
+  glob_t g{};
+  int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
+  std::vector<std::string> files;
+  if (rc == 0) files.assign(g.gl_pathv, g.gl_pathv + g.gl_pathc);
+  ::globfree(&g);
+  if (rc == GLOB_NOMATCH || (rc == 0 && files.empty()))
+    throw UserError(pattern + ": no files match");
+  if (rc != 0) throw UserError(pattern + ": cannot read the directories the pattern names");
+  // glob sorts with strcoll; bytewise order keeps shard order independent of the locale.
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+Shard::Shard(const std::string& path) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw UserError(path + ": cannot open: " + errno_str());
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw UserError(path + ": not a regular file");
+  }
+  const size_t bytes = (size_t)st.st_size;
+  if (bytes < kShardHeaderBytes) {
+    ::close(fd);
+    throw UserError(path + ": header: the file holds " + std::to_string(bytes) +
+                    " bytes, fewer than the " + std::to_string(kShardHeaderBytes) + "-byte header");
+  }
+  void* map = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);  // the mapping keeps the file open
+  if (map == MAP_FAILED) throw UserError(path + ": cannot map: " + errno_str());
+  map_ = map;
+  map_bytes_ = bytes;
+
+  const auto* h = static_cast<const unsigned char*>(map);
+  const int32_t magic = read_le32(h), version = read_le32(h + 4), count = read_le32(h + 8);
+  std::string err;
+  if (magic != kShardMagic) {
+    err =
+        "header magic: expected " + std::to_string(kShardMagic) + ", got " + std::to_string(magic);
+  } else if (version != kShardVersion) {
+    err = "header version: expected " + std::to_string(kShardVersion) + ", got " +
+          std::to_string(version);
+  } else if (count < 0) {
+    err = "token count: header says " + std::to_string(count) + " tokens";
+  } else if ((size_t)count * 2 > bytes - kShardHeaderBytes) {
+    err = "token count: header says " + std::to_string(count) + " tokens (" +
+          std::to_string((size_t)count * 2) + " bytes) but the file holds " +
+          std::to_string(bytes - kShardHeaderBytes) + " bytes after the header";
+  }
+  if (!err.empty()) {
+    unmap();  // the destructor does not run when a constructor throws
+    throw UserError(path + ": " + err);
+  }
+  tokens_ = reinterpret_cast<const uint16_t*>(h + kShardHeaderBytes);
+  n_tokens_ = (size_t)count;
+}
+
+Shard::~Shard() { unmap(); }
+
+void Shard::unmap() {
+  if (map_) ::munmap(map_, map_bytes_);
+  map_ = nullptr;
+  map_bytes_ = 0;
+  tokens_ = nullptr;
+  n_tokens_ = 0;
+}
+
+Shard::Shard(Shard&& o) noexcept
+    : path_(std::move(o.path_)),
+      map_(o.map_),
+      map_bytes_(o.map_bytes_),
+      tokens_(o.tokens_),
+      n_tokens_(o.n_tokens_) {
+  o.map_ = nullptr;
+  o.unmap();
+}
+
+Shard& Shard::operator=(Shard&& o) noexcept {
+  if (this != &o) {
+    unmap();
+    path_ = std::move(o.path_);
+    map_ = o.map_;
+    map_bytes_ = o.map_bytes_;
+    tokens_ = o.tokens_;
+    n_tokens_ = o.n_tokens_;
+    o.map_ = nullptr;
+    o.unmap();
+  }
+  return *this;
+}
+
+void check_vocab(const Shard& shard, int vocab_size) {
+  const uint16_t* t = shard.data();
+  const size_t n = shard.size();
+  // Ids are uint16, so a vocabulary of 65536 or more admits every token.
+  if (vocab_size > 65535) return;
+  const uint16_t limit = (uint16_t)std::max(vocab_size, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (t[i] >= limit) {
+      throw UserError(shard.path() + ": token id " + std::to_string(t[i]) + " at position " +
+                      std::to_string(i) + " is outside the vocabulary (" +
+                      std::to_string(vocab_size) + ")");
+    }
+  }
+}
+
+void write_shard(const std::string& path, const uint16_t* tokens, size_t n) {
+  if (n > (size_t)std::numeric_limits<int32_t>::max())
+    throw UserError(path + ": token count: " + std::to_string(n) +
+                    " tokens do not fit the header's int32");
+  int32_t header[256] = {};
+  header[0] = kShardMagic;
+  header[1] = kShardVersion;
+  header[2] = (int32_t)n;
+
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw UserError(tmp + ": cannot create: " + errno_str());
+  try {
+    write_all(fd, header, sizeof header, tmp);
+    write_all(fd, tokens, n * sizeof(uint16_t), tmp);
+    // Data must be on disk before the rename publishes it, or a crash can leave PATH empty.
+    if (::fsync(fd) != 0) throw UserError(tmp + ": cannot sync: " + errno_str());
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  if (::close(fd) != 0) {
+    std::string err = errno_str();
+    ::unlink(tmp.c_str());
+    throw UserError(tmp + ": cannot write: " + err);
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::string err = errno_str();
+    ::unlink(tmp.c_str());
+    throw UserError(path + ": cannot rename " + tmp + " over it: " + err);
+  }
+  // Persist the rename itself; failure here loses durability, not correctness, so ignore it.
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+// ---- training loader ----
+
+DataLoader::DataLoader(const std::string& glob_pattern, int T, int vocab_size, uint64_t seed)
+    : T_(T), seed_(seed) {
+  if (T < 1)
+    throw UserError("data: T (sequence length) must be at least 1, got " + std::to_string(T));
+  first_window_.push_back(0);
+  for (const std::string& path : glob_files(glob_pattern)) {
+    Shard s(path);
+    check_vocab(s, vocab_size);
+    const uint64_t windows = s.size() > 0 ? (s.size() - 1) / (uint64_t)T : 0;
+    first_window_.push_back(first_window_.back() + windows);
+    shards_.push_back(std::move(s));
+  }
+  n_windows_ = first_window_.back();
+  if (n_windows_ == 0)
+    throw UserError(glob_pattern + ": no shard holds T+1 = " + std::to_string(T + 1) +
+                    " tokens, so there is no training sample");
+  // The permutation stores uint32 indices to halve its memory; 2^32 windows of T=1024 would
+  // be 4.4e12 tokens, far beyond any data set this harness is for.
+  if (n_windows_ > std::numeric_limits<uint32_t>::max())
+    throw UserError(glob_pattern + ": " + std::to_string(n_windows_) +
+                    " windows exceed the loader's limit of 2^32-1; use a longer T");
+}
+
+uint64_t DataLoader::num_tokens() const {
+  uint64_t n = 0;
+  for (const Shard& s : shards_) n += s.size();
+  return n;
+}
+
+uint32_t DataLoader::window_at(uint64_t sample) {
+  const uint64_t epoch = sample / n_windows_;
+  if (epoch != perm_epoch_) {
+    // Fisher-Yates by hand: std::shuffle's output differs between standard libraries.
+    perm_.resize(n_windows_);
+    for (uint64_t i = 0; i < n_windows_; ++i) perm_[i] = (uint32_t)i;
+    SplitMix64 seeder{seed_};
+    SplitMix64 rng{seeder.next() ^ (epoch * 0xD1B54A32D192ED03ull)};
+    rng.next();  // decorrelate neighbouring epochs' first draws
+    for (uint64_t i = n_windows_ - 1; i > 0; --i) std::swap(perm_[i], perm_[rng.below(i + 1)]);
+    perm_epoch_ = epoch;
+  }
+  return perm_[sample % n_windows_];
+}
+
+void DataLoader::next_batch(int32_t* inputs, int32_t* targets, int B, int rank, int world) {
+  const std::string args = "B=" + std::to_string(B) + " rank=" + std::to_string(rank) +
+                           " world=" + std::to_string(world);
+  LT_CHECK(B > 0 && world > 0 && rank >= 0 && rank < world, args);
+  const uint64_t first = position_ + (uint64_t)rank * B;
+  for (int b = 0; b < B; ++b) {
+    const uint64_t w = window_at(first + b);
+    // The shard holding window w: the last shard whose first window is <= w.
+    const auto after = std::upper_bound(first_window_.begin(), first_window_.end(), w);
+    const size_t s = (size_t)(after - first_window_.begin()) - 1;
+    const uint16_t* tok = shards_[s].data() + (w - first_window_[s]) * (uint64_t)T_;
+    int32_t* in = inputs + (size_t)b * T_;
+    int32_t* tg = targets + (size_t)b * T_;
+    for (int t = 0; t < T_; ++t) {
+      in[t] = tok[t];
+      tg[t] = tok[t + 1];
+    }
+  }
+  position_ += (uint64_t)world * B;
+}
+
+nlohmann::json DataLoader::state() const {
+  nlohmann::json shards = nlohmann::json::array();
+  for (const Shard& s : shards_) shards.push_back({{"path", s.path()}, {"tokens", s.size()}});
+  return {
+      {"seed", seed_}, {"T", T_}, {"epoch", epoch()}, {"position", position_}, {"shards", shards}};
+}
+
+void DataLoader::load_state(const nlohmann::json& st) {
+  // JSON integers parse as unsigned but ones built in memory from int are signed; take both.
+  auto is_count = [](const nlohmann::json& v) {
+    return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+  };
+  auto field = [&](const char* name) -> const nlohmann::json& {
+    if (!st.is_object() || !st.contains(name))
+      throw UserError(std::string("data state: ") + name + ": missing");
+    return st.at(name);
+  };
+  auto unsigned_field = [&](const char* name) -> uint64_t {
+    const nlohmann::json& v = field(name);
+    if (!is_count(v))
+      throw UserError(std::string("data state: ") + name +
+                      ": expected a non-negative integer, got " + v.dump());
+    return v.get<uint64_t>();
+  };
+
+  const uint64_t T = unsigned_field("T");
+  if (T != (uint64_t)T_)
+    throw UserError("data state: T: the state was saved with T=" + std::to_string(T) +
+                    " but this loader has T=" + std::to_string(T_));
+
+  const nlohmann::json& shards = field("shards");
+  if (!shards.is_array())
+    throw UserError("data state: shards: expected an array, got " + shards.dump());
+  if (shards.size() != shards_.size())
+    throw UserError("data state: shards: the state lists " + std::to_string(shards.size()) +
+                    " shards but the pattern matches " + std::to_string(shards_.size()));
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    const nlohmann::json& e = shards[i];
+    const std::string where = "data state: shards[" + std::to_string(i) + "]: ";
+    if (!e.is_object() || !e.contains("path") || !e["path"].is_string() || !e.contains("tokens") ||
+        !is_count(e["tokens"]))
+      throw UserError(where + "expected {path, tokens}, got " + e.dump());
+    // Names, not directories: a data set copied elsewhere is the same data.
+    const std::string saved = std::filesystem::path(e["path"].get<std::string>()).filename();
+    const std::string have = std::filesystem::path(shards_[i].path()).filename();
+    const uint64_t saved_tokens = e["tokens"].get<uint64_t>();
+    if (saved != have || saved_tokens != shards_[i].size())
+      throw UserError(where + "the state has " + saved + " (" + std::to_string(saved_tokens) +
+                      " tokens) but the data has " + have + " (" +
+                      std::to_string(shards_[i].size()) + " tokens)");
+  }
+
+  const uint64_t seed = unsigned_field("seed");
+  const uint64_t position = unsigned_field("position");
+  const uint64_t epoch = unsigned_field("epoch");
+  if (epoch != position / n_windows_)
+    throw UserError("data state: epoch: " + std::to_string(epoch) + " does not match position " +
+                    std::to_string(position) + " (epoch " + std::to_string(position / n_windows_) +
+                    " at " + std::to_string(n_windows_) + " samples per epoch)");
+  seed_ = seed;
+  position_ = position;
+  perm_epoch_ = UINT64_MAX;  // the seed may have changed
+}
+
+// ---- validation loader ----
+
+EvalLoader::EvalLoader(const std::string& glob_pattern, int vocab_size)
+    : shard_(glob_files(glob_pattern).front()) {
+  check_vocab(shard_, vocab_size);
+}
+
+bool EvalLoader::next_batch(int32_t* inputs, int32_t* targets, int B, int T) {
+  LT_CHECK(B > 0 && T > 0, "B=" + std::to_string(B) + " T=" + std::to_string(T));
+  const size_t span = (size_t)B * T;
+  if (position_ + span + 1 > shard_.size()) return false;
+  const uint16_t* tok = shard_.data() + position_;
+  for (size_t i = 0; i < span; ++i) {
+    inputs[i] = tok[i];
+    targets[i] = tok[i + 1];
+  }
+  position_ += span;
+  return true;
+}
+
+size_t EvalLoader::num_batches(int B, int T) const {
+  const size_t span = (size_t)B * T;
+  return shard_.size() > 0 ? (shard_.size() - 1) / span : 0;
+}
+
+// ---- byte tokenizer ----
+
+std::vector<int32_t> encode_bytes(std::string_view text) {
+  std::vector<int32_t> out(text.size());
+  for (size_t i = 0; i < text.size(); ++i) out[i] = (unsigned char)text[i];
+  return out;
+}
+
+std::string decode_bytes(const int32_t* tokens, int n) {
+  std::string out;
+  out.reserve(n > 0 ? n : 0);
+  for (int i = 0; i < n; ++i) {
+    if (tokens[i] >= 0 && tokens[i] < kByteVocab)
+      out.push_back((char)tokens[i]);
+    else
+      out += "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER
+  }
+  return out;
+}
+
+std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& inputs,
+                                              const std::string& output_prefix, double val_fraction,
+                                              size_t shard_tokens) {
+  if (inputs.empty()) throw UserError("prepare: inputs: no input files given");
+  if (output_prefix.empty()) throw UserError("prepare: output: the prefix is empty");
+  if (!(val_fraction >= 0.0 && val_fraction < 1.0))
+    throw UserError("prepare: val_fraction: expected a value in [0, 1), got " +
+                    std::to_string(val_fraction));
+  if (shard_tokens < 1 || shard_tokens > (size_t)std::numeric_limits<int32_t>::max())
+    throw UserError("prepare: shard_tokens: expected 1 .. 2147483647, got " +
+                    std::to_string(shard_tokens));
+
+  // Read everything before writing anything: a bad input must not leave partial output.
+  std::vector<unsigned char> text;
+  for (const std::string& in : inputs) {
+    std::vector<unsigned char> b = read_file_bytes(in);
+    text.insert(text.end(), b.begin(), b.end());
+  }
+  const size_t total = text.size();
+  size_t n_val = (size_t)std::floor((double)total * val_fraction);
+  if (val_fraction > 0.0 && n_val == 0) n_val = 1;  // asked for validation, so have some
+  if (n_val >= total)
+    throw UserError("prepare: inputs: " + std::to_string(total) +
+                    " bytes leave nothing to train on after the validation split");
+  const size_t n_train = total - n_val;
+
+  const std::filesystem::path dir = std::filesystem::path(output_prefix).parent_path();
+  if (!dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) throw UserError(dir.string() + ": cannot create the output directory: " + ec.message());
+  }
+
+  std::vector<ShardSummary> written;
+  std::vector<uint16_t> buf;
+  auto write_split = [&](const char* split, size_t begin, size_t end) {
+    size_t index = 0;
+    for (size_t at = begin; at < end; at += shard_tokens, ++index) {
+      const size_t n = std::min(shard_tokens, end - at);
+      buf.assign(text.begin() + at, text.begin() + at + n);
+      const std::string path = shard_name(output_prefix, split, index);
+      write_shard(path, buf.data(), n);
+      written.push_back({path, n});
+    }
+    // Shards of an earlier, larger run would join this one's glob; remove the run of them
+    // that continues our numbering.
+    for (;; ++index) {
+      const std::string stale = shard_name(output_prefix, split, index);
+      if (::unlink(stale.c_str()) != 0) break;
+    }
+  };
+  write_split("train", 0, n_train);
+  write_split("val", n_train, total);
+  return written;
+}
+
+}  // namespace lt

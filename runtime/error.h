@@ -1,0 +1,27 @@
+// Errors: UserError is bad input a user or operator can fix (one line, exit code 2);
+// LT_CHECK guards internal invariants and aborts with file:line context.
+#pragma once
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+namespace lt {
+
+// Thrown for bad input (config, data, checkpoint, flags). The message names the file and
+// field and says what was expected; the CLI prints it on one line and exits with code 2.
+struct UserError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] inline void fail_internal(const char* file, int line, const std::string& msg) {
+  std::fprintf(stderr, "leasetrain: internal error at %s:%d: %s\n", file, line, msg.c_str());
+  std::abort();
+}
+
+}  // namespace lt
+
+#define LT_CHECK(cond, msg)                                                      \
+  do {                                                                           \
+    if (!(cond)) ::lt::fail_internal(__FILE__, __LINE__, std::string(#cond ": ") + (msg)); \
+  } while (0)

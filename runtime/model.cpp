@@ -1,0 +1,219 @@
+// GPT-2 forward and backward over the Backend op interface (see model.h for the layout).
+#include "runtime/model.h"
+
+#include <cmath>
+#include <vector>
+
+#include "runtime/error.h"
+#include "runtime/rng.h"
+
+namespace lt {
+
+namespace {
+// Per-layer parameter tensors, in storage order. Grouping by layer (not by kind, as llm.c
+// does) keeps each block's gradients contiguous, which is what gradient buckets want.
+enum LayerParam { LN1W, LN1B, QKVW, QKVB, PROJW, PROJB, LN2W, LN2B, FCW, FCB, FCPW, FCPB, kPerLayer };
+}  // namespace
+
+GPT::GPT(const GPTConfig& cfg, Backend& backend) : cfg_(cfg), be_(&backend) {
+  const int64_t C = cfg.n_embd, L = cfg.n_layer;
+  if (cfg.n_layer < 1 || cfg.n_head < 1 || cfg.n_embd < 1 || cfg.block_size < 1 || cfg.vocab_size < 1 ||
+      cfg.n_embd % cfg.n_head != 0)
+    throw UserError("model: n_layer, n_head, n_embd, block_size, vocab_size must be positive and n_embd a "
+                    "multiple of n_head");
+  auto add = [&](std::string name, std::vector<int64_t> shape, bool transposed, int layer) {
+    ParamInfo p;
+    p.name = std::move(name);
+    p.shape = std::move(shape);
+    p.numel = 1;
+    for (int64_t s : p.shape) p.numel *= s;
+    p.offset = n_params_;
+    p.hf_transposed = transposed;
+    p.decay = p.shape.size() == 2;
+    p.layer = layer;
+    n_params_ += p.numel;
+    infos_.push_back(std::move(p));
+  };
+  add("wte.weight", {cfg.padded_vocab(), C}, false, -1);
+  add("wpe.weight", {cfg.block_size, C}, false, -1);
+  for (int l = 0; l < L; l++) {
+    const std::string h = "h." + std::to_string(l) + ".";
+    add(h + "ln_1.weight", {C}, false, l);
+    add(h + "ln_1.bias", {C}, false, l);
+    add(h + "attn.c_attn.weight", {3 * C, C}, true, l);
+    add(h + "attn.c_attn.bias", {3 * C}, false, l);
+    add(h + "attn.c_proj.weight", {C, C}, true, l);
+    add(h + "attn.c_proj.bias", {C}, false, l);
+    add(h + "ln_2.weight", {C}, false, l);
+    add(h + "ln_2.bias", {C}, false, l);
+    add(h + "mlp.c_fc.weight", {4 * C, C}, true, l);
+    add(h + "mlp.c_fc.bias", {4 * C}, false, l);
+    add(h + "mlp.c_proj.weight", {C, 4 * C}, true, l);
+    add(h + "mlp.c_proj.bias", {C}, false, l);
+  }
+  add("ln_f.weight", {C}, false, -1);
+  add("ln_f.bias", {C}, false, -1);
+  params_ = be_->zeros(DType::F32, {n_params_});
+  grads_ = be_->zeros(DType::F32, {n_params_});
+}
+
+Tensor GPT::param(const std::string& name) const {
+  for (const ParamInfo& p : infos_)
+    if (p.name == name) return params_.view(p.offset, p.shape);
+  LT_CHECK(false, "no parameter " + name);
+}
+
+Tensor GPT::grad(const std::string& name) const {
+  for (const ParamInfo& p : infos_)
+    if (p.name == name) return grads_.view(p.offset, p.shape);
+  LT_CHECK(false, "no parameter " + name);
+}
+
+void GPT::init_weights(uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> host(n_params_, 0.f);
+  const double proj_std = 0.02 / std::sqrt(2.0 * cfg_.n_layer);
+  for (const ParamInfo& p : infos_) {
+    float* w = host.data() + p.offset;
+    const bool is_weight = p.name.ends_with(".weight");
+    if (p.name.find("ln_") != std::string::npos) {
+      for (int64_t i = 0; i < p.numel; i++) w[i] = is_weight ? 1.f : 0.f;
+    } else if (is_weight) {
+      const bool residual_proj = p.name.ends_with("c_proj.weight");
+      const double std = residual_proj ? proj_std : 0.02;
+      // wte: only the real vocabulary rows; padding rows stay zero forever.
+      const int64_t n = p.name == "wte.weight" ? (int64_t)cfg_.vocab_size * cfg_.n_embd : p.numel;
+      for (int64_t i = 0; i < n; i++) w[i] = (float)(rng.normal() * std);
+    }
+  }
+  be_->from_host(params_, host.data());
+  be_->fill_zero(grads_);
+}
+
+void GPT::ensure_activations(int B, int T) {
+  if (B == B_ && T == T_) return;
+  const int64_t C = cfg_.n_embd, L = cfg_.n_layer, NH = cfg_.n_head;
+  auto act = [&](int64_t width) { return be_->empty(DType::F32, {B, T, width}); };
+  auto stat = [&]() { return be_->empty(DType::F32, {(int64_t)B * T}); };
+  tokens_ = be_->empty(DType::I32, {B, T});
+  targets_ = be_->empty(DType::I32, {B, T});
+  encoded_ = act(C);
+  for (auto* v : {&ln1_, &ln1_mean_, &ln1_rstd_, &qkv_, &atty_, &att_, &attproj_, &res2_, &ln2_, &ln2_mean_,
+                  &ln2_rstd_, &fch_, &fch_gelu_, &fcproj_, &res3_})
+    v->assign(L, Tensor{});
+  for (int64_t l = 0; l < L; l++) {
+    ln1_[l] = act(C);
+    ln1_mean_[l] = stat();
+    ln1_rstd_[l] = stat();
+    qkv_[l] = act(3 * C);
+    atty_[l] = act(C);
+    att_[l] = be_->empty(DType::F32, {B, NH, T, T});
+    attproj_[l] = act(C);
+    res2_[l] = act(C);
+    ln2_[l] = act(C);
+    ln2_mean_[l] = stat();
+    ln2_rstd_[l] = stat();
+    fch_[l] = act(4 * C);
+    fch_gelu_[l] = act(4 * C);
+    fcproj_[l] = act(C);
+    res3_[l] = act(C);
+  }
+  lnf_ = act(C);
+  lnf_mean_ = stat();
+  lnf_rstd_ = stat();
+  logits_ = act(cfg_.padded_vocab());
+  losses_ = be_->empty(DType::F32, {B, T});
+  dres_ = act(C);
+  dln_ = act(C);
+  dqkv_ = act(3 * C);
+  datty_ = act(C);
+  dfch_ = act(4 * C);
+  dfch_gelu_ = act(4 * C);
+  B_ = B;
+  T_ = T;
+}
+
+float GPT::forward(const int32_t* tokens, const int32_t* targets, int B, int T) {
+  LT_CHECK(B > 0 && T > 0 && T <= cfg_.block_size, "sequence length exceeds the context");
+  ensure_activations(B, T);
+  Backend& be = *be_;
+  be.from_host(tokens_, tokens);
+  const int L = cfg_.n_layer, NH = cfg_.n_head;
+  auto P = [&](int l, int k) {
+    const ParamInfo& p = infos_[2 + l * kPerLayer + k];
+    return params_.view(p.offset, p.shape);
+  };
+  const Tensor wte = param("wte.weight"), wpe = param("wpe.weight");
+  be.encoder_forward(encoded_, tokens_, wte, wpe);
+  Tensor x = encoded_;
+  for (int l = 0; l < L; l++) {
+    be.layernorm_forward(ln1_[l], ln1_mean_[l], ln1_rstd_[l], x, P(l, LN1W), P(l, LN1B));
+    be.matmul_forward(qkv_[l], ln1_[l], P(l, QKVW), P(l, QKVB));
+    be.attention_forward(atty_[l], att_[l], qkv_[l], NH);
+    be.matmul_forward(attproj_[l], atty_[l], P(l, PROJW), P(l, PROJB));
+    be.residual_forward(res2_[l], x, attproj_[l]);
+    be.layernorm_forward(ln2_[l], ln2_mean_[l], ln2_rstd_[l], res2_[l], P(l, LN2W), P(l, LN2B));
+    be.matmul_forward(fch_[l], ln2_[l], P(l, FCW), P(l, FCB));
+    be.gelu_forward(fch_gelu_[l], fch_[l]);
+    be.matmul_forward(fcproj_[l], fch_gelu_[l], P(l, FCPW), P(l, FCPB));
+    be.residual_forward(res3_[l], res2_[l], fcproj_[l]);
+    x = res3_[l];
+  }
+  be.layernorm_forward(lnf_, lnf_mean_, lnf_rstd_, x, param("ln_f.weight"), param("ln_f.bias"));
+  be.matmul_forward(logits_, lnf_, wte, Tensor{});
+  have_targets_ = targets != nullptr;
+  if (!have_targets_) return NAN;
+  be.from_host(targets_, targets);
+  be.crossentropy_forward(losses_, logits_, logits_, targets_, cfg_.vocab_size);
+  std::vector<float> host(B * T);
+  be.to_host(host.data(), losses_);
+  double sum = 0.0;
+  for (float v : host) sum += v;
+  return (float)(sum / (B * T));
+}
+
+void GPT::backward(float loss_scale) {
+  LT_CHECK(have_targets_, "backward() needs a forward() with targets");
+  Backend& be = *be_;
+  const int L = cfg_.n_layer, NH = cfg_.n_head;
+  auto P = [&](int l, int k) {
+    const ParamInfo& p = infos_[2 + l * kPerLayer + k];
+    return params_.view(p.offset, p.shape);
+  };
+  auto G = [&](int l, int k) {
+    const ParamInfo& p = infos_[2 + l * kPerLayer + k];
+    return grads_.view(p.offset, p.shape);
+  };
+  const Tensor wte = param("wte.weight");
+  const float dloss = loss_scale / (float)(B_ * T_);
+  // logits_ holds the probabilities; the logits' gradient overwrites them in place.
+  be.crossentropy_backward(logits_, logits_, targets_, dloss, cfg_.vocab_size);
+  be.matmul_backward(dln_, grad("wte.weight"), Tensor{}, logits_, lnf_, wte);
+  be.fill_zero(dres_);
+  be.layernorm_backward(dres_, grad("ln_f.weight"), grad("ln_f.bias"), dln_, res3_[L - 1], param("ln_f.weight"),
+                        lnf_mean_, lnf_rstd_);
+  // dres_ carries the residual stream's gradient down the layers; layernorm_backward adds to it.
+  for (int l = L - 1; l >= 0; l--) {
+    const Tensor& x = l == 0 ? encoded_ : res3_[l - 1];
+    be.matmul_backward(dfch_gelu_, G(l, FCPW), G(l, FCPB), dres_, fch_gelu_[l], P(l, FCPW));
+    be.gelu_backward(dfch_, fch_[l], dfch_gelu_);
+    be.matmul_backward(dln_, G(l, FCW), G(l, FCB), dfch_, ln2_[l], P(l, FCW));
+    be.layernorm_backward(dres_, G(l, LN2W), G(l, LN2B), dln_, res2_[l], P(l, LN2W), ln2_mean_[l], ln2_rstd_[l]);
+    be.matmul_backward(datty_, G(l, PROJW), G(l, PROJB), dres_, atty_[l], P(l, PROJW));
+    be.attention_backward(dqkv_, datty_, qkv_[l], att_[l], NH);
+    be.matmul_backward(dln_, G(l, QKVW), G(l, QKVB), dqkv_, ln1_[l], P(l, QKVW));
+    be.layernorm_backward(dres_, G(l, LN1W), G(l, LN1B), dln_, x, P(l, LN1W), ln1_mean_[l], ln1_rstd_[l]);
+  }
+  be.encoder_backward(grad("wte.weight"), grad("wpe.weight"), dres_, tokens_);
+  have_targets_ = false;  // the probabilities are gone
+}
+
+double GPT::flops_per_step(int B, int T) const {
+  // llm.c's count: 6 FLOPs per parameter per token (forward 2 + backward 4) plus the
+  // attention scores and weighted sums, 6*L*C*T per token with the causal mask's halving.
+  const double n = (double)num_params() - (double)(cfg_.padded_vocab() - cfg_.vocab_size) * cfg_.n_embd;
+  const double per_token = 6.0 * n + 6.0 * cfg_.n_layer * cfg_.n_embd * (double)T;
+  return per_token * B * T;
+}
+
+}  // namespace lt

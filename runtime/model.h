@@ -1,0 +1,86 @@
+// The GPT-2 model: parameters, gradients and activations in flat buffers on one backend,
+// forward (loss) and backward written once against the Backend op interface.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/backend.h"
+
+namespace lt {
+
+struct GPTConfig {
+  int n_layer = 4;
+  int n_head = 4;
+  int n_embd = 128;
+  int block_size = 128;  // context length (n_positions)
+  int vocab_size = 256;  // real vocabulary; the embedding is padded to padded_vocab() rows
+  int padded_vocab() const { return (vocab_size + 63) / 64 * 64; }
+  bool operator==(const GPTConfig&) const = default;
+};
+
+// One parameter tensor inside the flat parameter buffer.
+struct ParamInfo {
+  std::string name;            // Hugging Face GPT-2 name, e.g. "h.0.attn.c_attn.weight"
+  std::vector<int64_t> shape;  // our layout; linear weights are [out, in]
+  int64_t offset = 0;          // elements into the flat buffer
+  int64_t numel = 0;
+  bool hf_transposed = false;  // HF stores this weight as [in, out] (Conv1D)
+  bool decay = false;          // weight decay applies (2-D tensors only)
+  int layer = -1;              // transformer block index, -1 for embeddings and ln_f
+};
+
+class GPT {
+ public:
+  GPT(const GPTConfig& cfg, Backend& backend);
+
+  const GPTConfig& config() const { return cfg_; }
+  Backend& backend() const { return *be_; }
+  const std::vector<ParamInfo>& param_info() const { return infos_; }
+  int64_t num_params() const { return n_params_; }  // includes vocabulary padding rows
+  const Tensor& params() const { return params_; }  // flat [num_params]
+  const Tensor& grads() const { return grads_; }    // flat [num_params], accumulated by backward
+  Tensor param(const std::string& name) const;      // a view into params()
+  Tensor grad(const std::string& name) const;
+
+  // GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer),
+  // biases 0, LayerNorm weights 1. Deterministic in seed.
+  void init_weights(uint64_t seed);
+
+  // Runs the forward pass on tokens [B,T] (host int32) and returns the mean loss against
+  // targets [B,T]; with targets == nullptr only logits are computed (see logits()).
+  float forward(const int32_t* tokens, const int32_t* targets, int B, int T);
+  // Backpropagates the last forward's loss, ACCUMULATING into grads() with the mean loss
+  // scaled by loss_scale (1/grad_accum for accumulation).
+  void backward(float loss_scale = 1.f);
+  // After forward(): logits [B,T,padded_vocab] (probabilities after a forward with targets).
+  const Tensor& logits() const { return logits_; }
+  // After forward() with targets: per-position losses [B,T].
+  const Tensor& losses() const { return losses_; }
+
+  // FLOPs of one forward+backward on B x T tokens: 6*N_matmul*tokens + attention's
+  // 6*L*T*C*tokens (llm.c's causal-halved count).
+  double flops_per_step(int B, int T) const;
+
+ private:
+  void ensure_activations(int B, int T);
+
+  GPTConfig cfg_;
+  Backend* be_;
+  std::vector<ParamInfo> infos_;
+  int64_t n_params_ = 0;
+  Tensor params_, grads_;
+
+  // Activations for the current (B, T), see ensure_activations for shapes.
+  int B_ = 0, T_ = 0;
+  Tensor tokens_, targets_;
+  Tensor encoded_;                 // [B,T,C]
+  std::vector<Tensor> ln1_, ln1_mean_, ln1_rstd_, qkv_, atty_, att_, attproj_, res2_, ln2_,
+      ln2_mean_, ln2_rstd_, fch_, fch_gelu_, fcproj_, res3_;
+  Tensor lnf_, lnf_mean_, lnf_rstd_, logits_, losses_;
+  // Gradient scratch, reused by every layer.
+  Tensor dres_, dln_, dqkv_, datty_, dfch_, dfch_gelu_;
+  bool have_targets_ = false;
+};
+
+}  // namespace lt

@@ -1,0 +1,41 @@
+// AdamW with PyTorch's semantics over the model's flat parameters, the learning-rate
+// schedule (linear warm-up, cosine decay to a floor) and global-norm gradient clipping.
+#pragma once
+#include <cstdint>
+
+#include "runtime/model.h"
+
+namespace lt {
+
+struct AdamWConfig {
+  float lr = 1e-3f;
+  float min_lr = 1e-4f;  // the cosine floor
+  int warmup_steps = 0;
+  float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+  float weight_decay = 0.1f;  // decoupled; applied to 2-D tensors only
+  float grad_clip = 1.0f;     // max global L2 norm; <= 0 disables clipping
+};
+
+// lr at step (0-based) of total_steps: linear warm-up from lr/warmup to lr, cosine to min_lr.
+float lr_at(const AdamWConfig& cfg, int64_t step, int64_t total_steps);
+
+class AdamW {
+ public:
+  AdamW(const AdamWConfig& cfg, GPT& model);
+  const AdamWConfig& config() const { return cfg_; }
+  // Clips by global norm, takes one step at learning rate lr, and zeroes the gradients.
+  // Returns the gradient norm before clipping.
+  float step(float lr);
+  int64_t steps_taken() const { return t_; }
+  void set_steps_taken(int64_t t) { t_ = t; }
+  const Tensor& m() const { return m_; }  // flat, same layout as GPT::params()
+  const Tensor& v() const { return v_; }
+
+ private:
+  AdamWConfig cfg_;
+  GPT* model_;
+  Tensor m_, v_;
+  int64_t t_ = 0;
+};
+
+}  // namespace lt

@@ -1,0 +1,45 @@
+// The training loop: config -> model, data, optimizer; progress lines, metrics.jsonl,
+// periodic evaluation and checkpoints, bit-identical resume. Also eval and sampling.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "runtime/config.h"
+#include "runtime/model.h"
+
+namespace lt {
+
+struct TrainOptions {
+  std::string config_path;
+  std::string out_dir = "runs/default";
+  std::optional<int64_t> steps;     // overrides train.steps
+  std::optional<uint64_t> seed;     // overrides train.seed
+  bool resume = false;              // continue from the newest complete checkpoint in out_dir
+  std::string init_dir;             // start from this checkpoint's weights (e.g. real GPT-2)
+  bool quiet = false;               // no progress lines (tests)
+};
+
+struct TrainResult {
+  int64_t steps_done = 0;
+  std::vector<float> losses;        // train loss of each step run in this invocation
+  float last_val_loss = -1.f;
+  std::string last_checkpoint;
+};
+
+TrainResult run_train(const TrainOptions& opt);
+
+// Mean loss over `batches` sequential windows of the first shard of `data` (llm.c's convention).
+struct EvalResult {
+  double loss = 0;
+  int batches = 0;
+  int64_t tokens = 0;
+};
+EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int batches);
+
+// Autoregressive sampling with temperature and top-k (0: off), seeded.
+std::vector<int32_t> generate(GPT& model, std::vector<int32_t> prompt, int n_tokens, float temperature, int top_k,
+                              uint64_t seed);
+
+}  // namespace lt

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages leasetrain builds, tests and trains with, when any is missing.
+# Run as root on Debian 12 (the Makefile calls it before every build). Nothing is downloaded
+# but Debian packages.
+set -euo pipefail
+PKGS=(
+  build-essential cmake ninja-build pkg-config git
+  libopenblas-openmp-dev libomp-dev
+  libcli11-dev libtomlplusplus-dev nlohmann-json3-dev
+  libgtest-dev googletest
+  openmpi-bin libopenmpi-dev
+  python3 python3-numpy python3-torch python3-matplotlib
+  fortunes
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+echo "setup: installing ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: missing Debian packages (${missing[*]}); run 'make' as root or install them" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
