@@ -2,15 +2,22 @@
 // scripts.
 #include <omp.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "benchmarks/bench_allreduce.h"
 #include "benchmarks/bench_step.h"
 #include "launcher/commands.h"
+#include "runtime/dist_env.h"
 #include "runtime/error.h"
 
 namespace lt::cli {
@@ -40,6 +47,52 @@ json run_torch_peer(const std::string& model, int B, int T, int warmup, int step
   return j;
 }
 
+// nccl-tests' sizes: a number with an optional K, M or G (powers of 1024).
+int64_t parse_size(const std::string& flag, const std::string& v) {
+  size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(v, &used);
+  } catch (...) {
+    used = 0;
+  }
+  std::string unit = v.substr(used);
+  const double mult = unit.empty() ? 1 : unit == "K" || unit == "k" ? 1024.0 : unit == "M" || unit == "m" ? 1048576.0
+                      : unit == "G" || unit == "g" ? 1073741824.0 : -1;
+  if (used == 0 || mult < 0 || x * mult < 1)
+    throw UserError(flag + ": expected a byte count such as 8, 64K, 32M or 1G, got '" + v + "'");
+  return (int64_t)(x * mult);
+}
+
+std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
+
+std::string load_average() {
+  std::ifstream f("/proc/loadavg");
+  std::string a, b, c;
+  f >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
+// Runs a shell command; its exit status (non-zero for a signal).
+int run_shell(const std::string& cmd) {
+  const int st = std::system(cmd.c_str());
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+// A job started from a shell (not itself a rank) may start mpirun; a rank may not.
+void require_not_a_rank(const char* flag) {
+  if (read_dist_env().source != "none")
+    throw UserError(std::string(flag) + ": starts its own mpirun; run it from a shell, not under mpirun or srun");
+}
+
+json dp_row_json(const bench::DpStepResult& r, const std::string& progress, bool overlap, double bucket_mb) {
+  return json{{"ranks", r.world}, {"batch_per_rank", r.B}, {"seq", r.T}, {"buckets", r.buckets},
+              {"bucket_mb", bucket_mb}, {"overlap", overlap}, {"progress", progress}, {"median_ms", r.median_ms},
+              {"min_ms", r.min_ms}, {"exposed_comm_ms", r.exposed_ms}, {"in_step_comm_ms", r.in_step_comm_ms},
+              {"comm_alone_ms", r.alone_ms}, {"hidden", r.hidden()},
+              {"launched_during_backward", r.launched_during_backward}};
+}
+
 }  // namespace
 
 void add_bench_commands(CLI::App& app) {
@@ -50,6 +103,11 @@ void add_bench_commands(CLI::App& app) {
     std::string device = "cpu", model = "all", json_out;
     int batch = 4, seq = 64, warmup = 2, steps = 5;
     bool torch = false;
+    // data parallel (--ranks)
+    int ranks = 0, threads_per_rank = 1, zero = 0;
+    std::string bucket_mb = "0.1,0.25,1,25", progress = "thread", dp_worker;
+    double first_bucket_mb = 1.0, worker_bucket_mb = 25;
+    bool worker_overlap = true;
   };
   auto a = std::make_shared<StepArgs>();
   CLI::App* s = bench->add_subcommand("step", "Time the whole training step (forward, backward, AdamW)");
@@ -65,7 +123,129 @@ void add_bench_commands(CLI::App& app) {
   s->add_option("--steps", a->steps, "Timed steps")->check(CLI::PositiveNumber)->capture_default_str();
   s->add_flag("--torch", a->torch, "Also time the PyTorch CPU eager peer and print the ratio");
   s->add_option("--json", a->json_out, "Write the results as JSON to this file ('-' for stdout)");
+  s->add_option("--ranks", a->ranks,
+                "Data parallel: time N ranks (mpirun on this host, one process each) against 1 rank at the same "
+                "per-rank --batch: weak-scaling efficiency and the share of gradient reduction hidden by overlap")
+      ->check(CLI::Range(2, 1024));
+  s->add_option("--bucket-mb", a->bucket_mb, "With --ranks: bucket caps to compare, MB, comma-separated")
+      ->capture_default_str();
+  s->add_option("--first-bucket-mb", a->first_bucket_mb, "With --ranks: the first bucket's cap, MB")
+      ->capture_default_str();
+  s->add_option("--progress", a->progress, "With --ranks: MPI progress, thread or poll (see runtime/comm.h)")
+      ->check(CLI::IsMember({"thread", "poll"}))->capture_default_str();
+  s->add_option("--threads-per-rank", a->threads_per_rank, "With --ranks: OpenMP threads per rank")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  s->add_option("--zero", a->zero, "With --ranks: 1 for ZeRO-1")->check(CLI::Range(0, 1))->capture_default_str();
+  // Internal: one configuration on the ranks of an mpirun that --ranks started.
+  s->add_option("--dp-worker", a->dp_worker)->group("");
+  s->add_option("--dp-bucket-mb", a->worker_bucket_mb)->group("");
+  s->add_option("--dp-overlap", a->worker_overlap)->group("");
   s->callback([a] {
+    if (!a->dp_worker.empty()) {  // a rank of one --ranks configuration
+      DistConfig dist;
+      dist.bucket_mb = a->worker_bucket_mb;
+      dist.first_bucket_mb = std::min(a->first_bucket_mb, a->worker_bucket_mb);
+      dist.overlap = a->worker_overlap;
+      dist.progress = a->progress;
+      dist.zero = a->zero;
+      std::unique_ptr<Communicator> comm = make_cpu_communicator(read_dist_env(), dist);
+      const std::string name = a->model == "all" ? "tiny" : a->model;
+      bench::DpStepResult r =
+          bench::bench_dp_step(*comm, bench::named_model(name), dist, a->batch, a->seq, a->warmup, a->steps);
+      if (comm->rank() == 0) {
+        std::ofstream f(a->dp_worker);
+        f << dp_row_json(r, a->progress, dist.overlap, dist.bucket_mb).dump() << "\n";
+        if (!f) throw UserError(a->dp_worker + ": cannot write");
+      }
+      return;
+    }
+    if (a->ranks > 0) {
+      require_not_a_rank("--ranks");
+      const std::string name = a->model == "all" ? "tiny" : a->model;
+      bench::named_model(name);  // validate before starting anything
+      std::vector<double> caps;
+      std::stringstream ss(a->bucket_mb);
+      for (std::string item; std::getline(ss, item, ',');) {
+        double v = 0;
+        try {
+          v = std::stod(item);
+        } catch (...) {
+          v = -1;
+        }
+        if (!(v > 0)) throw UserError("--bucket-mb: expected positive numbers separated by commas, got '" + a->bucket_mb + "'");
+        caps.push_back(v);
+      }
+      const std::filesystem::path tmp = std::filesystem::temp_directory_path() /
+                                        ("leasetrain-bench-" + std::to_string(::getpid()));
+      std::filesystem::create_directories(tmp);
+      const std::string exe = self_exe();
+      auto common = [&](const std::string& out) {
+        return std::vector<std::string>{exe, "bench", "step", "--model", name, "--batch", std::to_string(a->batch),
+                                        "--seq", std::to_string(a->seq), "--warmup", std::to_string(a->warmup),
+                                        "--steps", std::to_string(a->steps), "--progress", a->progress,
+                                        "--first-bucket-mb", std::to_string(a->first_bucket_mb), "--zero",
+                                        std::to_string(a->zero), "--dp-worker", out};
+      };
+      auto run_config = [&](int np, double cap, bool overlap, int k) {
+        const std::string out = (tmp / ("row" + std::to_string(k) + ".json")).string();
+        std::vector<std::string> argv = common(out);
+        for (const std::string& x : {std::string("--dp-bucket-mb"), std::to_string(cap), std::string("--dp-overlap"),
+                                     std::string(overlap ? "true" : "false")})
+          argv.push_back(x);
+        std::string cmd;
+        const std::string t = std::to_string(a->threads_per_rank);
+        if (np == 1)  // the baseline: one plain process, the same threads as each rank
+          cmd = "OMP_NUM_THREADS=" + t + " OPENBLAS_NUM_THREADS=" + t + " " + shell_join(argv);
+        else
+          cmd = shell_join(local_mpirun_argv(np, a->threads_per_rank)) + " " + shell_join(argv);
+        if (run_shell(cmd) != 0) throw UserError("bench step --ranks: the run failed: " + cmd);
+        std::ifstream f(out);
+        json j = json::parse(f, nullptr, false);
+        if (j.is_discarded()) throw UserError(out + ": no result from: " + cmd);
+        return j;
+      };
+      std::printf("bench step --ranks %d: model %s, batch %d x %d per rank, %d thread%s per rank, median of %d steps "
+                  "after %d warm-up, MPI progress %s%s | load average %s\n",
+                  a->ranks, name.c_str(), a->batch, a->seq, a->threads_per_rank, a->threads_per_rank == 1 ? "" : "s",
+                  a->steps, a->warmup, a->progress.c_str(), a->zero ? ", ZeRO-1" : "", load_average().c_str());
+      std::printf("%5s %-40s %8s %9s %9s %11s %11s %8s\n", "ranks", "buckets", "overlap", "ms/step", "weak eff",
+                  "comm alone", "exposed", "hidden");
+      json rows = json::array();
+      int k = 0;
+      json base = run_config(1, caps.front(), true, k++);
+      const double t1 = base["median_ms"].get<double>();
+      std::printf("%5d %-40s %8s %9.2f %8.1f%% %11s %11s %8s\n", 1, "-", "-", t1, 100.0, "-", "-", "-");
+      std::fflush(stdout);
+      base["weak_scaling_efficiency"] = 1.0;
+      rows.push_back(base);
+      std::vector<std::pair<double, bool>> configs;
+      for (double c : caps) configs.push_back({c, true});
+      configs.push_back({caps.back(), false});  // no overlap: all buckets after backward
+      for (auto [cap, overlap] : configs) {
+        json j = run_config(a->ranks, cap, overlap, k++);
+        const double tn = j["median_ms"].get<double>();
+        j["weak_scaling_efficiency"] = t1 / tn;
+        std::printf("%5d %-40s %8s %9.2f %8.1f%% %8.2f ms %8.2f ms %7.0f%%\n", a->ranks,
+                    j["buckets"].get<std::string>().substr(0, 40).c_str(), overlap ? "yes" : "no", tn, 100 * t1 / tn,
+                    j["comm_alone_ms"].get<double>(), j["exposed_comm_ms"].get<double>(),
+                    100 * j["hidden"].get<double>());
+        std::fflush(stdout);
+        rows.push_back(j);
+      }
+      std::printf("weak eff = 1-rank ms / N-rank ms at the same per-rank batch; comm alone = every bucket reduced with "
+                  "nothing else running; exposed = waiting for reductions after backward; hidden = 1 - exposed / "
+                  "alone\n");
+      std::error_code ec;
+      std::filesystem::remove_all(tmp, ec);
+      if (a->json_out == "-") {
+        std::printf("%s\n", rows.dump(2).c_str());
+      } else if (!a->json_out.empty()) {
+        std::ofstream f(a->json_out);
+        f << rows.dump(2) << "\n";
+        if (!f) throw UserError(a->json_out + ": cannot write");
+      }
+      return;
+    }
     std::vector<std::string> names = a->model == "all" ? std::vector<std::string>{"tiny", "124m"}
                                                        : std::vector<std::string>{a->model};
     json results = json::array();
@@ -103,6 +283,99 @@ void add_bench_commands(CLI::App& app) {
       f << results.dump(2) << "\n";
       if (!f) throw UserError(a->json_out + ": cannot write");
     }
+  });
+
+  struct AllReduceCli {
+    std::string b = "8", e = "32M", backend = "mpi", progress = "thread", json_out;
+    double f = 2;
+    int n = 20, w = 5, c = 1, ranks = 0;
+    std::string op = "sum";
+  };
+  auto ar = std::make_shared<AllReduceCli>();
+  CLI::App* r = bench->add_subcommand("allreduce", "All-reduce bandwidth on the communicators (nccl-tests' all_reduce_perf)");
+  r->footer("Run it under mpirun (e.g. mpirun -np 2 leasetrain bench allreduce -b 8 -e 32M -f 2), or give --ranks N to "
+            "start mpirun on this host. Columns as nccl-tests: size count type redop time algbw busbw #wrong, with "
+            "busbw = algbw x 2(n-1)/n; inputs are small integers, so every result is checked exactly (-c).");
+  r->add_option("-b,--minbytes", ar->b, "Smallest message (bytes; K, M, G suffixes)")->capture_default_str();
+  r->add_option("-e,--maxbytes", ar->e, "Largest message")->capture_default_str();
+  r->add_option("-f,--stepfactor", ar->f, "Size multiplier between rows")->capture_default_str();
+  r->add_option("-n,--iters", ar->n, "Timed iterations per size")->check(CLI::PositiveNumber)->capture_default_str();
+  r->add_option("-w,--warmup_iters", ar->w, "Untimed iterations first")->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  r->add_option("-c,--check", ar->c, "Checked iterations per size (0: no check)")->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  r->add_option("-o,--op", ar->op, "sum, avg, max or min")->capture_default_str();
+  r->add_option("--backend", ar->backend, "mpi (host buffers) or nccl (GPU)")->check(CLI::IsMember({"mpi", "nccl"}))
+      ->capture_default_str();
+  r->add_option("--progress", ar->progress, "MPI progress: thread or poll")->check(CLI::IsMember({"thread", "poll"}))
+      ->capture_default_str();
+  r->add_option("--ranks", ar->ranks, "Start mpirun -np N on this host")->check(CLI::Range(1, 1024));
+  r->add_option("--json", ar->json_out, "Also write the rows as JSON to this file ('-' for stdout)");
+  r->callback([ar] {
+    bench::AllReduceArgs a;
+    a.min_bytes = parse_size("-b", ar->b);
+    a.max_bytes = parse_size("-e", ar->e);
+    a.factor = ar->f;
+    a.iters = ar->n;
+    a.warmup = ar->w;
+    a.check = ar->c;
+    a.op = ar->op;
+    bench::parse_redop(a.op);
+    bench::allreduce_sizes(a);  // flag errors before anything starts
+    if (ar->ranks > 0) {
+      require_not_a_rank("--ranks");
+      std::vector<std::string> argv = local_mpirun_argv(ar->ranks);
+      for (const std::string& x : {self_exe(), std::string("bench"), std::string("allreduce"), std::string("-b"), ar->b,
+                                   std::string("-e"), ar->e, std::string("-f"), std::to_string(ar->f),
+                                   std::string("-n"), std::to_string(ar->n), std::string("-w"), std::to_string(ar->w),
+                                   std::string("-c"), std::to_string(ar->c), std::string("-o"), ar->op,
+                                   std::string("--backend"), ar->backend, std::string("--progress"), ar->progress})
+        argv.push_back(x);
+      if (!ar->json_out.empty()) {
+        argv.push_back("--json");
+        argv.push_back(ar->json_out);
+      }
+      const int rc = run_shell(shell_join(argv));
+      if (rc != 0) throw UserError("bench allreduce --ranks: mpirun failed (exit " + std::to_string(rc) + ")");
+      return;
+    }
+    const DistEnv env = read_dist_env();
+    DistConfig dist;
+    dist.progress = ar->progress;
+    std::unique_ptr<Communicator> host = make_cpu_communicator(env, dist);
+    std::vector<bench::AllReduceRow> rows;
+    std::string backend = ar->backend == "mpi" ? host->backend() : "nccl";
+    if (ar->backend == "mpi") {
+      if (host->rank() == 0) bench::print_allreduce_header(host->backend() + (host->backend() == "mpi" ? " (progress " + ar->progress + ")" : ""), host->world());
+      rows = bench::bench_allreduce(*host, a);
+    } else {
+#ifdef LEASETRAIN_HAVE_NCCL
+      if (host->rank() == 0) bench::print_allreduce_header("nccl", host->world());
+      rows = bench::bench_allreduce_nccl(host->world() > 1 ? host.get() : nullptr, host->rank(), host->world(),
+                                         env.local_rank, a);
+#else
+      throw UserError("--backend nccl: this build has no NCCL (needs the CUDA toolkit and NCCL at configure time)");
+#endif
+    }
+    if (host->rank() != 0) return;
+    json out = json::array();
+    int64_t wrong = 0;
+    for (const auto& row : rows) {
+      bench::print_allreduce_row(row);
+      wrong += row.wrong;
+      out.push_back({{"size", row.bytes}, {"count", row.count}, {"type", row.type}, {"redop", row.redop},
+                     {"time_us", row.time_us}, {"algbw_gbps", row.algbw}, {"busbw_gbps", row.busbw},
+                     {"wrong", row.wrong}, {"ranks", host->world()}, {"backend", backend}});
+    }
+    std::printf("# out of bounds values : %lld %s\n", (long long)wrong, wrong ? "FAILED" : "OK");
+    if (ar->json_out == "-") {
+      std::printf("%s\n", out.dump(2).c_str());
+    } else if (!ar->json_out.empty()) {
+      std::ofstream f(ar->json_out);
+      f << out.dump(2) << "\n";
+      if (!f) throw UserError(ar->json_out + ": cannot write");
+    }
+    if (wrong) throw UserError("bench allreduce: " + std::to_string(wrong) + " wrong elements");
   });
 }
 

@@ -32,7 +32,8 @@ const std::vector<std::string> kDefaultAllowed = {"NCCL_DEBUG", "NCCL_DEBUG_SUBS
                                                   "OMP_PROC_BIND", "OMP_PLACES"};
 // What the launcher process itself needs (ssh to remote nodes, a terminal), never given to
 // ranks through -x.
-const std::vector<std::string> kLauncherOnly = {"HOME", "USER", "LOGNAME", "SHELL", "TERM", "SSH_AUTH_SOCK"};
+const std::vector<std::string> kLauncherOnly = {"HOME", "USER", "LOGNAME", "SHELL", "TERM", "SSH_AUTH_SOCK",
+                                                "LEASETRAIN_OPERATOR_KEY", "LEASETRAIN_SYSFS_ROOT"};
 
 // Inherited variables worth naming when dropped: they change what NCCL, CUDA, MPI or the
 // dynamic loader do.
@@ -86,8 +87,9 @@ EnvFilter filter_environment(const EnvMap& inherited, const Policy& policy) {
                  std::any_of(policy.allow_env.begin(), policy.allow_env.end(),
                              [&](const std::string& p) { return matches(name, p); }));
     if (pass) f.passed[name] = value;
+    else if (std::find(kLauncherOnly.begin(), kLauncherOnly.end(), name) != kLauncherOnly.end()) continue;
     else if (is_notable(name)) f.dropped.push_back(name);
-    else if (std::find(kLauncherOnly.begin(), kLauncherOnly.end(), name) == kLauncherOnly.end()) ++f.dropped_other;
+    else ++f.dropped_other;
   }
   return f;
 }

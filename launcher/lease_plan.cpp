@@ -150,7 +150,6 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
     p.notes.push_back("the lease has " + std::to_string(total) + " slots but a quota of " +
                       std::to_string(l.quota.max_ranks) + " ranks; using " + std::to_string(p.np));
 
-  const bool multi_node = l.alloc.size() > 1 && p.np > l.alloc[0].slots();
   std::map<std::string, std::optional<int>> pkey_cache;  // "host/hca" -> index
   std::set<std::string> ifaces;
   int rank = 0;
@@ -226,7 +225,6 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
     }
     p.nodes.push_back(std::move(np));
   }
-  (void)multi_node;
   // GPU-hours: the device ranks together may run until the quota left is spent.
   int device_ranks = 0;
   for (const RankPlan& r : p.ranks) device_ranks += r.devices.empty() ? 0 : 1;

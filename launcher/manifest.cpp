@@ -454,10 +454,10 @@ bool is_gpu_uuid(std::string_view s) { return s.size() == 40 && s.substr(0, 4) =
 bool is_mig_uuid(std::string_view s) { return s.size() == 40 && s.substr(0, 4) == "MIG-" && is_uuid_body(s.substr(4)); }
 
 std::string uuid_key(std::string_view s) {
-  if (s.size() > 4 && (s.substr(0, 4) == "GPU-" || s.substr(0, 4) == "MIG-")) s.remove_prefix(4);
   std::string out;
-  for (char c : s)
-    if (c != '-') out += char(std::tolower(static_cast<unsigned char>(c)));
+  for (char c : s) out += char(std::tolower(static_cast<unsigned char>(c)));
+  if (out.rfind("gpu-", 0) == 0 || out.rfind("mig-", 0) == 0) out.erase(0, 4);
+  out.erase(std::remove(out.begin(), out.end(), '-'), out.end());
   return out;
 }
 

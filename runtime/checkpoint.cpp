@@ -120,8 +120,8 @@ void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {
         for (int64_t c = c0; c < std::min(cols, c0 + kB); ++c) dst[c * rows + r] = src[r * cols + c];
 }
 
-// HF checkpoints carry the causal mask as non-persistent buffers in older exports
-// ("h.N.attn.bias", "h.N.attn.masked_bias"); they are not parameters.
+// Older HF exports (the original gpt2 files among them) saved the causal-mask buffers
+// "h.N.attn.bias" and "h.N.attn.masked_bias" alongside the weights; they are not parameters.
 bool is_hf_buffer(const std::string& name) {
   if (!name.starts_with("h.")) return false;
   size_t i = 2;

@@ -64,6 +64,11 @@ struct Reader {
     return (float)d;
   }
 
+  bool boolean(const toml::node& v, const std::string& key) const {
+    if (!v.is_boolean()) fail(key, std::string("expected true or false, got ") + type_name(v));
+    return *v.value<bool>();
+  }
+
   std::string string(const toml::node& v, const std::string& key) const {
     if (!v.is_string()) fail(key, std::string("expected a string, got ") + type_name(v));
     return *v.value<std::string>();
@@ -101,11 +106,12 @@ TrainConfig load_train_config(const std::string& path) {
   bool min_lr_set = false;
   for (const auto& [k, v] : root)
     if (!v.is_table())
-      r.fail(std::string(k.str()), "unknown top-level key (expected the tables [model], [data], [optim], [train])");
-  const std::map<std::string, bool> sections{{"model", 1}, {"data", 1}, {"optim", 1}, {"train", 1}};
+      r.fail(std::string(k.str()),
+             "unknown top-level key (expected the tables [model], [data], [optim], [train], [dist])");
+  const std::map<std::string, bool> sections{{"model", 1}, {"data", 1}, {"optim", 1}, {"train", 1}, {"dist", 1}};
   for (const auto& [k, v] : root)
     if (!sections.count(std::string(k.str())))
-      r.fail(std::string(k.str()), "unknown section (expected [model], [data], [optim] or [train])");
+      r.fail(std::string(k.str()), "unknown section (expected [model], [data], [optim], [train] or [dist])");
 
   r.table(root, "model",
           {{"n_layer", [&](auto& v, auto& k) { c.model.n_layer = (int)r.integer(v, k, 1, 1024); }},
@@ -136,6 +142,18 @@ TrainConfig load_train_config(const std::string& path) {
            {"checkpoint_interval", [&](auto& v, auto& k) { c.checkpoint_interval = r.integer(v, k, 0, big); }},
            {"log_interval", [&](auto& v, auto& k) { c.log_interval = r.integer(v, k, 1, big); }},
            {"seed", [&](auto& v, auto& k) { c.seed = (uint64_t)r.integer(v, k, 0, INT64_MAX); }}});
+  r.table(root, "dist",
+          {{"zero", [&](auto& v, auto& k) { c.dist.zero = (int)r.integer(v, k, 0, 1); }},
+           {"bucket_mb", [&](auto& v, auto& k) { c.dist.bucket_mb = r.number(v, k, 1e-3, 1e6); }},
+           {"first_bucket_mb", [&](auto& v, auto& k) { c.dist.first_bucket_mb = r.number(v, k, 1e-3, 1e6); }},
+           {"overlap", [&](auto& v, auto& k) { c.dist.overlap = r.boolean(v, k); }},
+           {"checksum_interval", [&](auto& v, auto& k) { c.dist.checksum_interval = r.integer(v, k, 0, big); }},
+           {"watchdog_timeout", [&](auto& v, auto& k) { c.dist.watchdog_timeout = r.number(v, k, 0.1, 1e7); }},
+           {"progress", [&](auto& v, auto& k) {
+              c.dist.progress = r.string(v, k);
+              if (c.dist.progress != "thread" && c.dist.progress != "poll")
+                r.fail(k, "expected \"thread\" or \"poll\", got \"" + c.dist.progress + "\"");
+            }}});
 
   if (c.model.n_embd % c.model.n_head != 0)
     r.fail("model.n_embd", "expected a multiple of model.n_head (" + std::to_string(c.model.n_head) + "), got " +

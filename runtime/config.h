@@ -1,4 +1,4 @@
-// The training job's TOML configuration: [model], [data], [optim], [train]. Unknown keys,
+// The training job's TOML configuration: [model], [data], [optim], [train], [dist]. Unknown keys,
 // wrong types and out-of-range values are UserErrors naming the file and the key.
 #pragma once
 #include <cstdint>
@@ -8,6 +8,17 @@
 #include "runtime/optim.h"
 
 namespace lt {
+
+// [dist]: data parallelism across ranks (ignored by a single-rank run). See runtime/ddp.h.
+struct DistConfig {
+  int zero = 0;                     // 1: ZeRO-1 (optimizer state sharded across ranks)
+  double bucket_mb = 25.0;          // gradient bucket cap, MB (1e6 bytes)
+  double first_bucket_mb = 1.0;     // the first bucket (the last layers) is small so it starts early
+  bool overlap = true;              // reduce buckets during backward (false: all after backward)
+  int64_t checksum_interval = 100;  // cross-rank parameter checksum every N steps (0: off)
+  double watchdog_timeout = 300.0;  // seconds a collective may take before the job is aborted
+  std::string progress = "thread";  // MPI progress: "thread" (a communication thread) or "poll"
+};
 
 struct TrainConfig {
   GPTConfig model;
@@ -23,6 +34,7 @@ struct TrainConfig {
   int64_t checkpoint_interval = 0;  // 0: checkpoint only at the end
   int64_t log_interval = 10;        // progress line every N steps (metrics.jsonl gets every step)
   uint64_t seed = 1337;
+  DistConfig dist;
   std::string source;  // the file it was read from, for messages
 };
 

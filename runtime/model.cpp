@@ -69,6 +69,18 @@ Tensor GPT::grad(const std::string& name) const {
   LT_CHECK(false, "no parameter " + name);
 }
 
+void GPT::reserve_flat(int64_t elems) {
+  if (elems <= flat_capacity()) return;
+  for (Tensor* t : {&params_, &grads_}) {
+    Tensor bigger = be_->zeros(DType::F32, {elems});
+    std::vector<float> host(n_params_);
+    be_->to_host(host.data(), *t);
+    Tensor view = bigger.view(0, {n_params_});
+    be_->from_host(view, host.data());
+    *t = view;
+  }
+}
+
 void GPT::init_weights(uint64_t seed) {
   Rng rng(seed);
   std::vector<float> host(n_params_, 0.f);
@@ -192,6 +204,8 @@ void GPT::backward(float loss_scale) {
   be.fill_zero(dres_);
   be.layernorm_backward(dres_, grad("ln_f.weight"), grad("ln_f.bias"), dln_, res3_[L - 1], param("ln_f.weight"),
                         lnf_mean_, lnf_rstd_);
+  const int64_t lnf_offset = infos_[2 + L * kPerLayer].offset;
+  if (grad_hook_) grad_hook_(lnf_offset, n_params_ - lnf_offset);
   // dres_ carries the residual stream's gradient down the layers; layernorm_backward adds to it.
   for (int l = L - 1; l >= 0; l--) {
     const Tensor& x = l == 0 ? encoded_ : res3_[l - 1];
@@ -203,8 +217,13 @@ void GPT::backward(float loss_scale) {
     be.attention_backward(dqkv_, datty_, qkv_[l], att_[l], NH);
     be.matmul_backward(dln_, G(l, QKVW), G(l, QKVB), dqkv_, ln1_[l], P(l, QKVW));
     be.layernorm_backward(dres_, G(l, LN1W), G(l, LN1B), dln_, x, P(l, LN1W), ln1_mean_[l], ln1_rstd_[l]);
+    if (grad_hook_) {
+      const int64_t lo = infos_[2 + l * kPerLayer].offset, hi = infos_[2 + (l + 1) * kPerLayer].offset;
+      grad_hook_(lo, hi - lo);
+    }
   }
   be.encoder_backward(grad("wte.weight"), grad("wpe.weight"), dres_, tokens_);
+  if (grad_hook_) grad_hook_(0, infos_[2].offset);
   have_targets_ = false;  // the probabilities are gone
 }
 

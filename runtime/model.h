@@ -2,6 +2,7 @@
 // forward (loss) and backward written once against the Backend op interface.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,20 @@ class GPT {
   // After forward() with targets: per-position losses [B,T].
   const Tensor& losses() const { return losses_; }
 
+  // Called by backward() each time a contiguous range of gradients is final, i.e. nothing
+  // later in this backward writes it: ln_f first, then layer L-1 .. 0, then wte and wpe
+  // together (wte also gets the lm-head gradient at the start). Ranges arrive in
+  // decreasing offset order and together cover [0, num_params). Data parallelism starts a
+  // bucket's reduction from here. On a device backend "final" means "queued".
+  using GradReadyHook = std::function<void(int64_t offset, int64_t numel)>;
+  void set_grad_ready_hook(GradReadyHook hook) { grad_hook_ = std::move(hook); }
+
+  // Grows the flat parameter and gradient buffers to `elems` elements (>= num_params);
+  // elements past num_params are zero padding that nothing here reads or writes (ZeRO-1
+  // pads its shards there). params() and grads() still span num_params.
+  void reserve_flat(int64_t elems);
+  int64_t flat_capacity() const { return (int64_t)(params_.buf->bytes() / sizeof(float)); }
+
   // FLOPs of one forward+backward on B x T tokens: 6*N_matmul*tokens + attention's
   // 6*L*T*C*tokens (llm.c's causal-halved count).
   double flops_per_step(int B, int T) const;
@@ -81,6 +96,7 @@ class GPT {
   // Gradient scratch, reused by every layer.
   Tensor dres_, dln_, dqkv_, datty_, dfch_, dfch_gelu_;
   bool have_targets_ = false;
+  GradReadyHook grad_hook_;
 };
 
 }  // namespace lt

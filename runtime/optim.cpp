@@ -1,7 +1,10 @@
 // AdamW, the learning-rate schedule and gradient clipping (see optim.h).
 #include "runtime/optim.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "runtime/error.h"
 
 namespace lt {
 
@@ -21,19 +24,63 @@ AdamW::AdamW(const AdamWConfig& cfg, GPT& model) : cfg_(cfg), model_(&model) {
   v_ = be.zeros(DType::F32, {model.num_params()});
 }
 
+AdamW::AdamW(const AdamWConfig& cfg, GPT& model, std::vector<FlatRange> shard)
+    : cfg_(cfg), model_(&model), sharded_(true), shard_(std::move(shard)) {
+  int64_t n = 0;
+  for (const FlatRange& r : shard_) {
+    LT_CHECK(r.offset >= 0 && r.numel >= 0 && r.offset + r.numel <= model.flat_capacity(),
+             "shard range outside the flat buffer");
+    n += r.numel;
+  }
+  Backend& be = model.backend();
+  m_ = be.zeros(DType::F32, {std::max<int64_t>(n, 1)});
+  v_ = be.zeros(DType::F32, {std::max<int64_t>(n, 1)});
+}
+
 float AdamW::step(float lr) {
+  LT_CHECK(!sharded_, "a sharded AdamW needs the global gradient norm: use update()");
+  const float norm = (float)std::sqrt(grad_sum_squares());
+  update(lr, norm);
+  return norm;
+}
+
+double AdamW::grad_sum_squares() const {
   Backend& be = model_->backend();
-  const float norm = (float)std::sqrt(be.sum_squares(model_->grads()));
+  if (!sharded_) return be.sum_squares(model_->grads());
+  const Tensor all = model_->grads().view(0, {model_->flat_capacity()});
+  double s = 0;
+  for (const FlatRange& r : shard_)
+    if (r.numel > 0) s += be.sum_squares(all.view(r.offset, {r.numel}));
+  return s;
+}
+
+void AdamW::update(float lr, float norm) {
+  Backend& be = model_->backend();
   // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), never above 1.
   float scale = 1.f;
   if (cfg_.grad_clip > 0.f) scale = std::fmin(1.f, cfg_.grad_clip / (norm + 1e-6f));
   ++t_;
-  for (const ParamInfo& p : model_->param_info()) {
-    auto view = [&](const Tensor& t) { return t.view(p.offset, {p.numel}); };
-    be.adamw_update(view(model_->params()), view(model_->grads()), view(m_), view(v_), lr, cfg_.beta1,
-                    cfg_.beta2, cfg_.eps, p.decay ? cfg_.weight_decay : 0.f, scale, (int)t_);
+  if (!sharded_) {
+    for (const ParamInfo& p : model_->param_info()) {
+      auto view = [&](const Tensor& t) { return t.view(p.offset, {p.numel}); };
+      be.adamw_update(view(model_->params()), view(model_->grads()), view(m_), view(v_), lr, cfg_.beta1,
+                      cfg_.beta2, cfg_.eps, p.decay ? cfg_.weight_decay : 0.f, scale, (int)t_);
+    }
+    return;
   }
-  return norm;
+  // The shard's pieces of each parameter, updated elementwise exactly as the full step would.
+  int64_t local = 0;
+  for (const FlatRange& r : shard_) {
+    for (const ParamInfo& p : model_->param_info()) {
+      const int64_t lo = std::max(r.offset, p.offset), hi = std::min(r.offset + r.numel, p.offset + p.numel);
+      if (lo >= hi) continue;
+      const int64_t n = hi - lo, at = local + (lo - r.offset);
+      be.adamw_update(model_->params().view(lo, {n}), model_->grads().view(lo, {n}), m_.view(at, {n}),
+                      v_.view(at, {n}), lr, cfg_.beta1, cfg_.beta2, cfg_.eps, p.decay ? cfg_.weight_decay : 0.f,
+                      scale, (int)t_);
+    }
+    local += r.numel;
+  }
 }
 
 }  // namespace lt

@@ -2,6 +2,7 @@
 // schedule (linear warm-up, cosine decay to a floor) and global-norm gradient clipping.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "runtime/model.h"
 
@@ -19,23 +20,41 @@ struct AdamWConfig {
 // lr at step (0-based) of total_steps: linear warm-up from lr/warmup to lr, cosine to min_lr.
 float lr_at(const AdamWConfig& cfg, int64_t step, int64_t total_steps);
 
+// A range of the flat parameter buffer.
+struct FlatRange {
+  int64_t offset = 0, numel = 0;
+};
+
 class AdamW {
  public:
+  // Moments for every parameter.
   AdamW(const AdamWConfig& cfg, GPT& model);
+  // ZeRO-1: moments only for `shard`, ranges of the flat buffer (padding past num_params
+  // allowed), stored back to back in that order. update() steps only those elements.
+  AdamW(const AdamWConfig& cfg, GPT& model, std::vector<FlatRange> shard);
   const AdamWConfig& config() const { return cfg_; }
   // Clips by global norm, takes one step at learning rate lr, and zeroes the gradients.
-  // Returns the gradient norm before clipping.
+  // Returns the gradient norm before clipping. Not for a sharded optimizer (its norm spans ranks).
   float step(float lr);
+  // The sum of squared gradients this optimizer steps (all of them, or the shard's).
+  double grad_sum_squares() const;
+  // One step with the global gradient norm given: clip, update, zero the gradients stepped.
+  void update(float lr, float grad_norm);
   int64_t steps_taken() const { return t_; }
   void set_steps_taken(int64_t t) { t_ = t; }
-  const Tensor& m() const { return m_; }  // flat, same layout as GPT::params()
+  // Full: flat, same layout as GPT::params(). Sharded: the shard's ranges back to back.
+  const Tensor& m() const { return m_; }
   const Tensor& v() const { return v_; }
+  bool sharded() const { return sharded_; }
+  const std::vector<FlatRange>& shard() const { return shard_; }
 
  private:
   AdamWConfig cfg_;
   GPT* model_;
   Tensor m_, v_;
   int64_t t_ = 0;
+  bool sharded_ = false;
+  std::vector<FlatRange> shard_;
 };
 
 }  // namespace lt

@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <thread>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -10,10 +13,14 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/checkpoint.h"
+#include "runtime/comm.h"
 #include "runtime/data.h"
+#include "runtime/ddp.h"
+#include "runtime/dist_env.h"
 #include "runtime/error.h"
 #include "runtime/optim.h"
 #include "runtime/rng.h"
+#include "runtime/watchdog.h"
 
 namespace lt {
 
@@ -71,22 +78,26 @@ void truncate_metrics(const fs::path& file, int64_t last_step) {
 
 }  // namespace
 
-EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int batches) {
+EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int batches, DataParallel* dp) {
+  const int world = dp ? dp->world() : 1, rank = dp ? dp->rank() : 0;
+  const int GB = B * world;  // rows of one global batch
   EvalLoader loader(data_glob, model.config().vocab_size);
-  const int available = (int)loader.num_batches(B, T);
+  const int available = (int)loader.num_batches(GB, T);
   if (available == 0)
-    throw UserError(loader.shard().path() + ": token count: too few tokens for one batch of " + std::to_string(B) +
+    throw UserError(loader.shard().path() + ": token count: too few tokens for one batch of " + std::to_string(GB) +
                     " x " + std::to_string(T + 1));
   EvalResult r;
-  std::vector<int32_t> in((size_t)B * T), tgt((size_t)B * T);
+  std::vector<int32_t> in((size_t)GB * T), tgt((size_t)GB * T);
+  const size_t mine = (size_t)rank * B * T;  // this rank's rows of each batch
   double sum = 0;
   for (int i = 0; i < std::min(batches, available); i++) {
-    loader.next_batch(in.data(), tgt.data(), B, T);
-    sum += model.forward(in.data(), tgt.data(), B, T);
+    loader.next_batch(in.data(), tgt.data(), GB, T);
+    sum += model.forward(in.data() + mine, tgt.data() + mine, B, T);
     r.batches++;
   }
+  if (world > 1) sum = dp->average({(float)sum})[0];
   r.loss = sum / r.batches;
-  r.tokens = (int64_t)r.batches * B * T;
+  r.tokens = (int64_t)r.batches * GB * T;
   return r;
 }
 
@@ -132,16 +143,76 @@ std::vector<int32_t> generate(GPT& model, std::vector<int32_t> tokens, int n_tok
   return tokens;
 }
 
+namespace {
+
+// Test-only faults, from LEASETRAIN_TEST_FAULT="KIND:RANK:STEP": at the start of step STEP
+// (1-based) rank RANK stalls forever ("stall": its peers wait in a collective until the
+// watchdog fires), kills itself with SIGKILL ("kill"), or throws ("throw"); "perturb" changes
+// one of its parameters after that step (the checksum must notice).
+struct Fault {
+  std::string kind;
+  int rank = -1;
+  int64_t step = -1;
+};
+
+Fault test_fault() {
+  Fault f;
+  const char* v = std::getenv("LEASETRAIN_TEST_FAULT");
+  if (!v || !*v) return f;
+  const std::string s(v);
+  const size_t a = s.find(':'), b = s.find(':', a + 1);
+  if (a == std::string::npos || b == std::string::npos)
+    throw UserError("environment: LEASETRAIN_TEST_FAULT: expected KIND:RANK:STEP, got '" + s + "'");
+  f.kind = s.substr(0, a);
+  f.rank = std::atoi(s.substr(a + 1, b - a - 1).c_str());
+  f.step = std::atoll(s.substr(b + 1).c_str());
+  if (f.kind != "stall" && f.kind != "kill" && f.kind != "throw" && f.kind != "perturb")
+    throw UserError("environment: LEASETRAIN_TEST_FAULT: expected stall, kill, throw or perturb, got '" + f.kind + "'");
+  return f;
+}
+
+TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm);
+
+}  // namespace
+
 TrainResult run_train(const TrainOptions& o) {
   TrainConfig cfg = load_train_config(o.config_path);
   if (o.steps) cfg.steps = *o.steps;
   if (o.seed) cfg.seed = *o.seed;
+  if (o.comm) return train_with(o, cfg, *o.comm);
+
+  const DistEnv env = read_dist_env();
+  std::unique_ptr<Communicator> comm;
+  try {
+    comm = make_cpu_communicator(env, cfg.dist);
+  } catch (const std::exception& e) {
+    if (env.world == 1) throw;
+    throw UserError("rank " + std::to_string(env.rank) + "/" + std::to_string(env.world) + ": " + e.what());
+  }
+  if (comm->world() == 1) return train_with(o, cfg, *comm);
+  // A failing rank says so with its rank and takes the whole job down: peers blocked in a
+  // collective would otherwise wait for it until the watchdog fires.
+  try {
+    return train_with(o, cfg, *comm);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "leasetrain: %s: error: %s\n", comm->who().c_str(), e.what());
+    comm->abort(dynamic_cast<const UserError*>(&e) ? 2 : 1);
+  }
+  std::abort();  // not reached: abort() ends the process
+}
+
+namespace {
+
+TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm) {
+  const int rank = comm.rank(), world = comm.world();
+  const bool log = !o.quiet && rank == 0;  // progress, metrics and checkpoints: rank 0 only
   const fs::path out(o.out_dir);
+  const Fault fault = test_fault();
 
   std::string resume_from;
   if (o.resume) {
     resume_from = latest_checkpoint(o.out_dir);
-    if (resume_from.empty() && !o.quiet)
+    if (resume_from.empty() && log)
       std::printf("resume: no complete checkpoint under %s, starting from scratch\n", o.out_dir.c_str());
   }
   if (resume_from.empty() && run_dir_in_use(o.out_dir))
@@ -162,44 +233,100 @@ TrainResult run_train(const TrainOptions& o) {
     throw UserError(cfg.source + ": train.seq_len: expected at most the model's context " +
                     std::to_string(mcfg.block_size) + ", got " + std::to_string(cfg.seq_len));
 
+  std::shared_ptr<Watchdog> watchdog;
+  if (world > 1) {
+    const double timeout = cfg.dist.watchdog_timeout;
+    watchdog = std::make_shared<Watchdog>(timeout, [&comm, timeout](const Work& w, double waited) {
+      std::fprintf(stderr,
+                   "leasetrain: %s: watchdog: %s not done %.1f s after it was issued (timeout %g s, "
+                   "dist.watchdog_timeout): another rank is stalled or dead; aborting the job\n",
+                   comm.who().c_str(), w.describe().c_str(), waited, timeout);
+      comm.abort(3);
+    });
+    comm.set_watchdog(watchdog);
+    // Every rank has looked at the run directory before rank 0 writes into it.
+    comm.set_step(0);
+    comm.set_tag("start-up barrier");
+    comm.barrier()->wait();
+  }
+  struct Unwatch {  // a borrowed communicator must not keep calling into this run's watchdog
+    Communicator& c;
+    ~Unwatch() { c.set_watchdog(nullptr); }
+  } unwatch{comm};
+
   auto backend = make_cpu_backend();
   GPT model(mcfg, *backend);
-  AdamW optim(cfg.optim, model);
+  DataParallel dp(model, comm, cfg.dist);
+  std::unique_ptr<AdamW> optim = dp.make_optimizer(cfg.optim);
   DataLoader train(cfg.train_data, cfg.seq_len, mcfg.vocab_size, cfg.seed);
   if (!cfg.val_data.empty()) EvalLoader check(cfg.val_data, mcfg.vocab_size);  // fail before training
 
   int64_t start = 0;
   if (!resume_from.empty()) {
     load_model_weights(resume_from, model);
-    json st = load_training_state(resume_from, optim);
+    json st;
+    if (optim->sharded()) {  // checkpoints hold the full state; keep this rank's blocks
+      AdamW full(cfg.optim, model);
+      st = load_training_state(resume_from, full);
+      dp.scatter_optimizer(full, *optim);
+    } else {
+      st = load_training_state(resume_from, *optim);
+    }
     start = st.at("step").get<int64_t>();
     train.load_state(st.at("data"));
     if (st.value("init", std::string()).empty() && !(mcfg == cfg.model))
       throw UserError(cfg.source + ": [model]: differs from the checkpoint " + resume_from +
                       "/config.json being resumed; resume with the run's own config");
-    if (!o.quiet) std::printf("resume: %s (step %lld)\n", resume_from.c_str(), (long long)start);
+    if (log) {
+      std::printf("resume: %s (step %lld", resume_from.c_str(), (long long)start);
+      if (st.contains("world") && st["world"].get<int>() != world)
+        std::printf(", written by %d rank%s, resumed on %d", st["world"].get<int>(),
+                    st["world"].get<int>() == 1 ? "" : "s", world);
+      std::printf(")\n");
+    }
   } else if (!init_ckpt.empty()) {
     load_model_weights(init_ckpt, model);
-    if (!o.quiet) std::printf("init: weights from %s\n", init_ckpt.c_str());
+    if (log) std::printf("init: weights from %s\n", init_ckpt.c_str());
   } else {
     model.init_weights(cfg.seed);
   }
+  dp.broadcast_parameters(0);
 
-  fs::create_directories(out);
-  const fs::path metrics_path = out / "metrics.jsonl";
-  if (start > 0) truncate_metrics(metrics_path, start);
-  std::FILE* metrics = std::fopen(metrics_path.c_str(), "a");
-  if (!metrics) throw UserError(metrics_path.string() + ": cannot open for writing");
+  std::FILE* metrics = nullptr;
+  if (rank == 0) {
+    fs::create_directories(out);
+    const fs::path metrics_path = out / "metrics.jsonl";
+    if (start > 0) truncate_metrics(metrics_path, start);
+    metrics = std::fopen(metrics_path.c_str(), "a");
+    if (!metrics) throw UserError(metrics_path.string() + ": cannot open for writing");
+  }
+  struct CloseFile {
+    std::FILE*& f;
+    ~CloseFile() {
+      if (f) std::fclose(f);
+    }
+  } close_metrics{metrics};
 
   const int B = cfg.micro_batch, T = cfg.seq_len;
-  const int64_t tokens_per_step = (int64_t)B * T * cfg.grad_accum;
-  if (!o.quiet)
+  const int64_t tokens_per_step = (int64_t)B * T * cfg.grad_accum * world;
+  if (log) {
     std::printf("model: %d layers, %d heads, %d wide, context %d, vocab %d (%.2fM parameters) | batch %d x %d x %d "
-                "accum = %lld tokens/step | %lld steps | data %llu tokens, %llu windows/epoch\n",
+                "accum",
                 mcfg.n_layer, mcfg.n_head, mcfg.n_embd, mcfg.block_size, mcfg.vocab_size,
                 (double)(model.num_params() - (int64_t)(mcfg.padded_vocab() - mcfg.vocab_size) * mcfg.n_embd) / 1e6, B,
-                T, cfg.grad_accum, (long long)tokens_per_step, (long long)cfg.steps,
-                (unsigned long long)train.num_tokens(), (unsigned long long)train.samples_per_epoch());
+                T, cfg.grad_accum);
+    if (world > 1) std::printf(" x %d ranks", world);
+    std::printf(" = %lld tokens/step | %lld steps | data %llu tokens, %llu windows/epoch\n", (long long)tokens_per_step,
+                (long long)cfg.steps, (unsigned long long)train.num_tokens(),
+                (unsigned long long)train.samples_per_epoch());
+    if (world > 1)
+      std::printf("dist: %d ranks (%s%s) | %s%s | %s | checksum every %lld steps | watchdog %g s\n", world,
+                  comm.backend().c_str(), comm.backend() == "mpi" ? (", progress " + cfg.dist.progress).c_str() : "",
+                  dp.zero() ? "ZeRO-1 | " : "", dp.describe_buckets().c_str(),
+                  cfg.dist.overlap ? "overlapped with backward" : "after backward",
+                  (long long)cfg.dist.checksum_interval, cfg.dist.watchdog_timeout);
+    std::fflush(stdout);
+  }
 
   TrainResult result;
   std::vector<int32_t> in((size_t)B * T), tgt((size_t)B * T);
@@ -208,37 +335,72 @@ TrainResult run_train(const TrainOptions& o) {
   auto save = [&](int64_t step) {
     json st{{"step", step}, {"seed", cfg.seed}, {"total_steps", cfg.steps}, {"data", train.state()},
             {"init", init_ckpt}};
-    result.last_checkpoint = save_checkpoint(o.out_dir, model, optim, st);
-    if (!o.quiet) std::printf("checkpoint: %s\n", result.last_checkpoint.c_str());
+    if (world > 1) st["world"] = world;
+    // ZeRO-1: every rank sends its blocks; the checkpoint holds the full state either way.
+    std::unique_ptr<AdamW> full = optim->sharded() ? dp.gather_optimizer(*optim, cfg.optim) : nullptr;
+    if (rank == 0) {
+      result.last_checkpoint = save_checkpoint(o.out_dir, model, full ? *full : *optim, st);
+      if (log) std::printf("checkpoint: %s\n", result.last_checkpoint.c_str());
+    } else {
+      char name[32];
+      std::snprintf(name, sizeof name, "step-%08lld", (long long)step);
+      result.last_checkpoint = (out / "checkpoints" / name).string();
+    }
   };
   for (int64_t step = start; step < cfg.steps; step++) {
+    comm.set_step(step + 1);
+    if (fault.rank == rank && fault.step == step + 1) {
+      if (fault.kind == "stall")
+        for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+      if (fault.kind == "kill") std::raise(SIGKILL);
+      if (fault.kind == "throw") throw UserError("LEASETRAIN_TEST_FAULT: injected failure at step " + std::to_string(step + 1));
+    }
     const auto t0 = clock::now();
     double loss = 0;
     for (int micro = 0; micro < cfg.grad_accum; micro++) {
-      train.next_batch(in.data(), tgt.data(), B);
+      train.next_batch(in.data(), tgt.data(), B, rank, world);
+      dp.begin_micro_step(micro == cfg.grad_accum - 1);
       loss += model.forward(in.data(), tgt.data(), B, T) / cfg.grad_accum;
       model.backward(1.f / (float)cfg.grad_accum);
     }
+    dp.finish_gradients();
     const float lr = lr_at(cfg.optim, step, cfg.steps);
-    const float norm = optim.step(lr);
+    const float norm = dp.step(*optim, lr);
+    if (world > 1) loss = dp.average({(float)loss})[0];
     const double secs = std::chrono::duration<double>(clock::now() - t0).count();
     if (!std::isfinite(loss))
       throw UserError(cfg.source + ": training diverged at step " + std::to_string(step + 1) +
                       " (loss is not finite); lower optim.lr or raise optim.warmup_steps");
     const int64_t done = step + 1;
+    if (fault.kind == "perturb" && fault.rank == rank && fault.step == done) {
+      float p0 = 0;
+      backend->to_host(&p0, model.params().view(0, {1}));
+      p0 += 1e-3f;
+      backend->from_host(model.params().view(0, {1}), &p0);
+    }
+    if (world > 1 && cfg.dist.checksum_interval > 0 && done % cfg.dist.checksum_interval == 0)
+      dp.check_parameters(done);
+    if (o.on_step) o.on_step(done, model);
     total_s += secs;
     result.losses.push_back((float)loss);
     json line{{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", tokens_per_step / secs},
               {"ms", secs * 1e3}};
+    if (world > 1) {
+      const ReduceStats& rs = dp.last_stats();
+      line["comm_exposed_ms"] = rs.exposed_ms + rs.step_comm_ms;
+    }
     const bool last = done == cfg.steps;
     if (!cfg.val_data.empty() && ((cfg.eval_interval > 0 && done % cfg.eval_interval == 0) || last)) {
-      EvalResult ev = evaluate(model, cfg.val_data, B, T, cfg.eval_batches);
+      comm.set_tag("evaluation");
+      EvalResult ev = evaluate(model, cfg.val_data, B, T, cfg.eval_batches, &dp);
       line["val_loss"] = ev.loss;
       result.last_val_loss = (float)ev.loss;
     }
-    std::fprintf(metrics, "%s\n", line.dump().c_str());
-    std::fflush(metrics);
-    if (!o.quiet && (done % cfg.log_interval == 0 || last || line.contains("val_loss"))) {
+    if (metrics) {
+      std::fprintf(metrics, "%s\n", line.dump().c_str());
+      std::fflush(metrics);
+    }
+    if (log && (done % cfg.log_interval == 0 || last || line.contains("val_loss"))) {
       const double eta = total_s / (double)(done - start) * (double)(cfg.steps - done);
       std::printf("step %*lld/%lld | loss %.4f | lr %.2e | norm %.3f | %s tok/s | %.1f ms | ETA %s",
                   (int)std::to_string(cfg.steps).size(), (long long)done, (long long)cfg.steps, loss, lr, norm,
@@ -250,8 +412,9 @@ TrainResult run_train(const TrainOptions& o) {
     if (last || (cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0)) save(done);
     result.steps_done = done;
   }
-  std::fclose(metrics);
   return result;
 }
+
+}  // namespace
 
 }  // namespace lt

@@ -2,6 +2,7 @@
 // periodic evaluation and checkpoints, bit-identical resume. Also eval and sampling.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -11,6 +12,9 @@
 
 namespace lt {
 
+class Communicator;
+class DataParallel;
+
 struct TrainOptions {
   std::string config_path;
   std::string out_dir = "runs/default";
@@ -19,6 +23,12 @@ struct TrainOptions {
   bool resume = false;              // continue from the newest complete checkpoint in out_dir
   std::string init_dir;             // start from this checkpoint's weights (e.g. real GPT-2)
   bool quiet = false;               // no progress lines (tests)
+  // Data parallelism: null means "from the launcher's environment" (SelfComm for one rank,
+  // MpiComm under mpirun/srun), and then a failing rank prints its error with its rank and
+  // aborts the job. A communicator given here (tests) is borrowed and errors are rethrown.
+  Communicator* comm = nullptr;
+  // Called on every rank after every optimizer step (tests: cross-rank parameter checks).
+  std::function<void(int64_t step, const GPT& model)> on_step;
 };
 
 struct TrainResult {
@@ -31,12 +41,14 @@ struct TrainResult {
 TrainResult run_train(const TrainOptions& opt);
 
 // Mean loss over `batches` sequential windows of the first shard of `data` (llm.c's convention).
+// With `dp` (world W), each batch is W*B rows and rank r evaluates rows [r*B, (r+1)*B), so W
+// ranks of B see the windows one rank of W*B would; the mean is taken over all ranks.
 struct EvalResult {
   double loss = 0;
   int batches = 0;
   int64_t tokens = 0;
 };
-EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int batches);
+EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int batches, DataParallel* dp = nullptr);
 
 // Autoregressive sampling with temperature and top-k (0: off), seeded.
 std::vector<int32_t> generate(GPT& model, std::vector<int32_t> prompt, int n_tokens, float temperature, int top_k,

@@ -79,13 +79,13 @@ std::map<std::string, std::string> snapshot(const std::string& dir) {
 }
 
 TEST(Train, LossFallsAndMetricsAreComplete) {
-  Job job(60);
+  Job job(300);  // a 2-layer model leaves the unigram plateau after ~100 steps
   const std::string run = job.dir / "run";
   RunResult r = run_cli("train --config " + job.config + " --out " + run);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("ETA"), std::string::npos);
   std::vector<json> m = metrics(run);
-  ASSERT_EQ(m.size(), 60u);
+  ASSERT_EQ(m.size(), 300u);
   for (size_t i = 0; i < m.size(); i++) {
     EXPECT_EQ(m[i]["step"], (int)i + 1);
     for (const char* k : {"loss", "lr", "grad_norm", "tokens_per_s", "ms"}) EXPECT_TRUE(m[i].contains(k)) << k;
@@ -94,7 +94,7 @@ TEST(Train, LossFallsAndMetricsAreComplete) {
   const double first = m.front()["loss"], last_val = m.back()["val_loss"];
   EXPECT_NEAR(first, std::log(256.0), 0.3);  // an untrained model is uniform over bytes
   EXPECT_LT(last_val, 2.5) << "the text is five sentences; the model must have learned something";
-  EXPECT_TRUE(fs::exists(run + "/checkpoints/step-00000060/model.safetensors"));
+  EXPECT_TRUE(fs::exists(run + "/checkpoints/step-00000300/model.safetensors"));
 
   RunResult e = run_cli("eval --checkpoint " + run + " --data '" + (job.dir / "d_val_*.bin") +
                         "' --batch 4 --seq 32 --batches 3");
@@ -210,7 +210,7 @@ TEST(BadInput, CheckpointErrorsLeaveTheRunIntact) {
 }
 
 TEST(BadInput, InvalidFlagsAreOneLine) {
-  expect_user_error(run_cli("train --bogus"), {"--bogus"});
+  expect_user_error(run_cli("bench step --bogus"), {"--bogus"});
   expect_user_error(run_cli("train --config /nonexistent.toml"), {"/nonexistent.toml"});
   expect_user_error(run_cli("bench step --model 7b --steps 1"), {"--model", "7b"});
   RunResult h = run_cli("train --help");

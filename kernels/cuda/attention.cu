@@ -405,7 +405,7 @@ __global__ void __launch_bounds__(kAttnThreads) flash_bwd_dkdv_kernel(const Attn
     float st[kQT][4], dpt[kQT][4];
     zero(st);
     zero(dpt);
-#pragma unroll
+#pragma unroll(D == 128 ? 2 : kDK)  // as in the dq kernel: full unrolling spills at D = 128
     for (int dd = 0; dd < kDK; ++dd) {
       uint32_t ka[4], va[4];
       load_a_kmajor<W>(ka, sK, warp * 16, dd * 16, lane);

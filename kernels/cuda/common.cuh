@@ -128,7 +128,7 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 // threads' copies become visible only after a following __syncthreads().
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");  // no plain load moves above it
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // The hand-written GEMM for training: bf16 (or fp32) row-major inputs, fp32 accumulation,
-// fused epilogues. defines: Layout, Epilogue, GemmPath, DataType, GemmArgs, gemm, gemm_cublas.
+// fused epilogues. defines: Layout, Epilogue, GemmPath, DataType, GemmArgs, gemm,
+// gemm_mma_eligible, gemm_cublas, gemm_cublas_workspace_bytes.
 //
 // One entry point, `gemm(args, stream)`, picks a kernel path (GemmPath) behind the same
 // arguments, so a Hopper wgmma/TMA path can be added as another GemmPath later without
@@ -17,6 +18,10 @@ namespace lt::cuda {
 //   NT: C[M,N] = A[M,K] @ B[N,K]^T   forward:          out = inp @ W^T
 //   NN: C[M,N] = A[M,K] @ B[K,N]     input gradient:   dinp = dout @ W
 //   TN: C[M,N] = A[K,M]^T @ B[K,N]   weight gradient:  dW = dout^T @ inp (usually beta = 1)
+// For a linear layer inp [BT,C], W [OC,C], dout [BT,OC] (kernels/cpu/ops.h conventions):
+//   forward  NT  M=BT N=OC K=C   A=inp  B=W
+//   dinp     NN  M=BT N=C  K=OC  A=dout B=W
+//   dW       TN  M=OC N=C  K=BT  A=dout B=inp   (dbias: ops.h bias_backward)
 enum class Layout { NT, NN, TN };
 
 enum class DataType { F32, BF16 };

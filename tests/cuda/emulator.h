@@ -101,10 +101,9 @@ struct Warp {
   }
 
   static float bf(uint32_t reg, int half) {
-    const uint16_t bits = half ? uint16_t(reg >> 16) : uint16_t(reg & 0xffff);
-    __nv_bfloat16 h;
-    std::memcpy(&h, &bits, 2);
-    return __bfloat162float(h);
+    __nv_bfloat16_raw raw;
+    raw.x = half ? uint16_t(reg >> 16) : uint16_t(reg & 0xffff);
+    return __bfloat162float(__nv_bfloat16(raw));
   }
   static uint16_t u16(const unsigned char* row, int i) {
     uint16_t v;
@@ -334,19 +333,41 @@ inline cudaError_t malloc_(void** p, size_t n) {
   *p = std::aligned_alloc(256, std::max<size_t>(256, (n + 255) / 256 * 256));
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
+inline cudaError_t free_(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+inline cudaError_t memset_(void* p, int v, size_t n) {
+  std::memset(p, v, n);
+  return cudaSuccess;
+}
+inline cudaError_t memcpy_(void* d, const void* s, size_t n) {
+  std::memcpy(d, s, n);
+  return cudaSuccess;
+}
+inline cudaError_t device_count_(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+inline cudaError_t ok_() { return cudaSuccess; }
+inline cublasStatus_t cublas_create_(cublasHandle_t* h) {
+  *h = nullptr;
+  return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublas_ok_() { return CUBLAS_STATUS_SUCCESS; }
 }  // namespace emu
 
 #define cudaMalloc(p, n) ::emu::malloc_(reinterpret_cast<void**>(p), (n))
-#define cudaFree(p) (std::free(p), cudaSuccess)
-#define cudaMemset(p, v, n) (std::memset((p), (v), (n)), cudaSuccess)
-#define cudaMemcpy(d, s, n, kind) (std::memcpy((d), (s), (n)), cudaSuccess)
-#define cudaDeviceSynchronize() cudaSuccess
-#define cudaGetLastError() cudaSuccess
-#define cudaGetDeviceCount(n) (*(n) = 1, cudaSuccess)
-#define cudaSetDevice(d) cudaSuccess
-#define cudaFuncSetAttribute(...) cudaSuccess
+#define cudaFree(p) ::emu::free_(p)
+#define cudaMemset(p, v, n) ::emu::memset_((p), (v), (n))
+#define cudaMemcpy(d, s, n, kind) ::emu::memcpy_((d), (s), (n))
+#define cudaDeviceSynchronize() ::emu::ok_()
+#define cudaGetLastError() ::emu::ok_()
+#define cudaGetDeviceCount(n) ::emu::device_count_(n)
+#define cudaSetDevice(d) ::emu::ok_()
+#define cudaFuncSetAttribute(...) ::emu::ok_()
 #define cudaGetErrorString(e) "(emulated CUDA error)"
 #undef cublasCreate
 #undef cublasDestroy
-#define cublasCreate(h) (*(h) = nullptr, CUBLAS_STATUS_SUCCESS)
-#define cublasDestroy(h) CUBLAS_STATUS_SUCCESS
+#define cublasCreate(h) ::emu::cublas_create_(h)
+#define cublasDestroy(h) ::emu::cublas_ok_()

@@ -217,11 +217,12 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& ref, 
   ASSERT_EQ(bad, 0u) << what << ": " << bad << " non-finite or unwritten elements, first at " << first_bad
                      << " (want " << ref[first_bad] << ")";
   if (n == 0) return;
-  const double rms = std::sqrt(ss_ref / n);
+  // An all-zero reference (e.g. dq, dk at T = 1) has no scale: fall back to absolute error.
+  const double rms = ss_ref > 0 ? std::sqrt(ss_ref / n) : 1.0;
   double worst = 0;
   size_t wi = 0;
   for (size_t i = 0; i < n; ++i) {
-    const double e = std::fabs((double)got[i] - ref[i]) / (std::fabs((double)ref[i]) + rms + 1e-30);
+    const double e = std::fabs((double)got[i] - ref[i]) / (std::fabs((double)ref[i]) + rms);
     if (e > worst) worst = e, wi = i;
   }
   const double rel = ss_ref > 0 ? std::sqrt(ss_err / ss_ref) : std::sqrt(ss_err);
@@ -776,7 +777,11 @@ void run_crossentropy(int N, int V, int Vp) {
 }
 
 TEST_F(Gpu, CrossEntropy) {
+#ifndef LT_EMULATED
   const int cases[][3] = {{1, 10, 16}, {37, 1000, 1024}, {3, 50257, 50304}, {20, 513, 513}};
+#else
+  const int cases[][3] = {{1, 10, 16}, {37, 1000, 1024}, {20, 513, 513}};
+#endif
   for (const auto& c : cases) {
     run_crossentropy<float>(c[0], c[1], c[2]);
     run_crossentropy<bf16>(c[0], c[1], c[2]);
@@ -860,7 +865,11 @@ void run_sum_squares(int64_t n) {
 }
 
 TEST_F(Gpu, SumSquaresAndClipping) {
+#ifndef LT_EMULATED
   for (int64_t n : {int64_t(1), int64_t(16384), int64_t(16385), int64_t(1000003)}) {
+#else
+  for (int64_t n : {int64_t(1), int64_t(16384), int64_t(16385), int64_t(100003)}) {
+#endif
     run_sum_squares<float>(n);
     run_sum_squares<bf16>(n);
   }

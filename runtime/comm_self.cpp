@@ -1,0 +1,189 @@
+// The communicator front (Work, Communicator: validation, labels, the watchdog hook) and
+// SelfComm, the one-process backend that needs no MPI.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "runtime/comm.h"
+#include "runtime/watchdog.h"
+
+namespace lt {
+
+const char* to_string(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum: return "sum";
+    case ReduceOp::Avg: return "avg";
+    case ReduceOp::Max: return "max";
+    case ReduceOp::Min: return "min";
+  }
+  return "?";
+}
+
+// ---- Work ----
+
+Work::Work(std::string op, std::string tag, int64_t step, int64_t seq, size_t bytes)
+    : op_(std::move(op)), tag_(std::move(tag)), step_(step), seq_(seq), bytes_(bytes), issued_(Clock::now()),
+      started_(issued_), finished_(issued_) {}
+
+std::string Work::describe() const {
+  char size[32];
+  if (bytes_ >= 1000000)
+    std::snprintf(size, sizeof size, "%.2f MB", bytes_ / 1e6);
+  else
+    std::snprintf(size, sizeof size, "%zu bytes", bytes_);
+  std::string s = op_ + " #" + std::to_string(seq_) + " (";
+  if (!tag_.empty()) s += tag_ + ", ";
+  s += size;
+  if (step_ >= 0) s += ", step " + std::to_string(step_);
+  return s + ")";
+}
+
+void Work::finish(const std::string& error) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    error_ = error;
+    finished_ = Clock::now();
+    state_.store(error.empty() ? kDone : kFailed, std::memory_order_release);
+  }
+  cv_.notify_all();
+}
+
+void Work::block() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return completed(); });
+}
+
+bool Work::poll() {
+  if (!completed()) progress();
+  if (!completed()) return false;
+  if (state_.load(std::memory_order_acquire) == kFailed) throw CommError(describe() + ": " + error_);
+  return true;
+}
+
+void Work::wait() {
+  if (!completed()) block();
+  if (state_.load(std::memory_order_acquire) == kFailed) throw CommError(describe() + ": " + error_);
+}
+
+// ---- Communicator ----
+
+Communicator::~Communicator() = default;
+
+WorkPtr Communicator::new_work_base(const std::string& op, size_t bytes) {
+  return std::make_shared<Work>(op, tag_, step_, seq_++, bytes);
+}
+
+WorkPtr Communicator::make_work(const std::string& op, size_t bytes) { return new_work_base(op, bytes); }
+
+void Communicator::check_tensor(const char* op, const Tensor& t) const {
+  if (!t.buf) throw CommError(backend() + ": " + op + ": the tensor has no buffer");
+  if (t.device() != device())
+    throw CommError(backend() + ": " + op + ": the tensor is on " + to_string(t.device()) + ", this backend needs " +
+                    to_string(device()) + " buffers");
+}
+
+void Communicator::issue(const WorkPtr& w) {
+  if (watchdog_) watchdog_->watch(w);
+}
+
+WorkPtr Communicator::all_reduce(const Tensor& t, ReduceOp op) {
+  check_tensor("all_reduce", t);
+  WorkPtr w = make_work("all_reduce", t.nbytes());
+  issue(w);
+  do_all_reduce(w, t, op);
+  return w;
+}
+
+WorkPtr Communicator::reduce_scatter(const Tensor& out, const Tensor& in, ReduceOp op) {
+  check_tensor("reduce_scatter", out);
+  check_tensor("reduce_scatter", in);
+  if (in.dtype != out.dtype || in.numel() != out.numel() * world_)
+    throw CommError(backend() + ": reduce_scatter: input has " + std::to_string(in.numel()) +
+                    " elements, expected world (" + std::to_string(world_) + ") x output (" +
+                    std::to_string(out.numel()) + ") of the same dtype");
+  WorkPtr w = make_work("reduce_scatter", in.nbytes());
+  issue(w);
+  do_reduce_scatter(w, out, in, op);
+  return w;
+}
+
+WorkPtr Communicator::all_gather(const Tensor& out, const Tensor& in) {
+  check_tensor("all_gather", out);
+  check_tensor("all_gather", in);
+  if (in.dtype != out.dtype || out.numel() != in.numel() * world_)
+    throw CommError(backend() + ": all_gather: output has " + std::to_string(out.numel()) +
+                    " elements, expected world (" + std::to_string(world_) + ") x input (" +
+                    std::to_string(in.numel()) + ") of the same dtype");
+  WorkPtr w = make_work("all_gather", out.nbytes());
+  issue(w);
+  do_all_gather(w, out, in);
+  return w;
+}
+
+WorkPtr Communicator::broadcast(const Tensor& t, int root) {
+  check_tensor("broadcast", t);
+  if (root < 0 || root >= world_)
+    throw CommError(backend() + ": broadcast: root " + std::to_string(root) + " is not a rank of " +
+                    std::to_string(world_));
+  WorkPtr w = make_work("broadcast", t.nbytes());
+  issue(w);
+  do_broadcast(w, t, root);
+  return w;
+}
+
+WorkPtr Communicator::barrier() {
+  WorkPtr w = make_work("barrier", 0);
+  issue(w);
+  do_barrier(w);
+  return w;
+}
+
+void Communicator::do_all_reduce(const WorkPtr&, const Tensor&, ReduceOp) {
+  throw CommError(backend() + ": all_reduce is not implemented");
+}
+void Communicator::do_reduce_scatter(const WorkPtr&, const Tensor&, const Tensor&, ReduceOp) {
+  throw CommError(backend() + ": reduce_scatter is not implemented");
+}
+void Communicator::do_all_gather(const WorkPtr&, const Tensor&, const Tensor&) {
+  throw CommError(backend() + ": all_gather is not implemented");
+}
+void Communicator::do_broadcast(const WorkPtr&, const Tensor&, int) {
+  throw CommError(backend() + ": broadcast is not implemented");
+}
+void Communicator::do_barrier(const WorkPtr&) { throw CommError(backend() + ": barrier is not implemented"); }
+
+// ---- SelfComm ----
+
+namespace {
+
+class SelfComm final : public Communicator {
+ public:
+  SelfComm() : Communicator(0, 1) {}
+  std::string backend() const override { return "self"; }
+  Device device() const override { return Device::CPU; }
+  [[noreturn]] void abort(int code) noexcept override {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    std::_Exit(code);
+  }
+
+ protected:
+  // Sum, Avg (x / 1), Max and Min of one value are the value itself.
+  void do_all_reduce(const WorkPtr& w, const Tensor&, ReduceOp) override { w->finish(); }
+  void do_reduce_scatter(const WorkPtr& w, const Tensor& out, const Tensor& in, ReduceOp) override {
+    if (out.raw() != in.raw()) std::memmove(out.raw(), in.raw(), out.nbytes());
+    w->finish();
+  }
+  void do_all_gather(const WorkPtr& w, const Tensor& out, const Tensor& in) override {
+    if (out.raw() != in.raw()) std::memmove(out.raw(), in.raw(), out.nbytes());
+    w->finish();
+  }
+  void do_broadcast(const WorkPtr& w, const Tensor&, int) override { w->finish(); }
+  void do_barrier(const WorkPtr& w) override { w->finish(); }
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_self_comm() { return std::make_unique<SelfComm>(); }
+
+}  // namespace lt

@@ -1,0 +1,57 @@
+// A small training job for the data-parallel tests: English-like byte shards and a TOML config
+// with a 2-layer model, written into a directory the caller owns.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "runtime/data.h"
+#include "runtime/rng.h"
+#include "tests/util.h"
+
+namespace lt::test {
+
+inline std::string dp_corpus(size_t bytes, uint64_t seed) {
+  const char* sentences[] = {"The quick brown fox jumps over the lazy dog. ",
+                             "A tenant rents a node and trains a model on it. ",
+                             "Operators lease whole nodes, single GPUs or slices of one. ",
+                             "Every kernel is checked against the reference on the CPU. ",
+                             "She sells sea shells by the sea shore. "};
+  Rng rng(seed);
+  std::string s;
+  while (s.size() < bytes) s += sentences[rng.below(5)];
+  s.resize(bytes);
+  return s;
+}
+
+inline void dp_write_shards(const std::string& dir) {
+  for (auto [name, bytes, seed] : {std::tuple{"d_train_000000.bin", 60000, 1}, std::tuple{"d_val_000000.bin", 8000, 2}}) {
+    const std::string text = dp_corpus(bytes, seed);
+    std::vector<uint16_t> toks(text.begin(), text.end());
+    for (auto& t : toks) t &= 0xff;
+    write_shard(dir + "/" + name, toks.data(), toks.size());
+  }
+}
+
+struct DpJobSpec {
+  int n_embd = 32, n_head = 2, n_layer = 2, T = 32;
+  int micro_batch = 4, grad_accum = 1, steps = 20;
+  int checkpoint_interval = 0, eval_interval = 0;
+  std::string dist;  // extra [dist] lines
+};
+
+// Writes dir/NAME.toml for the shards in dir and returns its path.
+inline std::string dp_write_config(const std::string& dir, const std::string& name, const DpJobSpec& s) {
+  const std::string path = dir + "/" + name + ".toml";
+  write_file(path, "[model]\nn_layer = " + std::to_string(s.n_layer) + "\nn_head = " + std::to_string(s.n_head) +
+                       "\nn_embd = " + std::to_string(s.n_embd) + "\nblock_size = " + std::to_string(s.T) +
+                       "\nvocab_size = 256\n[data]\ntrain = \"" + dir + "/d_train_*.bin\"\nval = \"" + dir +
+                       "/d_val_*.bin\"\n[optim]\nlr = 1e-2\nwarmup_steps = 5\n[train]\nmicro_batch = " +
+                       std::to_string(s.micro_batch) + "\nseq_len = " + std::to_string(s.T) +
+                       "\ngrad_accum = " + std::to_string(s.grad_accum) + "\nsteps = " + std::to_string(s.steps) +
+                       "\neval_interval = " + std::to_string(s.eval_interval) +
+                       "\neval_batches = 2\ncheckpoint_interval = " + std::to_string(s.checkpoint_interval) +
+                       "\nlog_interval = 5\n[dist]\n" + s.dist + "\n");
+  return path;
+}
+
+}  // namespace lt::test
