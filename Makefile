@@ -27,12 +27,21 @@ test: build
 data: build
 	@bash scripts/prepare-fortunes.sh $(LT) $(DATA)
 
+# `make train` is a 2-rank data-parallel job on this host (CPU backend, MPI, one OpenMP thread
+# per rank): --oversubscribe where there are fewer cores than ranks, --allow-run-as-root as
+# root, no core binding (each rank's communication thread runs beside its compute thread).
+NP      ?= 2
+MPIRUN  := mpirun -np $(NP) --bind-to none -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 \
+           $(if $(filter 0,$(shell id -u)),--allow-run-as-root) \
+           $(if $(shell [ $(NP) -gt $$(nproc) ] && echo y),--oversubscribe)
+
 train: data
-	@$(LT) train --config configs/tiny.toml --out $(RUN)
+	@$(MPIRUN) $(LT) train --config configs/tiny.toml --out $(RUN)
 	@$(LT) sample --checkpoint $(RUN) --prompt "The meaning of life is" --tokens 200
 
 bench: build
-	@$(LT) bench step --device cpu
+	@bash scripts/setup.sh --bench
+	@$(LT) bench step --device cpu --torch
 
 clean:
 	rm -rf $(BUILD)

@@ -29,6 +29,8 @@ std::string Work::describe() const {
   char size[32];
   if (bytes_ >= 1000000)
     std::snprintf(size, sizeof size, "%.2f MB", bytes_ / 1e6);
+  else if (bytes_ >= 10000)
+    std::snprintf(size, sizeof size, "%.1f kB", bytes_ / 1e3);
   else
     std::snprintf(size, sizeof size, "%zu bytes", bytes_);
   std::string s = op_ + " #" + std::to_string(seq_) + " (";

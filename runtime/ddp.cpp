@@ -58,14 +58,18 @@ std::vector<Bucket> plan_buckets(const GPT& model, double first_bucket_mb, doubl
     hi = lo;
   };
   for (const Unit& u : units) {
-    if (lo < hi && hi - u.lo > cap()) close();
+    // At a layer boundary, close the open bucket if the layer does not fit, unless the bucket
+    // is under half full (then the layer's first parameters fill it: no slivers).
+    if (lo < hi && hi - u.lo > cap() && 2 * (hi - lo) >= cap()) close();
     if (hi - u.lo <= cap()) {
       lo = u.lo;  // the whole layer fits
       continue;
     }
-    for (int i = u.last; i >= u.first; i--) {  // too big for one bucket: split at parameters
-      if (lo < hi && hi - infos[i].offset > cap()) close();
+    // Too big for one bucket: split at parameters, closing a bucket once it reaches the cap
+    // (PyTorch's rule), so small parameters (biases, LayerNorms) ride with their neighbours.
+    for (int i = u.last; i >= u.first; i--) {
       lo = infos[i].offset;
+      if (hi - lo >= cap() && i > u.first) close();
     }
   }
   // Move every cut up to a multiple of `align` (a bucket only shrinks, so it is ready no

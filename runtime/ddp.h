@@ -6,9 +6,9 @@
 // view into its bucket with no copy: the buffer is laid out [wte, wpe, layer 0..L-1, ln_f]
 // and backward finishes ln_f, then layer L-1 .. 0, then the embeddings, so bucket 0 is the
 // top of the buffer (small, ~1 MB, so it starts early) and later buckets (up to the cap,
-// 25 MB) walk down. A bucket boundary falls on a layer boundary when a layer fits, else on a
-// parameter boundary; the bucket's reduce starts from the backward hook as soon as the last
-// of its gradients is final. Every rank builds the same buckets from the same model and
+// 25 MB) walk down. Whole layers go into a bucket while they fit; a layer bigger than the
+// cap is split at parameters, a bucket closing once it reaches the cap. The bucket's reduce
+// starts from the backward hook as soon as the last of its gradients is final. Every rank builds the same buckets from the same model and
 // issues them in the same order.
 //
 // ZeRO-1: the buffer is padded to a multiple of 16 x world elements and every bucket

@@ -176,16 +176,21 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
 }  // namespace
 
 TrainResult run_train(const TrainOptions& o) {
-  TrainConfig cfg = load_train_config(o.config_path);
-  if (o.steps) cfg.steps = *o.steps;
-  if (o.seed) cfg.seed = *o.seed;
-  if (o.comm) return train_with(o, cfg, *o.comm);
+  auto load = [&o] {
+    TrainConfig cfg = load_train_config(o.config_path);
+    if (o.steps) cfg.steps = *o.steps;
+    if (o.seed) cfg.seed = *o.seed;
+    return cfg;
+  };
+  if (o.comm) return train_with(o, load(), *o.comm);
 
   const DistEnv env = read_dist_env();
+  TrainConfig cfg;
   std::unique_ptr<Communicator> comm;
   try {
+    cfg = load();
     comm = make_cpu_communicator(env, cfg.dist);
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // every rank fails alike here; say which is which
     if (env.world == 1) throw;
     throw UserError("rank " + std::to_string(env.rank) + "/" + std::to_string(env.world) + ": " + e.what());
   }

@@ -5,13 +5,15 @@
 set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config git
-  libopenblas-openmp-dev libomp-dev
+  libopenblas-openmp-dev
   libcli11-dev libtomlplusplus-dev nlohmann-json3-dev
   libgtest-dev googletest
   openmpi-bin libopenmpi-dev
-  python3 python3-numpy python3-torch python3-matplotlib
-  fortunes
+  python3
+  fortunes libsodium23 openssl
 )
+# `setup.sh --bench` adds the peers the benchmarks compare against (PyTorch CPU).
+if [ "${1:-}" = "--bench" ]; then PKGS+=(python3-torch python3-numpy); fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

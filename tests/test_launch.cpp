@@ -411,12 +411,13 @@ TEST(Cli, DryRunLaunchForBothTenants) {
 }
 
 TEST(Cli, EmbeddedLocalLeaseNeedsNoManifest) {
-  auto [rc, out] = run(std::string(LT_CLI) + " launch --dry-run --json --np 2 -- train --steps 1", false);
+  // --np 1: a machine with one GPU has one slot (the local lease counts GPUs when it has any).
+  auto [rc, out] = run(std::string(LT_CLI) + " launch --dry-run --json --np 1 -- train --steps 1", false);
   ASSERT_EQ(rc, 0) << out;
   json j = json::parse(out);
   EXPECT_EQ(j["plan"]["lease"], "local");
   EXPECT_TRUE(j["plan"]["manifest"]["embedded"]);
-  EXPECT_EQ(j["rank_env"].size(), 2u);
+  EXPECT_EQ(j["rank_env"].size(), 1u);
   EXPECT_EQ(j["rank_env"][0]["NCCL_SOCKET_IFNAME"], "=lo");
   EXPECT_EQ(j["plan"]["usage_log"], "");
 }
@@ -433,6 +434,8 @@ TEST(RealMpirun, TwoRanksGetTheirOwnEnvironmentAndAUsageRecord) {
                              "not_before = 2020-01-01T00:00:00Z\nnot_after = 2200-01-01T00:00:00Z\n"
                              "grace_seconds = 60\nstorage_roots = [\""
                           << dir.path << "\"]\n[lease.quota]\nmax_ranks = 2\ngpu_hours = 1\nstorage_bytes = \"1GiB\"\n"
+                          // warn: on a GPU machine this CPU-only lease leaves the GPUs' nodes open
+                          << "[lease.policy]\ndevice_probe = \"warn\"\n"
                           << "[[lease.alloc]]\nnode = \"" << host << "\"\ncpu_ranks = 2\n";
   const std::string script =
       "echo \"$OMPI_COMM_WORLD_RANK $LEASETRAIN_LEASE $NCCL_SOCKET_IFNAME [$CUDA_VISIBLE_DEVICES] [$NCCL_IB_HCA] "

@@ -36,7 +36,7 @@ struct DpJobSpec {
   int n_embd = 32, n_head = 2, n_layer = 2, T = 32;
   int micro_batch = 4, grad_accum = 1, steps = 20;
   int checkpoint_interval = 0, eval_interval = 0;
-  std::string dist;  // extra [dist] lines
+  std::string dist = "";  // extra [dist] lines
 };
 
 // Writes dir/NAME.toml for the shards in dir and returns its path.

@@ -185,14 +185,11 @@ TEST_F(MpiTest, AverageOfThreeRanksIsCorrectlyRounded) {
   LT_MPI_SKIP_IF(mpi_world() < 3, "needs 3 ranks");
   SubComm s(3);
   if (!s.member()) return;
+  // Integers, so the sum is exact in any order; x / 3 is then correctly rounded on every rank.
   Tensor t = Tensor::empty(Device::CPU, DType::F32, {4});
-  for (int k = 0; k < 4; k++) t.f32()[k] = (float)(s.comm->rank() + k) * 0.1f;
-  c10:
+  for (int k = 0; k < 4; k++) t.f32()[k] = (float)((1 << s.comm->rank()) + k);
   s.comm->all_reduce(t, ReduceOp::Avg)->wait();
-  for (int k = 0; k < 4; k++) {
-    const float sum = ((0.f + k) * 0.1f + (1.f + k) * 0.1f) + (2.f + k) * 0.1f;  // any order: 3 terms, exact here
-    EXPECT_EQ(t.f32()[k], sum / 3.f);
-  }
+  for (int k = 0; k < 4; k++) EXPECT_EQ(t.f32()[k], (float)(7 + 3 * k) / 3.f);
 }
 
 // A backend without reduce_scatter says which backend and which collective.
@@ -234,10 +231,14 @@ TEST_F(MpiTest, BucketsCoverTheBufferInBackwardOrder) {
     for (size_t k = 0; k < s.size(); k++) {
       EXPECT_LT(s[k].lo, s[k].hi);
       EXPECT_EQ(s[k].lo % align, 0);
-      if (k) EXPECT_EQ(s[k].hi, s[k - 1].lo);
+      if (k) {
+        EXPECT_EQ(s[k].hi, s[k - 1].lo);
+      }
       int64_t biggest = 0;
       for (int i = s[k].first_param; i <= s[k].last_param; i++) biggest = std::max(biggest, infos[i].numel);
-      EXPECT_LE(s[k].numel(), std::max<int64_t>(0.2e6 / 4 + align, biggest + align)) << "bucket " << k;
+      // PyTorch's rule: a bucket passes the cap by at most the parameter that filled it.
+      EXPECT_LT(s[k].numel(), (int64_t)(0.2e6 / 4) + biggest + align) << "bucket " << k;
+      if (k + 1 < s.size()) EXPECT_GT(s[k].numel(), 1000) << "no slivers of biases: bucket " << k;
     }
   }
 }
