@@ -84,6 +84,8 @@ void Communicator::check_tensor(const char* op, const Tensor& t) const {
                     to_string(device()) + " buffers");
 }
 
+// Watched only once the backend has taken it: a collective refused by the backend (it threw)
+// is not pending anywhere.
 void Communicator::issue(const WorkPtr& w) {
   if (watchdog_) watchdog_->watch(w);
 }
@@ -91,8 +93,8 @@ void Communicator::issue(const WorkPtr& w) {
 WorkPtr Communicator::all_reduce(const Tensor& t, ReduceOp op) {
   check_tensor("all_reduce", t);
   WorkPtr w = make_work("all_reduce", t.nbytes());
-  issue(w);
   do_all_reduce(w, t, op);
+  issue(w);
   return w;
 }
 
@@ -104,8 +106,8 @@ WorkPtr Communicator::reduce_scatter(const Tensor& out, const Tensor& in, Reduce
                     " elements, expected world (" + std::to_string(world_) + ") x output (" +
                     std::to_string(out.numel()) + ") of the same dtype");
   WorkPtr w = make_work("reduce_scatter", in.nbytes());
-  issue(w);
   do_reduce_scatter(w, out, in, op);
+  issue(w);
   return w;
 }
 
@@ -117,8 +119,8 @@ WorkPtr Communicator::all_gather(const Tensor& out, const Tensor& in) {
                     " elements, expected world (" + std::to_string(world_) + ") x input (" +
                     std::to_string(in.numel()) + ") of the same dtype");
   WorkPtr w = make_work("all_gather", out.nbytes());
-  issue(w);
   do_all_gather(w, out, in);
+  issue(w);
   return w;
 }
 
@@ -128,15 +130,15 @@ WorkPtr Communicator::broadcast(const Tensor& t, int root) {
     throw CommError(backend() + ": broadcast: root " + std::to_string(root) + " is not a rank of " +
                     std::to_string(world_));
   WorkPtr w = make_work("broadcast", t.nbytes());
-  issue(w);
   do_broadcast(w, t, root);
+  issue(w);
   return w;
 }
 
 WorkPtr Communicator::barrier() {
   WorkPtr w = make_work("barrier", 0);
-  issue(w);
   do_barrier(w);
+  issue(w);
   return w;
 }
 

@@ -3,6 +3,8 @@
 // thread count: --resume relies on that.
 #include "kernels/cpu/ops.h"
 
+#include "kernels/cpu/vecmath.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -54,9 +56,11 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
   for (int n = 0; n < N; n++) {
     const float* x = inp + (int64_t)n * C;
     float m = 0.f;
+#pragma omp simd reduction(+ : m)
     for (int c = 0; c < C; c++) m += x[c];
     m /= C;
     float var = 0.f;
+#pragma omp simd reduction(+ : var)
     for (int c = 0; c < C; c++) var += (x[c] - m) * (x[c] - m);
     var /= C;
     float s = 1.f / std::sqrt(var + eps);
@@ -78,6 +82,7 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
       float m = mean[n], s = rstd[n];
       // dnorm = dout * w; dx = s * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
       float dnorm_mean = 0.f, dnorm_norm_mean = 0.f;
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
       for (int c = 0; c < C; c++) {
         float dn = w[c] * d[c];
         dnorm_mean += dn;
@@ -148,14 +153,16 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
         for (int t2 = 0; t2 <= t; t2++) {
           const float* k = qkv + (b * T + t2) * C3 + C + h * hs;
           float s = 0.f;
+#pragma omp simd reduction(+ : s)
           for (int i = 0; i < hs; i++) s += q[i] * k[i];
           s *= scale;
           a[t2] = s;
           maxv = std::max(maxv, s);
         }
         float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
         for (int t2 = 0; t2 <= t; t2++) {
-          a[t2] = std::exp(a[t2] - maxv);
+          a[t2] = exp_approx(a[t2] - maxv);
           sum += a[t2];
         }
         float inv = 1.f / sum;
@@ -192,6 +199,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
           const float* v = qkv + (b * T + t2) * C3 + 2 * C + h * hs;
           float* dv = dqkv + (b * T + t2) * C3 + 2 * C + h * hs;
           float s = 0.f;
+#pragma omp simd reduction(+ : s)
           for (int i = 0; i < hs; i++) {
             s += d[i] * v[i];
             dv[i] += a[t2] * d[i];
@@ -216,23 +224,31 @@ namespace {
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
 }
 
+// Elementwise loops run in chunks: threads split the chunks, the compiler vectorises inside.
+constexpr int64_t kChunk = 4096;
+
 void gelu_forward(float* out, const float* inp, int64_t n) {
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    float x = inp[i];
-    out[i] = 0.5f * x * (1.f + std::tanh(kGeluScale * (x + 0.044715f * x * x * x)));
+  for (int64_t lo = 0; lo < n; lo += kChunk) {
+    const int64_t hi = std::min(n, lo + kChunk);
+    for (int64_t i = lo; i < hi; i++) {
+      float x = inp[i];
+      out[i] = 0.5f * x * (1.f + tanh_approx(kGeluScale * (x + 0.044715f * x * x * x)));
+    }
   }
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    float x = inp[i];
-    float u = kGeluScale * (x + 0.044715f * x * x * x);
-    float th = std::tanh(u);
-    float sech2 = 1.f - th * th;
-    float grad = 0.5f * (1.f + th) + 0.5f * x * sech2 * kGeluScale * (1.f + 3.f * 0.044715f * x * x);
-    dinp[i] = grad * dout[i];
+  for (int64_t lo = 0; lo < n; lo += kChunk) {
+    const int64_t hi = std::min(n, lo + kChunk);
+    for (int64_t i = lo; i < hi; i++) {
+      float x = inp[i];
+      float th = tanh_approx(kGeluScale * (x + 0.044715f * x * x * x));
+      float sech2 = 1.f - th * th;
+      float grad = 0.5f * (1.f + th) + 0.5f * x * sech2 * kGeluScale * (1.f + 3.f * 0.044715f * x * x);
+      dinp[i] = grad * dout[i];
+    }
   }
 }
 
@@ -249,13 +265,15 @@ void crossentropy_forward(float* losses, float* probs, const float* logits, cons
     float* p = probs + (int64_t)n * Vp;
     const float logit_t = l[targets[n]];  // read before an in-place overwrite
     float maxv = -INFINITY;
+#pragma omp simd reduction(max : maxv)
     for (int v = 0; v < V; v++) maxv = std::max(maxv, l[v]);
-    double sum = 0.0;
+    float sum = 0.f;  // every term is in (0, 1] and one of them is 1: float is plenty
+#pragma omp simd reduction(+ : sum)
     for (int v = 0; v < V; v++) {
-      p[v] = std::exp(l[v] - maxv);
+      p[v] = exp_approx(l[v] - maxv);
       sum += p[v];
     }
-    float inv = (float)(1.0 / sum);
+    float inv = 1.f / sum;
     for (int v = 0; v < V; v++) p[v] *= inv;
     for (int v = V; v < Vp; v++) p[v] = 0.f;
     losses[n] = (float)(std::log(sum) + maxv - logit_t);
@@ -277,10 +295,10 @@ void crossentropy_backward(float* dlogits, const float* probs, const int32_t* ta
 void adamw_update(float* p, float* g, float* m, float* v, int64_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, float grad_scale, int step) {
   const float bc1 = 1.f - std::pow(beta1, (float)step);
-  const float bc2_sqrt = std::sqrt(1.f - std::pow(beta2, (float)step));
+  const float inv_bc2_sqrt = 1.f / std::sqrt(1.f - std::pow(beta2, (float)step));
   const float step_size = lr / bc1;
   const float decay = 1.f - lr * weight_decay;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; i++) {
     float grad = g[i] * grad_scale;
     g[i] = 0.f;
@@ -288,7 +306,7 @@ void adamw_update(float* p, float* g, float* m, float* v, int64_t n, float lr, f
     float vi = beta2 * v[i] + (1.f - beta2) * grad * grad;
     m[i] = mi;
     v[i] = vi;
-    p[i] = p[i] * decay - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
+    p[i] = p[i] * decay - step_size * mi / (std::sqrt(vi) * inv_bc2_sqrt + eps);
   }
 }
 
@@ -301,6 +319,7 @@ double sum_squares(const float* x, int64_t n) {
   for (int64_t ci = 0; ci < chunks; ci++) {
     const int64_t lo = ci * kChunk, hi = std::min(n, lo + kChunk);
     double s = 0.0;
+#pragma omp simd reduction(+ : s)
     for (int64_t i = lo; i < hi; i++) s += (double)x[i] * x[i];
     part[ci] = s;
   }
