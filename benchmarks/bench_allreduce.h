@@ -39,19 +39,21 @@ void print_allreduce_row(const AllReduceRow& r);
 
 // `bench step --ranks N`: one data-parallel training step (forward, backward with bucketed
 // all-reduce, AdamW) on every rank of `comm`, random tokens, the same per-rank batch whatever
-// the world size. Times are the slowest rank's.
+// the world size. Times are the slowest rank's; the hidden share is the ranks' mean.
+// independent: every rank trains alone (SelfComm) and `comm` only gathers the results: the
+// machine's ceiling for N processes side by side, with no communication at all.
 struct DpStepResult {
   int world = 1, B = 0, T = 0;
   std::string buckets;  // DataParallel::describe_buckets()
   double median_ms = 0, min_ms = 0;
-  double exposed_ms = 0;  // median wait for reductions after backward (plus ZeRO's step collectives)
-  double in_step_comm_ms = 0;  // median time the bucket collectives ran during the step
-  double alone_ms = 0;    // median time to reduce every bucket with nothing else running
+  double wait_ms = 0;   // median wait after backward: reductions still running, and slower ranks (skew)
+  double comm_ms = 0;   // median time per step the bucket collectives ran with every rank present
+  double alone_ms = 0;  // median time to reduce every bucket with nothing else running
+  double hidden = 0;    // share of comm_ms before this rank's backward ended (mean over ranks)
   int launched_during_backward = 0;
-  double hidden() const;  // 1 - exposed / alone, clamped to [0, 1]
 };
 DpStepResult bench_dp_step(Communicator& comm, const GPTConfig& cfg, const DistConfig& dist, int B, int T, int warmup,
-                           int steps);
+                           int steps, bool independent = false);
 
 #ifdef LEASETRAIN_HAVE_NCCL
 // The same sweep with NCCL on this rank's GPU (device = local rank), timed with CUDA events on

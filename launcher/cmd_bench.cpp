@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -85,11 +86,12 @@ void require_not_a_rank(const char* flag) {
     throw UserError(std::string(flag) + ": starts its own mpirun; run it from a shell, not under mpirun or srun");
 }
 
-json dp_row_json(const bench::DpStepResult& r, const std::string& progress, bool overlap, double bucket_mb) {
+json dp_row_json(const bench::DpStepResult& r, const std::string& progress, bool overlap, double bucket_mb,
+                bool independent) {
   return json{{"ranks", r.world}, {"batch_per_rank", r.B}, {"seq", r.T}, {"buckets", r.buckets},
-              {"bucket_mb", bucket_mb}, {"overlap", overlap}, {"progress", progress}, {"median_ms", r.median_ms},
-              {"min_ms", r.min_ms}, {"exposed_comm_ms", r.exposed_ms}, {"in_step_comm_ms", r.in_step_comm_ms},
-              {"comm_alone_ms", r.alone_ms}, {"hidden", r.hidden()},
+              {"bucket_mb", bucket_mb}, {"overlap", overlap}, {"progress", progress}, {"independent", independent},
+              {"median_ms", r.median_ms}, {"min_ms", r.min_ms}, {"wait_after_backward_ms", r.wait_ms},
+              {"comm_in_step_ms", r.comm_ms}, {"comm_alone_ms", r.alone_ms}, {"hidden", r.hidden},
               {"launched_during_backward", r.launched_during_backward}};
 }
 
@@ -104,10 +106,10 @@ void add_bench_commands(CLI::App& app) {
     int batch = 4, seq = 64, warmup = 2, steps = 5;
     bool torch = false;
     // data parallel (--ranks)
-    int ranks = 0, threads_per_rank = 1, zero = 0;
-    std::string bucket_mb = "0.1,0.25,1,25", progress = "thread", dp_worker;
+    int ranks = 0, threads_per_rank = 1, zero = 0, repeat = 1;
+    std::string bucket_mb = "0.25,1,25", progress = "thread", dp_worker;
     double first_bucket_mb = 1.0, worker_bucket_mb = 25;
-    bool worker_overlap = true;
+    bool worker_overlap = true, worker_independent = false;
   };
   auto a = std::make_shared<StepArgs>();
   CLI::App* s = bench->add_subcommand("step", "Time the whole training step (forward, backward, AdamW)");
@@ -136,10 +138,13 @@ void add_bench_commands(CLI::App& app) {
   s->add_option("--threads-per-rank", a->threads_per_rank, "With --ranks: OpenMP threads per rank")
       ->check(CLI::PositiveNumber)->capture_default_str();
   s->add_option("--zero", a->zero, "With --ranks: 1 for ZeRO-1")->check(CLI::Range(0, 1))->capture_default_str();
+  s->add_option("--repeat", a->repeat, "With --ranks: rounds of every configuration, interleaved; rows show the "
+                "median over rounds")->check(CLI::PositiveNumber)->capture_default_str();
   // Internal: one configuration on the ranks of an mpirun that --ranks started.
   s->add_option("--dp-worker", a->dp_worker)->group("");
   s->add_option("--dp-bucket-mb", a->worker_bucket_mb)->group("");
   s->add_option("--dp-overlap", a->worker_overlap)->group("");
+  s->add_option("--dp-independent", a->worker_independent)->group("");
   s->callback([a] {
     if (!a->dp_worker.empty()) {  // a rank of one --ranks configuration
       DistConfig dist;
@@ -150,11 +155,11 @@ void add_bench_commands(CLI::App& app) {
       dist.zero = a->zero;
       std::unique_ptr<Communicator> comm = make_cpu_communicator(read_dist_env(), dist);
       const std::string name = a->model == "all" ? "tiny" : a->model;
-      bench::DpStepResult r =
-          bench::bench_dp_step(*comm, bench::named_model(name), dist, a->batch, a->seq, a->warmup, a->steps);
+      bench::DpStepResult r = bench::bench_dp_step(*comm, bench::named_model(name), dist, a->batch, a->seq, a->warmup,
+                                                   a->steps, a->worker_independent);
       if (comm->rank() == 0) {
         std::ofstream f(a->dp_worker);
-        f << dp_row_json(r, a->progress, dist.overlap, dist.bucket_mb).dump() << "\n";
+        f << dp_row_json(r, a->progress, dist.overlap, dist.bucket_mb, a->worker_independent).dump() << "\n";
         if (!f) throw UserError(a->dp_worker + ": cannot write");
       }
       return;
@@ -186,11 +191,12 @@ void add_bench_commands(CLI::App& app) {
                                         "--first-bucket-mb", std::to_string(a->first_bucket_mb), "--zero",
                                         std::to_string(a->zero), "--dp-worker", out};
       };
-      auto run_config = [&](int np, double cap, bool overlap, int k) {
+      auto run_config = [&](int np, double cap, bool overlap, int k, bool independent = false) {
         const std::string out = (tmp / ("row" + std::to_string(k) + ".json")).string();
         std::vector<std::string> argv = common(out);
         for (const std::string& x : {std::string("--dp-bucket-mb"), std::to_string(cap), std::string("--dp-overlap"),
-                                     std::string(overlap ? "true" : "false")})
+                                     std::string(overlap ? "true" : "false"), std::string("--dp-independent"),
+                                     std::string(independent ? "true" : "false")})
           argv.push_back(x);
         std::string cmd;
         const std::string t = std::to_string(a->threads_per_rank);
@@ -205,36 +211,62 @@ void add_bench_commands(CLI::App& app) {
         return j;
       };
       std::printf("bench step --ranks %d: model %s, batch %d x %d per rank, %d thread%s per rank, median of %d steps "
-                  "after %d warm-up, MPI progress %s%s | load average %s\n",
+                  "after %d warm-up, %d round%s, MPI progress %s%s | load average %s\n",
                   a->ranks, name.c_str(), a->batch, a->seq, a->threads_per_rank, a->threads_per_rank == 1 ? "" : "s",
-                  a->steps, a->warmup, a->progress.c_str(), a->zero ? ", ZeRO-1" : "", load_average().c_str());
-      std::printf("%5s %-40s %8s %9s %9s %11s %11s %8s\n", "ranks", "buckets", "overlap", "ms/step", "weak eff",
-                  "comm alone", "exposed", "hidden");
-      json rows = json::array();
-      int k = 0;
-      json base = run_config(1, caps.front(), true, k++);
-      const double t1 = base["median_ms"].get<double>();
-      std::printf("%5d %-40s %8s %9.2f %8.1f%% %11s %11s %8s\n", 1, "-", "-", t1, 100.0, "-", "-", "-");
+                  a->steps, a->warmup, a->repeat, a->repeat == 1 ? "" : "s", a->progress.c_str(),
+                  a->zero ? ", ZeRO-1" : "", load_average().c_str());
       std::fflush(stdout);
-      base["weak_scaling_efficiency"] = 1.0;
-      rows.push_back(base);
-      std::vector<std::pair<double, bool>> configs;
-      for (double c : caps) configs.push_back({c, true});
-      configs.push_back({caps.back(), false});  // no overlap: all buckets after backward
-      for (auto [cap, overlap] : configs) {
-        json j = run_config(a->ranks, cap, overlap, k++);
+      std::printf("%5s %-36s %7s %8s %8s %10s %10s %7s %10s\n", "ranks", "buckets", "overlap", "ms/step", "weak eff",
+                  "comm alone", "in-step", "hidden", "wait");
+      // Every configuration once per round, rounds interleaved, so a change in the machine's load
+      // (it is shared) hits all rows alike; each row reports the median over rounds.
+      struct Config {
+        int np;
+        double cap;
+        bool overlap, independent;
+        std::string label;
+      };
+      std::vector<Config> configs = {{1, caps.front(), true, false, "-"},
+                                     {a->ranks, caps.front(), true, true, "independent (no communication)"}};
+      for (double c : caps) configs.push_back({a->ranks, c, true, false, ""});
+      configs.push_back({a->ranks, caps.back(), false, false, ""});  // no overlap: every bucket after backward
+      std::vector<std::vector<json>> runs(configs.size());
+      int k = 0;
+      for (int round = 0; round < a->repeat; round++)
+        for (size_t c = 0; c < configs.size(); c++)
+          runs[c].push_back(run_config(configs[c].np, configs[c].cap, configs[c].overlap, k++, configs[c].independent));
+      auto median_of = [](std::vector<json>& v, const char* key) {
+        std::vector<double> x;
+        for (const json& j : v) x.push_back(j[key].get<double>());
+        std::sort(x.begin(), x.end());
+        return x.size() % 2 ? x[x.size() / 2] : 0.5 * (x[x.size() / 2 - 1] + x[x.size() / 2]);
+      };
+      json rows = json::array();
+      const double t1 = median_of(runs[0], "median_ms");
+      for (size_t c = 0; c < configs.size(); c++) {
+        json j = runs[c].back();
+        for (const char* key : {"median_ms", "min_ms", "wait_after_backward_ms", "comm_in_step_ms", "comm_alone_ms",
+                                "hidden"})
+          j[key] = median_of(runs[c], key);
+        j["rounds"] = runs[c];
         const double tn = j["median_ms"].get<double>();
         j["weak_scaling_efficiency"] = t1 / tn;
-        std::printf("%5d %-40s %8s %9.2f %8.1f%% %8.2f ms %8.2f ms %7.0f%%\n", a->ranks,
-                    j["buckets"].get<std::string>().substr(0, 40).c_str(), overlap ? "yes" : "no", tn, 100 * t1 / tn,
-                    j["comm_alone_ms"].get<double>(), j["exposed_comm_ms"].get<double>(),
-                    100 * j["hidden"].get<double>());
-        std::fflush(stdout);
+        if (configs[c].np == 1 || configs[c].independent) {
+          std::printf("%5d %-36s %7s %8.2f %7.1f%% %10s %10s %7s %10s\n", configs[c].np, configs[c].label.c_str(), "-",
+                      tn, 100 * t1 / tn, "-", "-", "-", "-");
+        } else {
+          std::printf("%5d %-36s %7s %8.2f %7.1f%% %7.2f ms %7.2f ms %6.0f%% %7.2f ms\n", configs[c].np,
+                      j["buckets"].get<std::string>().substr(0, 36).c_str(), configs[c].overlap ? "yes" : "no", tn,
+                      100 * t1 / tn, j["comm_alone_ms"].get<double>(), j["comm_in_step_ms"].get<double>(),
+                      100 * j["hidden"].get<double>(), j["wait_after_backward_ms"].get<double>());
+        }
         rows.push_back(j);
       }
-      std::printf("weak eff = 1-rank ms / N-rank ms at the same per-rank batch; comm alone = every bucket reduced with "
-                  "nothing else running; exposed = waiting for reductions after backward; hidden = 1 - exposed / "
-                  "alone\n");
+      std::printf("load average after: %s\n", load_average().c_str());
+      std::printf("weak eff = 1-rank ms / N-rank ms at the same per-rank batch (medians); comm alone = every bucket "
+                  "reduced with nothing else running; in-step = time the collectives ran with every rank present; "
+                  "hidden = share of in-step before this rank's backward ended; wait = after backward, for "
+                  "reductions and slower ranks\n");
       std::error_code ec;
       std::filesystem::remove_all(tmp, ec);
       if (a->json_out == "-") {

@@ -53,13 +53,16 @@ class Work {
   size_t bytes() const { return bytes_; }
   // "all_reduce #37 (grad bucket 2/5, 1.25 MB, step 12)"
   std::string describe() const;
-  // When it was issued, began executing and finished (finished only once completed()).
+  // When it was issued, began executing, had every rank present (backends that wait for
+  // the others first; else = started) and finished (only once completed()).
   Clock::time_point issued() const { return issued_; }
   Clock::time_point started() const { return started_; }
+  Clock::time_point all_arrived() const { return arrived_; }
   Clock::time_point finished() const { return finished_; }
 
-  // For backends: mark started, then succeeded ("" error) or failed.
-  void mark_started() { started_ = Clock::now(); }
+  // For backends: mark started (and all arrived), then succeeded ("" error) or failed.
+  void mark_started() { started_ = arrived_ = Clock::now(); }
+  void mark_all_arrived() { arrived_ = Clock::now(); }
   void finish(const std::string& error = "");
 
  protected:
@@ -73,7 +76,7 @@ class Work {
   std::string op_, tag_;
   int64_t step_, seq_;
   size_t bytes_;
-  Clock::time_point issued_, started_, finished_;
+  Clock::time_point issued_, started_, arrived_, finished_;
   std::atomic<int> state_{kPending};
   std::string error_;
   std::mutex mu_;

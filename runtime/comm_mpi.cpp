@@ -1,11 +1,21 @@
 // MpiComm: collectives over host buffers with MPI (see comm.h for the two progress modes).
 // Why a communication thread: Open MPI has no asynchronous progress, so a non-blocking
-// collective only moves while some thread is inside MPI. The "thread" mode gives every
-// collective a thread that sits in a blocking MPI call (Open MPI's tuned algorithms) while
-// the compute thread keeps computing; "poll" issues MPI_I* collectives (libnbc) and relies
-// on MPI_Test from the backward hooks to push them along. bench step --progress compares them.
+// collective only moves while some thread is inside MPI. The "thread" mode gives collectives
+// a thread that runs them with blocking MPI calls (Open MPI's tuned algorithms, 2-4x faster
+// here than libnbc's MPI_I* ones) while the compute thread keeps computing; "poll" issues
+// MPI_I* collectives and relies on MPI_Test from the backward hooks to push them along.
+//
+// Why the communication thread sleeps until every rank has arrived: Open MPI busy-polls
+// inside a blocking call, and a rank that reaches a bucket first would spin until the last
+// one does. On a machine whose cores are all computing (2 ranks on 2 cores) that spin takes
+// CPU from compute, and on the VMs measured here even a spin on another vCPU slowed compute
+// by 1.6x. So each collective first waits for the others with MPI_Ibarrier polled by
+// MPI_Test between short sleeps, then runs the blocking collective with everyone present.
+// LEASETRAIN_MPI_ARRIVAL=spin skips the arrival wait (for measurements).
 #include <mpi.h>
+#include <sys/prctl.h>
 
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -79,6 +89,7 @@ void divide(void* p, DType t, int64_t n, int world) {
 // (MPI_I*) on the caller's thread; `post` (Avg's division, moving an in-place result) runs
 // after completion on whichever thread saw it complete.
 struct Job {
+  bool barrier = false;  // the arrival wait is the whole collective
   std::function<int()> blocking;
   std::function<int(MPI_Request*)> start;
   std::function<void()> post;
@@ -129,7 +140,13 @@ class MpiComm final : public Communicator {
  public:
   MpiComm(MPI_Comm comm, int rank, int world, bool poll_mode)
       : Communicator(rank, world), comm_(comm), poll_(poll_mode) {
-    if (!poll_) worker_ = std::thread([this] { loop(); });
+    const char* arrival = std::getenv("LEASETRAIN_MPI_ARRIVAL");
+    sleep_until_arrival_ = !(arrival && std::string(arrival) == "spin");
+    if (!poll_)
+      worker_ = std::thread([this] {
+        ::prctl(PR_SET_TIMERSLACK, 5000UL, 0, 0, 0);  // 5 us, not 50: the arrival wait sleeps 20 us at a time
+        loop();
+      });
   }
 
   ~MpiComm() override {
@@ -247,6 +264,7 @@ class MpiComm final : public Communicator {
 
   void do_barrier(const WorkPtr& w) override {
     Job job;
+    job.barrier = true;
     job.blocking = [this] { return MPI_Barrier(comm_); };
     job.start = [this](MPI_Request* r) { return MPI_Ibarrier(comm_, r); };
     submit(w, std::move(job));
@@ -283,12 +301,37 @@ class MpiComm final : public Communicator {
         queue_.pop_front();
       }
       w->mark_started();
+      if (sleep_until_arrival_ && world() > 1) {
+        const int rc = wait_for_arrival();
+        w->mark_all_arrived();
+        if (rc != MPI_SUCCESS || w->job.barrier) {
+          w->complete(rc);
+          continue;
+        }
+      }
       w->complete(w->job.blocking());
+    }
+  }
+
+  // Returns once every rank has issued this collective: MPI_Ibarrier, tested in a short
+  // spin (peers usually arrive together) and then between sleeps of ~20 us.
+  int wait_for_arrival() {
+    MPI_Request req;
+    int rc = MPI_Ibarrier(comm_, &req);
+    if (rc != MPI_SUCCESS) return rc;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (;;) {
+      int done = 0;
+      rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS || done) return rc;
+      if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(30))
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   }
 
   MPI_Comm comm_;
   bool poll_;
+  bool sleep_until_arrival_ = true;
   // thread mode
   std::thread worker_;
   std::mutex mu_;

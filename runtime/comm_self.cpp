@@ -23,7 +23,7 @@ const char* to_string(ReduceOp op) {
 
 Work::Work(std::string op, std::string tag, int64_t step, int64_t seq, size_t bytes)
     : op_(std::move(op)), tag_(std::move(tag)), step_(step), seq_(seq), bytes_(bytes), issued_(Clock::now()),
-      started_(issued_), finished_(issued_) {}
+      started_(issued_), arrived_(issued_), finished_(issued_) {}
 
 std::string Work::describe() const {
   char size[32];

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "runtime/error.h"
@@ -181,14 +182,31 @@ void DataParallel::launch(size_t k) {
 void DataParallel::finish_gradients() {
   if (world() == 1) return;
   LT_CHECK(sync_, "finish_gradients() without begin_micro_step(true)");
-  const auto t0 = Clock::now();
+  const auto t0 = Clock::now();  // this rank's backward is over
   while (next_ < buckets_.size()) launch(next_++);
   for (const WorkPtr& w : works_) {
     w->wait();
-    stats_.comm_ms += ms_between(w->started(), w->finished());
+    stats_.comm_ms += ms_between(w->all_arrived(), w->finished());
+    stats_.hidden_ms += std::max(0.0, ms_between(w->all_arrived(), std::min(w->finished(), t0)));
   }
-  stats_.exposed_ms = ms_between(t0, Clock::now());
+  const auto t1 = Clock::now();
+  stats_.exposed_ms = ms_between(t0, t1);
   sync_ = false;
+  // LEASETRAIN_DP_TRACE=1: each bucket's issue, all-ranks-present and end times, in ms
+  // relative to the end of this rank's backward.
+  static const bool trace = std::getenv("LEASETRAIN_DP_TRACE") != nullptr;
+  if (trace) {
+    const double abs_ms = std::chrono::duration<double, std::milli>(t0.time_since_epoch()).count();
+    std::string line = "[rank " + std::to_string(rank()) + "] step " + std::to_string(comm_->step()) + " at " +
+                       std::to_string(std::fmod(abs_ms, 1e5)) + ":";
+    for (const WorkPtr& w : works_) {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, " [%.1f %.1f %.1f]", ms_between(t0, w->issued()),
+                    ms_between(t0, w->all_arrived()), ms_between(t0, w->finished()));
+      line += buf;
+    }
+    std::fprintf(stderr, "%s exposed %.1f ms\n", line.c_str(), stats_.exposed_ms);
+  }
 }
 
 float DataParallel::step(AdamW& opt, float lr) {

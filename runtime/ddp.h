@@ -45,8 +45,12 @@ struct Bucket {
 struct ReduceStats {
   int buckets = 0;
   int launched_during_backward = 0;  // the rest were launched by finish_gradients()
-  double exposed_ms = 0;  // finish_gradients(): waiting for reductions after backward ended
-  double comm_ms = 0;     // sum over buckets of the time each collective ran
+  // finish_gradients(): waiting after this rank's backward ended, for reductions to run and
+  // for slower ranks to arrive (skew).
+  double exposed_ms = 0;
+  // Sum over buckets of the time each collective ran with every rank present, and the part
+  // of it before this rank's backward ended (hidden behind compute).
+  double comm_ms = 0, hidden_ms = 0;
   double step_comm_ms = 0;  // optimizer step's collectives (ZeRO-1 norm and all-gather)
 };
 

@@ -3,10 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
-#include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -15,31 +12,13 @@
 
 #include "launcher/audit.h"
 #include "runtime/error.h"
+#include "tests/util.h"
 
-namespace fs = std::filesystem;
 using namespace lt::lease;
+using namespace lt::test;
 using nlohmann::json;
 
 namespace {
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/lt-audit-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-std::pair<int, std::string> run(const std::string& cmd) {
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int st = ::pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
 
 std::vector<std::string> lines_of(const std::string& path) {
   std::ifstream in(path);
@@ -57,7 +36,7 @@ void write_lines(const std::string& path, const std::vector<std::string>& v, boo
 class Chain : public ::testing::Test {
  protected:
   void SetUp() override {
-    log = dir.path + "/usage.jsonl";
+    log = dir / "usage.jsonl";
     for (int i = 0; i < 5; ++i)
       heads.push_back(append_record(log, {{"kind", "job"},
                                           {"lease", i % 2 ? "acme-2024" : "globex-2024"},
@@ -66,6 +45,11 @@ class Chain : public ::testing::Test {
                                           {"gpu_seconds", 3600.5 * (i + 1)},
                                           {"exit_status", 0}}));
     good = lines_of(log);
+  }
+  // Rewrites the log as `lines` and verifies it.
+  AuditResult rewrite(const std::vector<std::string>& lines, bool final_newline = true) {
+    write_lines(log, lines, final_newline);
+    return verify_log(log);
   }
   TempDir dir;
   std::string log;
@@ -88,8 +72,7 @@ TEST_F(Chain, IntactChainVerifies) {
 TEST_F(Chain, AlteredRecord) {
   auto v = good;
   v[2].replace(v[2].find("\"exit_status\":0"), 15, "\"exit_status\":1");
-  write_lines(log, v);
-  AuditResult r = verify_log(log);
+  AuditResult r = rewrite(v);
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.bad_line, 3u);
   EXPECT_EQ(r.records, 2u);
@@ -103,8 +86,7 @@ TEST_F(Chain, AlteredRecordWithRecomputedHash) {
   rec["hash"] = record_hash(rec);
   auto v = good;
   v[1] = rec.dump();
-  write_lines(log, v);
-  AuditResult r = verify_log(log);
+  AuditResult r = rewrite(v);
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.bad_line, 3u);
   EXPECT_NE(r.reason.find("prev does not match the hash of record 1"), std::string::npos) << r.reason;
@@ -113,15 +95,13 @@ TEST_F(Chain, AlteredRecordWithRecomputedHash) {
 TEST_F(Chain, MissingRecord) {
   auto v = good;
   v.erase(v.begin() + 2);
-  write_lines(log, v);
-  AuditResult r = verify_log(log);
+  AuditResult r = rewrite(v);
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.bad_line, 3u);
   EXPECT_NE(r.reason.find("record 2 is missing"), std::string::npos) << r.reason;
   v = good;
   v.erase(v.begin());
-  write_lines(log, v);
-  r = verify_log(log);
+  r = rewrite(v);
   EXPECT_EQ(r.bad_line, 1u);
   EXPECT_NE(r.reason.find("record 0 is missing"), std::string::npos) << r.reason;
 }
@@ -129,32 +109,27 @@ TEST_F(Chain, MissingRecord) {
 TEST_F(Chain, ReorderedAndDuplicatedRecords) {
   auto v = good;
   std::swap(v[1], v[2]);
-  write_lines(log, v);
-  AuditResult r = verify_log(log);
+  AuditResult r = rewrite(v);
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.bad_line, 2u);
   v = good;
   v.insert(v.begin() + 3, good[2]);
-  write_lines(log, v);
-  r = verify_log(log);
+  r = rewrite(v);
   EXPECT_EQ(r.bad_line, 4u);
   EXPECT_NE(r.reason.find("appears again"), std::string::npos) << r.reason;
 }
 
 TEST_F(Chain, TruncationAndGarbage) {
-  write_lines(log, good, false);  // last line lost its newline: a half-written record
-  AuditResult r = verify_log(log);
+  AuditResult r = rewrite(good, false);  // last line lost its newline: a half-written record
   EXPECT_EQ(r.bad_line, 5u);
   EXPECT_NE(r.reason.find("not terminated"), std::string::npos);
   auto v = good;
   v[3] = v[3].substr(0, v[3].size() / 2);
-  write_lines(log, v);
-  EXPECT_EQ(verify_log(log).bad_line, 4u);
+  EXPECT_EQ(rewrite(v).bad_line, 4u);
   // Whole records cut off the end: only a head kept elsewhere shows it.
   v = good;
   v.resize(3);
-  write_lines(log, v);
-  EXPECT_TRUE(verify_log(log).ok);
+  EXPECT_TRUE(rewrite(v).ok);
   r = verify_log(log, heads.back());
   EXPECT_FALSE(r.ok);
   EXPECT_NE(r.reason.find("truncated or rewritten"), std::string::npos) << r.reason;
@@ -171,7 +146,7 @@ TEST_F(Chain, AppendRefusesABrokenChain) {
 TEST_F(Chain, GpuSecondsPerLease) {
   EXPECT_DOUBLE_EQ(gpu_seconds_used(log, "acme-2024"), 3600.5 * (2 + 4));
   EXPECT_DOUBLE_EQ(gpu_seconds_used(log, "globex-2024"), 3600.5 * (1 + 3 + 5));
-  EXPECT_DOUBLE_EQ(gpu_seconds_used(dir.path + "/none.jsonl", "acme-2024"), 0.0);
+  EXPECT_DOUBLE_EQ(gpu_seconds_used(dir / "none.jsonl", "acme-2024"), 0.0);
 }
 
 TEST_F(Chain, ConcurrentAppendersKeepOneChain) {
@@ -195,21 +170,20 @@ TEST_F(Chain, ConcurrentAppendersKeepOneChain) {
 }
 
 TEST_F(Chain, CliReportsTheFirstBadRecord) {
-  const std::string cli = LT_CLI;
-  auto [rc, out] = run(cli + " audit verify " + log);
-  EXPECT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("5 record(s), chain intact"), std::string::npos) << out;
-  auto [rc1, out1] = run(cli + " audit verify --json " + log + " --head " + heads[1]);
-  EXPECT_EQ(rc1, 0) << out1;
-  EXPECT_TRUE(json::parse(out1)["ok"]);
+  RunResult r = run_cli("audit verify " + log);
+  EXPECT_EQ(r.code, 0) << r.both();
+  EXPECT_NE(r.both().find("5 record(s), chain intact"), std::string::npos) << r.both();
+  RunResult r1 = run_cli("audit verify --json " + log + " --head " + heads[1]);
+  EXPECT_EQ(r1.code, 0) << r1.both();
+  EXPECT_TRUE(json::parse(r1.both())["ok"]);  // all it prints, on either stream, is the JSON
   auto v = good;
   v.erase(v.begin() + 3);
   write_lines(log, v);
-  auto [rc2, out2] = run(cli + " audit verify " + log);
-  EXPECT_EQ(rc2, 1) << out2;
-  EXPECT_NE(out2.find("line 4: record 3 is missing"), std::string::npos) << out2;
-  auto [rc3, out3] = run(cli + " audit verify " + dir.path + "/nonexistent.jsonl");
-  EXPECT_EQ(rc3, 2) << out3;
+  RunResult r2 = run_cli("audit verify " + log);
+  EXPECT_EQ(r2.code, 1) << r2.both();
+  EXPECT_NE(r2.both().find("line 4: record 3 is missing"), std::string::npos) << r2.both();
+  RunResult r3 = run_cli("audit verify " + (dir / "nonexistent.jsonl"));
+  EXPECT_EQ(r3.code, 2) << r3.both();
 }
 
 }  // namespace

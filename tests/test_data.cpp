@@ -1,7 +1,6 @@
 // Data module: shard format and its validation, the training loader's shuffling, coverage,
 // world-size invariance and resume, the validation loader, text preparation and `data` CLI.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,15 +11,19 @@
 #include <fstream>
 #include <functional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "runtime/data.h"
 #include "runtime/error.h"
+#include "tests/util.h"
 
 namespace fs = std::filesystem;
 using lt::UserError;
+using lt::test::count_lines;
+using lt::test::read_file;
+using lt::test::run_cli;
+using lt::test::RunResult;
 
 namespace {
 
@@ -63,13 +66,6 @@ std::string error_of(const std::function<void()>& f) {
   return "(no UserError)";
 }
 
-std::string read_text(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 // A batch as one vector: inputs then targets.
 std::vector<int32_t> batch(lt::DataLoader& dl, int B, int rank = 0, int world = 1) {
   const int T = dl.T();
@@ -104,7 +100,7 @@ TEST_F(DataTest, ShardRoundTrip) {
 TEST_F(DataTest, ShardHeaderIsLlmcLayout) {
   std::vector<uint16_t> toks(5, 3);
   lt::write_shard(path("h.bin"), toks.data(), toks.size());
-  std::string bytes = read_text(path("h.bin"));
+  std::string bytes = read_file(path("h.bin"));
   int32_t h[3];
   std::memcpy(h, bytes.data(), sizeof h);
   EXPECT_EQ(h[0], 20240520);
@@ -413,30 +409,14 @@ TEST_F(DataTest, PrepareMissingInputWritesNothing) {
 
 // ---- CLI ----
 
-namespace {
-// Runs the CLI with stdout and stderr captured in files under dir; returns the exit code.
-int run_cli(const std::string& args, const std::string& dir, std::string* out, std::string* err) {
-  const std::string o = dir + "/cli.stdout", e = dir + "/cli.stderr";
-  const std::string cmd = std::string("'") + LT_CLI + "' " + args + " >'" + o + "' 2>'" + e + "'";
-  int status = std::system(cmd.c_str());
-  *out = read_text(o);
-  *err = read_text(e);
-  fs::remove(o);
-  fs::remove(e);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-}  // namespace
-
 TEST_F(DataTest, CliPrepareMissingInputExits2) {
   fs::create_directory(path("work"));
   std::ofstream(path("work/a.txt")) << "some text";
-  std::string out, err;
-  int rc = run_cli("data prepare --input '" + path("work/a.txt") + "' '" +
-                       path("work/missing.txt") + "' --output '" + path("work/ds") + "'",
-                   dir_, &out, &err);
-  EXPECT_EQ(rc, 2);
-  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
-  EXPECT_NE(err.find(path("work/missing.txt")), std::string::npos) << err;
+  RunResult r = run_cli("data prepare --input '" + path("work/a.txt") + "' '" + path("work/missing.txt") +
+                        "' --output '" + path("work/ds") + "'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find(path("work/missing.txt")), std::string::npos) << r.err;
   // Nothing but the input is left in the directory.
   std::vector<std::string> left;
   for (const auto& e : fs::directory_iterator(path("work"))) left.push_back(e.path().string());
@@ -445,24 +425,19 @@ TEST_F(DataTest, CliPrepareMissingInputExits2) {
 
 TEST_F(DataTest, CliPrepareAndInspect) {
   std::ofstream(path("a.txt"), std::ios::binary) << std::string(90, 'z') << "AAAAAAAAAA";
-  std::string out, err;
-  ASSERT_EQ(run_cli("data prepare --input '" + path("a.txt") + "' --output '" + path("ds") +
-                        "' --val-fraction 0.1 --shard-tokens 50",
-                    dir_, &out, &err),
-            0)
-      << err;
-  EXPECT_NE(out.find(path("ds_train_000001.bin") + " (40 tokens)"), std::string::npos) << out;
-  ASSERT_EQ(run_cli("data inspect '" + path("ds_val_000000.bin") + "'", dir_, &out, &err), 0)
-      << err;
-  nlohmann::json j = nlohmann::json::parse(out);
+  RunResult r = run_cli("data prepare --input '" + path("a.txt") + "' --output '" + path("ds") +
+                        "' --val-fraction 0.1 --shard-tokens 50");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find(path("ds_train_000001.bin") + " (40 tokens)"), std::string::npos) << r.out;
+  r = run_cli("data inspect '" + path("ds_val_000000.bin") + "'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["path"], path("ds_val_000000.bin"));
   EXPECT_EQ(j["tokens"], 10);
   EXPECT_EQ(j["min"], 'A');
   EXPECT_EQ(j["max"], 'A');
 
-  EXPECT_EQ(run_cli("data prepare --input '" + path("a.txt") + "' --output '" + path("ds") +
-                        "' --val-fraction 1",
-                    dir_, &out, &err),
-            2);
-  EXPECT_NE(err.find("--val-fraction"), std::string::npos) << err;
+  r = run_cli("data prepare --input '" + path("a.txt") + "' --output '" + path("ds") + "' --val-fraction 1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--val-fraction"), std::string::npos) << r.err;
 }

@@ -1,14 +1,9 @@
 // Plans and launch commands: two tenants sharing two nodes never see each other's devices,
 // NICs or keys; P_Key indices from a fake sysfs tree; quotas and windows; the environment
 // allowlist; mpirun and srun command lines; a real local mpirun job when mpirun is present.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -20,9 +15,11 @@
 #include "launcher/manifest.h"
 #include "launcher/pkey.h"
 #include "runtime/error.h"
+#include "tests/util.h"
 
 namespace fs = std::filesystem;
 using namespace lt::lease;
+using namespace lt::test;
 using nlohmann::json;
 
 namespace {
@@ -30,25 +27,6 @@ namespace {
 const std::string kFixtures = std::string(LT_SOURCE_DIR) + "/tests/fixtures/leases";
 const std::string kManifest = kFixtures + "/shared-cluster.toml";
 const std::string kSysfs = kFixtures + "/sysfs";
-
-std::pair<int, std::string> run(const std::string& cmd, bool merge_stderr = true) {
-  FILE* p = ::popen((cmd + (merge_stderr ? " 2>&1" : " 2>/dev/null")).c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int st = ::pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/lt-launch-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 PlanRequest req(int np = 0) {
   PlanRequest r;
@@ -151,10 +129,7 @@ TEST(SharedCluster, NpFillsNodesInOrderAndIsBounded) {
 }
 
 TEST(SharedCluster, MaxRanksQuota) {
-  std::ifstream in(kManifest);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string text = ss.str();
+  std::string text = read_file(kManifest);
   text.replace(text.find("max_ranks = 4"), 13, "max_ranks = 2");
   Manifest m = parse_manifest(text, "m.toml");
   Plan p = make_plan(m, "acme-2024", req());
@@ -176,7 +151,7 @@ TEST(SharedCluster, WindowRefusals) {
 
 TEST(SharedCluster, GpuHoursQuotaFromTheUsageLog) {
   TempDir dir;
-  const std::string log = dir.path + "/usage.jsonl";
+  const std::string log = dir / "usage.jsonl";
   append_record(log, {{"kind", "job"}, {"lease", "globex-2024"}, {"gpu_seconds", 500.0 * 3600}});
   append_record(log, {{"kind", "job"}, {"lease", "acme-2024"}, {"gpu_seconds", 1e9}});  // another lease's
   PlanRequest r = req();
@@ -222,14 +197,14 @@ TEST(Pkey, LimitedMembershipAndMissingKeysAreRefused) {
 
 TEST(Pkey, LowestFullMemberIndexWins) {
   TempDir dir;
-  fs::path t = fs::path(dir.path) / "class/infiniband/mlx5_4/ports/2/pkeys";
+  fs::path t = dir.path / "class/infiniband/mlx5_4/ports/2/pkeys";
   fs::create_directories(t);
   const char* table[] = {"0xffff", "0x0000", "0x0005", "0x8005", "0x8005"};
   for (int i = 0; i < 5; ++i) std::ofstream(t / std::to_string(i)) << table[i] << "\n";
   for (int i = 5; i < 12; ++i) std::ofstream(t / std::to_string(i)) << "0x0000\n";  // index 10 sorts after 2
-  EXPECT_EQ(resolve_pkey_index(dir.path, "mlx5_4", 2, 0x8005), 3);
+  EXPECT_EQ(resolve_pkey_index(dir.path.string(), "mlx5_4", 2, 0x8005), 3);
   std::ofstream(t / "10") << "0x8007\n";
-  EXPECT_EQ(resolve_pkey_index(dir.path, "mlx5_4", 2, 0x8007), 10);
+  EXPECT_EQ(resolve_pkey_index(dir.path.string(), "mlx5_4", 2, 0x8007), 10);
 }
 
 TEST(Pkey, UnresolvedIndexIsLeftToTheNode) {
@@ -357,20 +332,20 @@ TEST(Command, SrunInsideASlurmAllocation) {
 // ---- the CLI -------------------------------------------------------------------------------
 
 TEST(Cli, PlanJsonAndRefusals) {
-  const std::string cli = LT_CLI;
-  auto [rc, out] = run(cli + " plan --json --manifest " + kManifest + " --lease globex-2024 --sysfs-root " + kSysfs, false);
-  ASSERT_EQ(rc, 0) << out;
-  json j = json::parse(out);
+  RunResult r = run_cli("plan --json --manifest " + kManifest + " --lease globex-2024 --sysfs-root " + kSysfs);
+  ASSERT_EQ(r.code, 0) << r.both();
+  json j = json::parse(r.out);
   EXPECT_EQ(j["np"], 4);
   EXPECT_EQ(j["ranks"][3]["devices"][0], "MIG-22222222-3333-4000-8000-000000000000");
   EXPECT_EQ(j["ranks"][0]["pkey_index"], 3);
   EXPECT_EQ(j["ranks"][0]["pkey"], "0x8002");
 
   auto expect_exit2 = [&](const std::string& args, const std::string& why) {
-    auto [rc2, out2] = run(cli + " " + args);
-    EXPECT_EQ(rc2, 2) << args << ": " << out2;
+    RunResult r2 = run_cli(args);
+    const std::string out2 = r2.both();
+    EXPECT_EQ(r2.code, 2) << args << ": " << out2;
     EXPECT_NE(out2.find(why), std::string::npos) << args << ": " << out2;
-    EXPECT_EQ(std::count(out2.begin(), out2.end(), '\n'), 1) << out2;
+    EXPECT_EQ(count_lines(out2), 1) << out2;
   };
   const std::string m = " --manifest " + kManifest + " --sysfs-root " + kSysfs;
   expect_exit2("plan" + m + " --lease acme-2024 --np 5", "exceeds lease acme-2024");
@@ -378,19 +353,19 @@ TEST(Cli, PlanJsonAndRefusals) {
   expect_exit2("plan" + m + " --lease acme-2024 --at 2099-02-01T00:00:00Z", "has expired");
   expect_exit2("plan" + m + " --lease nobody", "no lease 'nobody'");
   // An HCA absent from the sysfs tree (a login node) is not an error: each rank resolves it.
-  auto [rc3, out3] = run(cli + " plan --manifest " + kManifest + " --lease globex-2024 --sysfs-root " + kFixtures);
-  EXPECT_EQ(rc3, 0) << out3;
-  EXPECT_NE(out3.find("each rank resolves it on its node"), std::string::npos) << out3;
+  RunResult r3 = run_cli("plan --manifest " + kManifest + " --lease globex-2024 --sysfs-root " + kFixtures);
+  EXPECT_EQ(r3.code, 0) << r3.both();
+  EXPECT_NE(r3.both().find("each rank resolves it on its node"), std::string::npos) << r3.both();
 }
 
 TEST(Cli, DryRunLaunchForBothTenants) {
   const std::string cli = LT_CLI;
   for (const char* lease : {"acme-2024", "globex-2024"}) {
-    auto [rc, out] = run("env NCCL_IB_HCA=mlx5_7 NCCL_DEBUG=INFO " + cli + " launch --dry-run --json --job-id j7 --manifest " +
-                             kManifest + " --lease " + lease + " --sysfs-root " + kSysfs + " -- train --steps 3",
-                         false);
-    ASSERT_EQ(rc, 0) << out;
-    json j = json::parse(out);
+    RunResult r = run_cli("launch --dry-run --json --job-id j7 --manifest " + kManifest + " --lease " + lease +
+                              " --sysfs-root " + kSysfs + " -- train --steps 3",
+                          "", {{"NCCL_IB_HCA", "mlx5_7"}, {"NCCL_DEBUG", "INFO"}});
+    ASSERT_EQ(r.code, 0) << r.both();
+    json j = json::parse(r.out);
     EXPECT_EQ(j["launcher"], "mpirun");
     EXPECT_EQ(j["rank_env"].size(), 4u);
     EXPECT_NE(std::find(j["dropped_env"].begin(), j["dropped_env"].end(), "NCCL_IB_HCA"), j["dropped_env"].end());
@@ -404,17 +379,17 @@ TEST(Cli, DryRunLaunchForBothTenants) {
     EXPECT_NE(std::find(argv.begin(), argv.end(), "train"), argv.end());
     EXPECT_NE(std::find(argv.begin(), argv.end(), fs::canonical(cli).string()), argv.end());
   }
-  auto [rc, out] = run("env NCCL_COMM_ID=10.0.0.1:9 " + cli + " launch --dry-run --manifest " + kManifest +
-                       " --lease acme-2024 --sysfs-root " + kSysfs + " -- train");
-  EXPECT_EQ(rc, 2) << out;
-  EXPECT_NE(out.find("NCCL_COMM_ID"), std::string::npos);
+  RunResult r = run_cli("launch --dry-run --manifest " + kManifest + " --lease acme-2024 --sysfs-root " + kSysfs + " -- train",
+                        "", {{"NCCL_COMM_ID", "10.0.0.1:9"}});
+  EXPECT_EQ(r.code, 2) << r.both();
+  EXPECT_NE(r.both().find("NCCL_COMM_ID"), std::string::npos);
 }
 
 TEST(Cli, EmbeddedLocalLeaseNeedsNoManifest) {
   // --np 1: a machine with one GPU has one slot (the local lease counts GPUs when it has any).
-  auto [rc, out] = run(std::string(LT_CLI) + " launch --dry-run --json --np 1 -- train --steps 1", false);
-  ASSERT_EQ(rc, 0) << out;
-  json j = json::parse(out);
+  RunResult r = run_cli("launch --dry-run --json --np 1 -- train --steps 1");
+  ASSERT_EQ(r.code, 0) << r.both();
+  json j = json::parse(r.out);
   EXPECT_EQ(j["plan"]["lease"], "local");
   EXPECT_TRUE(j["plan"]["manifest"]["embedded"]);
   EXPECT_EQ(j["rank_env"].size(), 1u);
@@ -425,39 +400,38 @@ TEST(Cli, EmbeddedLocalLeaseNeedsNoManifest) {
 // A real job on this machine: a manifest naming this host with two CPU ranks, each rank
 // writing what it received into the job directory.
 TEST(RealMpirun, TwoRanksGetTheirOwnEnvironmentAndAUsageRecord) {
-  if (run("command -v mpirun").first != 0) GTEST_SKIP() << "mpirun not installed";
+  if (run_sh("command -v mpirun").code != 0) GTEST_SKIP() << "mpirun not installed";
   TempDir dir;
-  const std::string host = local_hostname();
-  std::string manifest = dir.path + "/m.toml";
-  std::ofstream(manifest) << "[operator]\nid = \"test\"\n[[node]]\nhostname = \"" << host
-                          << "\"\n[[tenant]]\nid = \"t\"\n[[lease]]\nid = \"l1\"\ntenant = \"t\"\n"
-                             "not_before = 2020-01-01T00:00:00Z\nnot_after = 2200-01-01T00:00:00Z\n"
-                             "grace_seconds = 60\nstorage_roots = [\""
-                          << dir.path << "\"]\n[lease.quota]\nmax_ranks = 2\ngpu_hours = 1\nstorage_bytes = \"1GiB\"\n"
-                          // warn: on a GPU machine this CPU-only lease leaves the GPUs' nodes open
-                          << "[lease.policy]\ndevice_probe = \"warn\"\n"
-                          << "[[lease.alloc]]\nnode = \"" << host << "\"\ncpu_ranks = 2\n";
+  const std::string host = local_hostname(), root = dir.path.string();
+  write_file(dir / "m.toml", "[operator]\nid = \"test\"\n[[node]]\nhostname = \"" + host +
+                                 "\"\n[[tenant]]\nid = \"t\"\n[[lease]]\nid = \"l1\"\ntenant = \"t\"\n"
+                                 "not_before = 2020-01-01T00:00:00Z\nnot_after = 2200-01-01T00:00:00Z\n"
+                                 "grace_seconds = 60\nstorage_roots = [\"" +
+                                 root + "\"]\n[lease.quota]\nmax_ranks = 2\ngpu_hours = 1\nstorage_bytes = \"1GiB\"\n"
+                                 // warn: on a GPU machine this CPU-only lease leaves the GPUs' nodes open
+                                 "[lease.policy]\ndevice_probe = \"warn\"\n"
+                                 "[[lease.alloc]]\nnode = \"" + host + "\"\ncpu_ranks = 2\n");
   const std::string script =
       "echo \"$OMPI_COMM_WORLD_RANK $LEASETRAIN_LEASE $NCCL_SOCKET_IFNAME [$CUDA_VISIBLE_DEVICES] [$NCCL_IB_HCA] "
       "[$SECRET_TOKEN]\" > $LEASETRAIN_JOB_DIR/seen-$OMPI_COMM_WORLD_RANK";
-  auto [rc, out] = run("cd " + dir.path + " && env NCCL_IB_HCA=mlx5_3 SECRET_TOKEN=x timeout 120 " + std::string(LT_CLI) +
-                       " launch --manifest m.toml --lease l1 --job-id real1 -- sh -c '" + script + "'");
-  ASSERT_EQ(rc, 0) << out;
-  for (int r = 0; r < 2; ++r) {
-    std::ifstream in(dir.path + "/jobs/real1/seen-" + std::to_string(r));
+  const std::string cli = "timeout 120 " + std::string(LT_CLI);
+  RunResult r = run_sh(cli + " launch --manifest m.toml --lease l1 --job-id real1 -- sh -c '" + script + "'", root,
+                       {{"NCCL_IB_HCA", "mlx5_3"}, {"SECRET_TOKEN", "x"}});
+  ASSERT_EQ(r.code, 0) << r.both();
+  for (int rank = 0; rank < 2; ++rank) {
+    std::ifstream in(dir / ("jobs/real1/seen-" + std::to_string(rank)));
     std::string line;
     std::getline(in, line);
-    EXPECT_EQ(line, std::to_string(r) + " l1 =lo [] [] []") << out;
+    EXPECT_EQ(line, std::to_string(rank) + " l1 =lo [] [] []") << r.both();
   }
-  EXPECT_TRUE(fs::exists(dir.path + "/jobs/real1/hostfile"));
-  AuditResult a = verify_log(dir.path + "/usage.jsonl");
+  EXPECT_TRUE(fs::exists(dir / "jobs/real1/hostfile"));
+  AuditResult a = verify_log(dir / "usage.jsonl");
   EXPECT_TRUE(a.ok) << a.reason;
   EXPECT_EQ(a.records, 1u);
   // A failing job's status comes back and is recorded too.
-  auto [rc2, out2] = run("cd " + dir.path + " && timeout 120 " + std::string(LT_CLI) +
-                         " launch --manifest m.toml --lease l1 --np 1 --job-id real2 -- sh -c 'exit 3'");
-  EXPECT_EQ(rc2, 3) << out2;
-  std::ifstream in(dir.path + "/usage.jsonl");
+  RunResult r2 = run_sh(cli + " launch --manifest m.toml --lease l1 --np 1 --job-id real2 -- sh -c 'exit 3'", root);
+  EXPECT_EQ(r2.code, 3) << r2.both();
+  std::ifstream in(dir / "usage.jsonl");
   std::string l1, l2;
   std::getline(in, l1);
   std::getline(in, l2);

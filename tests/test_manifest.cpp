@@ -1,13 +1,8 @@
 // Lease manifest parsing and validation: every rule with a good and a bad case, errors that
 // name the file, line and field path; the operator signature; time handling.
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstdio>
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -15,56 +10,34 @@
 #include "launcher/manifest.h"
 #include "launcher/manifest_sign.h"
 #include "runtime/error.h"
+#include "tests/util.h"
 
 namespace fs = std::filesystem;
 using namespace lt::lease;
+using namespace lt::test;
 
 namespace {
 
 const std::string kFixtures = std::string(LT_SOURCE_DIR) + "/tests/fixtures/leases";
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
-
 const std::string& base() {
-  static const std::string text = read_text(kFixtures + "/shared-cluster.toml");
+  static const std::string text = read_file(kFixtures + "/shared-cluster.toml");
   return text;
 }
-
-// Runs a shell command, returns (exit status, stdout+stderr).
-std::pair<int, std::string> run(const std::string& cmd) {
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int st = ::pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/lt-manifest-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 std::string replace_once(std::string s, const std::string& from, const std::string& to) {
   size_t pos = s.find(from);
   EXPECT_NE(pos, std::string::npos) << "test case text not found: " << from;
   if (pos != std::string::npos) s.replace(pos, from.size(), to);
   return s;
+}
+
+// Runs `leasetrain ARGS` and expects exit code `code` and `says` in what it prints (on either stream).
+RunResult expect_cli(const std::string& args, int code, const std::string& says) {
+  RunResult r = run_cli(args);
+  EXPECT_EQ(r.code, code) << args << ": " << r.both();
+  EXPECT_NE(r.both().find(says), std::string::npos) << args << ": " << r.both();
+  return r;
 }
 
 struct Case {
@@ -273,16 +246,12 @@ TEST(Manifest, WindowChecks) {
 TEST(ManifestCli, BadFixturesExitTwoWithOneLine) {
   for (const char* f : {"bad-gpu-in-two-leases.toml", "bad-short-uuid.toml", "bad-whole-gpu-and-slice.toml",
                         "bad-window-order.toml"}) {
-    auto [rc, out] = run(std::string(LT_CLI) + " manifest check " + kFixtures + "/" + f);
-    EXPECT_EQ(rc, 2) << f << ": " << out;
-    EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
-    EXPECT_NE(out.find(f), std::string::npos) << out;
+    RunResult r = expect_cli("manifest check " + kFixtures + "/" + f, 2, f);
+    EXPECT_EQ(count_lines(r.both()), 1) << r.both();
   }
-  auto [rc, out] = run(std::string(LT_CLI) + " plan --manifest " + kFixtures + "/bad-short-uuid.toml --lease acme-2024");
-  EXPECT_EQ(rc, 2) << out;
-  EXPECT_NE(out.find("node[1].gpu[1].uuid"), std::string::npos) << out;
-  auto [rc2, out2] = run(std::string(LT_CLI) + " manifest check " + kFixtures + "/shared-cluster.toml");
-  EXPECT_EQ(rc2, 0) << out2;
+  expect_cli("plan --manifest " + kFixtures + "/bad-short-uuid.toml --lease acme-2024", 2, "node[1].gpu[1].uuid");
+  RunResult r2 = run_cli("manifest check " + kFixtures + "/shared-cluster.toml");
+  EXPECT_EQ(r2.code, 0) << r2.both();
 }
 
 // ---- operator signature ---------------------------------------------------------------------
@@ -293,67 +262,63 @@ class Signature : public ::testing::Test {
     if (!ed25519_available()) GTEST_SKIP() << "libsodium not loadable";
     if (fs::exists(kSystemOperatorKey)) GTEST_SKIP() << kSystemOperatorKey << " exists on this machine";
     ::unsetenv("LEASETRAIN_OPERATOR_KEY");
-    manifest = dir.path + "/m.toml";
-    write_text(manifest, base());
-    generate_keypair(dir.path + "/op");
+    manifest = dir / "m.toml";
+    write_file(manifest, base());
+    generate_keypair(dir / "op");
   }
   TempDir dir;
   std::string manifest;
 };
 
 TEST_F(Signature, SignedManifestVerifies) {
-  sign_file(manifest, dir.path + "/op.key");
+  sign_file(manifest, dir / "op.key");
   SignatureInfo info;
-  Manifest m = load_verified_manifest(manifest, dir.path + "/op.pub", &info);
+  Manifest m = load_verified_manifest(manifest, dir / "op.pub", &info);
   EXPECT_TRUE(info.verified);
   EXPECT_EQ(m.leases.size(), 2u);
-  auto [rc, out] = run(std::string(LT_CLI) + " manifest check " + manifest + " --operator-key " + dir.path + "/op.pub");
-  EXPECT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("signature verified"), std::string::npos) << out;
+  expect_cli("manifest check " + manifest + " --operator-key " + (dir / "op.pub"), 0, "signature verified");
 }
 
 TEST_F(Signature, TamperedManifestIsRefused) {
-  sign_file(manifest, dir.path + "/op.key");
+  sign_file(manifest, dir / "op.key");
   // A tenant widens its own quota after signing.
-  write_text(manifest, replace_once(base(), "max_ranks = 4", "max_ranks = 8"));
-  EXPECT_THROW(load_verified_manifest(manifest, dir.path + "/op.pub"), lt::UserError);
-  auto [rc, out] = run(std::string(LT_CLI) + " plan --manifest " + manifest + " --lease acme-2024 --operator-key " +
-                       dir.path + "/op.pub");
-  EXPECT_EQ(rc, 2) << out;
-  EXPECT_NE(out.find("signature does not match"), std::string::npos) << out;
+  write_file(manifest, replace_once(base(), "max_ranks = 4", "max_ranks = 8"));
+  EXPECT_THROW(load_verified_manifest(manifest, dir / "op.pub"), lt::UserError);
+  expect_cli("plan --manifest " + manifest + " --lease acme-2024 --operator-key " + (dir / "op.pub"), 2,
+             "signature does not match");
 }
 
 TEST_F(Signature, OtherKeyIsRefused) {
-  generate_keypair(dir.path + "/tenant");
-  sign_file(manifest, dir.path + "/tenant.key");  // signed, but not by the operator
-  EXPECT_THROW(load_verified_manifest(manifest, dir.path + "/op.pub"), lt::UserError);
+  generate_keypair(dir / "tenant");
+  sign_file(manifest, dir / "tenant.key");  // signed, but not by the operator
+  EXPECT_THROW(load_verified_manifest(manifest, dir / "op.pub"), lt::UserError);
 }
 
 TEST_F(Signature, MissingSignatureOrKey) {
-  EXPECT_THROW(load_verified_manifest(manifest, dir.path + "/op.pub"), lt::UserError);  // key but no .sig
+  EXPECT_THROW(load_verified_manifest(manifest, dir / "op.pub"), lt::UserError);  // key but no .sig
   SignatureInfo info;
   EXPECT_NO_THROW(load_verified_manifest(manifest, "", &info));  // neither: accepted, noted
   EXPECT_FALSE(info.verified);
   EXPECT_NE(info.note.find("unsigned"), std::string::npos);
-  sign_file(manifest, dir.path + "/op.key");
+  sign_file(manifest, dir / "op.key");
   EXPECT_THROW(load_verified_manifest(manifest, ""), lt::UserError);  // .sig but no key to check it
-  write_text(manifest + ".sig", "not base64 !!\n");
-  EXPECT_THROW(load_verified_manifest(manifest, dir.path + "/op.pub"), lt::UserError);
+  write_file(manifest + ".sig", "not base64 !!\n");
+  EXPECT_THROW(load_verified_manifest(manifest, dir / "op.pub"), lt::UserError);
 }
 
 TEST_F(Signature, InteroperatesWithOpenssl) {
-  if (run("openssl version").first != 0) GTEST_SKIP() << "no openssl CLI";
-  const std::string key = dir.path + "/ossl.key", pub = dir.path + "/ossl.pub", sig = manifest + ".sig";
-  ASSERT_EQ(run("openssl genpkey -algorithm ed25519 -out " + key).first, 0);
-  ASSERT_EQ(run("openssl pkey -in " + key + " -pubout -out " + pub).first, 0);
+  if (run_sh("openssl version").code != 0) GTEST_SKIP() << "no openssl CLI";
+  const std::string key = dir / "ossl.key", pub = dir / "ossl.pub", sig = manifest + ".sig";
+  ASSERT_EQ(run_sh("openssl genpkey -algorithm ed25519 -out " + key).code, 0);
+  ASSERT_EQ(run_sh("openssl pkey -in " + key + " -pubout -out " + pub).code, 0);
   // Signed by openssl, verified by us.
-  ASSERT_EQ(run("openssl pkeyutl -sign -inkey " + key + " -rawin -in " + manifest + " | base64 -w0 > " + sig).first, 0);
+  ASSERT_EQ(run_sh("openssl pkeyutl -sign -inkey " + key + " -rawin -in " + manifest + " | base64 -w0 > " + sig).code, 0);
   EXPECT_NO_THROW(load_verified_manifest(manifest, pub));
   // Signed by us with openssl's key, verified by openssl.
   sign_file(manifest, key);
-  ASSERT_EQ(run("base64 -d " + sig + " > " + sig + ".raw").first, 0);
-  auto [rc, out] = run("openssl pkeyutl -verify -pubin -inkey " + pub + " -rawin -in " + manifest + " -sigfile " + sig + ".raw");
-  EXPECT_EQ(rc, 0) << out;
+  ASSERT_EQ(run_sh("base64 -d " + sig + " > " + sig + ".raw").code, 0);
+  RunResult r = run_sh("openssl pkeyutl -verify -pubin -inkey " + pub + " -rawin -in " + manifest + " -sigfile " + sig + ".raw");
+  EXPECT_EQ(r.code, 0) << r.both();
 }
 
 TEST(Base64, RoundTrips) {

@@ -1,12 +1,9 @@
 // LeaseGuard, the per-rank checks: lease window and deadline with an injected clock, storage
 // escapes and quota, device UUIDs from a fake device list, /dev probing on a fake tree, the
 // per-node P_Key index, and construction from the launcher's variables.
-#include <unistd.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -16,6 +13,7 @@
 #include "launcher/manifest.h"
 #include "launcher/tenancy.h"
 #include "runtime/error.h"
+#include "tests/util.h"
 
 namespace fs = std::filesystem;
 using namespace lt::lease;
@@ -25,25 +23,17 @@ namespace {
 const std::string kFixtures = std::string(LT_SOURCE_DIR) + "/tests/fixtures/leases";
 const std::string kManifest = kFixtures + "/shared-cluster.toml";
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/lt-tenancy-XXXXXX";
-    path = fs::canonical(::mkdtemp(tmpl)).string();
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using lt::test::read_file;
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+// A fresh directory by its canonical path: the guard compares paths with symlinks resolved.
+struct CanonicalDir {
+  lt::test::TempDir tmp;
+  std::string path = fs::canonical(tmp.path).string();
+};
 
 // The shared cluster with acme's storage moved under `root` and a small storage quota.
 Manifest cluster_at(const std::string& root, const std::string& quota = "\"2TiB\"") {
-  std::string t = read_text(kManifest);
+  std::string t = read_file(kManifest);
   auto swap = [&](const std::string& from, const std::string& to) { t.replace(t.find(from), from.size(), to); };
   swap("storage_roots = [\"/srv/tenants/acme\"]", "storage_roots = [\"" + root + "/acme\"]");
   swap("read_only_roots = [\"/srv/datasets\"]", "read_only_roots = [\"" + root + "/datasets\"]");
@@ -124,7 +114,7 @@ class Storage : public ::testing::Test {
     std::ofstream(dir.path + "/other/secret") << "x";
   }
   LeaseGuard guard(const std::string& quota = "\"2TiB\"") { return LeaseGuard(cluster_at(dir.path, quota), "acme-2024", "node01", {}); }
-  TempDir dir;
+  CanonicalDir dir;
 };
 
 TEST_F(Storage, InsideTheRootIsAllowed) {
@@ -223,7 +213,13 @@ class Probe : public ::testing::Test {
     if (opens) std::ofstream(p) << "";
     else fs::create_symlink("/nonexistent/fenced", p);
   }
-  TempDir dir;
+  // The driver's /proc information file for the GPU at `bus`, `head` lines first.
+  void gpu_info(const std::string& bus, const std::string& uuid, int minor, const std::string& head = "") {
+    fs::create_directories(proc + "/driver/nvidia/gpus/" + bus);
+    std::ofstream(proc + "/driver/nvidia/gpus/" + bus + "/information")
+        << head << "GPU UUID: \t " << uuid << "\nBus Location: \t " << bus << "\nDevice Minor: \t " << minor << "\n";
+  }
+  CanonicalDir dir;
   std::string dev = dir.path + "/dev", proc = dir.path + "/proc";
 };
 
@@ -272,7 +268,7 @@ TEST_F(Probe, MigCapsOfOtherSlices) {
 }
 
 TEST_F(Probe, MinorsFromProcWhenTheManifestHasNone) {
-  std::string t = read_text(kManifest);
+  std::string t = read_file(kManifest);
   for (int i = 0; i < 4; ++i) {
     std::string key = "  minor = " + std::to_string(i) + "\n";
     size_t pos;
@@ -284,11 +280,7 @@ TEST_F(Probe, MinorsFromProcWhenTheManifestHasNone) {
   node("nvidia6", true);
   EXPECT_THROW(g.probe_device_nodes(dev, proc), lt::UserError);  // no way to tell which is ours
   const char* buses[] = {"0000:17:00.0", "0000:2a:00.0"};
-  for (int i = 0; i < 2; ++i) {
-    fs::create_directories(proc + "/driver/nvidia/gpus/" + buses[i]);
-    std::ofstream(proc + "/driver/nvidia/gpus/" + buses[i] + "/information")
-        << "Model: \t\t Fake\nGPU UUID: \t GPU-x\nBus Location: \t " << buses[i] << "\nDevice Minor: \t " << 5 + i << "\n";
-  }
+  for (int i = 0; i < 2; ++i) gpu_info(buses[i], "GPU-x", 5 + i, "Model: \t\t Fake\n");
   EXPECT_TRUE(g.probe_device_nodes(dev, proc).empty());
   node("nvidia7", true);
   EXPECT_EQ(g.probe_device_nodes(dev, proc), std::vector<std::string>{dev + "/nvidia7"});
@@ -296,12 +288,7 @@ TEST_F(Probe, MinorsFromProcWhenTheManifestHasNone) {
 
 TEST_F(Probe, LocalLeaseKeepsOnlyOpenableGpus) {
   const char* buses[] = {"0000:17:00.0", "0000:2a:00.0"};
-  for (int i = 0; i < 2; ++i) {
-    fs::create_directories(proc + "/driver/nvidia/gpus/" + buses[i]);
-    std::ofstream(proc + "/driver/nvidia/gpus/" + buses[i] + "/information")
-        << "GPU UUID: \t GPU-11111111-0000-4000-8000-00000000000" << i << "\nBus Location: \t " << buses[i]
-        << "\nDevice Minor: \t " << i << "\n";
-  }
+  for (int i = 0; i < 2; ++i) gpu_info(buses[i], "GPU-11111111-0000-4000-8000-00000000000" + std::to_string(i), i);
   node("nvidia0", true);
   node("nvidia1", false);  // a container that was given only GPU 0
   Manifest m = local_default_manifest(1, proc, dev);
@@ -360,12 +347,12 @@ TEST(FromVars, ChecksWhatTheLauncherClaims) {
 
 TEST(FromVars, RecordsRuntimeInTheJobDir) {
   if (fs::exists("/etc/leasetrain/operator.pub")) GTEST_SKIP() << "this node requires signed manifests";
-  TempDir dir;
+  CanonicalDir dir;
   EnvMap v = {{"LEASETRAIN_MANIFEST", kManifest}, {"LEASETRAIN_LEASE", "acme-2024"}, {"LEASETRAIN_NODE", "node01"},
               {"LEASETRAIN_JOB_DIR", dir.path}};
   LeaseGuard g = LeaseGuard::from_vars(v, "node01", fixed("2025-01-01T00:00:00Z"));
   g.record_runtime(1, {A1}, "2.21.5", "12.4");
-  auto j = nlohmann::json::parse(read_text(dir.path + "/rank-1.json"));
+  auto j = nlohmann::json::parse(read_file(dir.path + "/rank-1.json"));
   EXPECT_EQ(j["devices"][0], A1);
   EXPECT_EQ(j["nccl_version"], "2.21.5");
   EXPECT_EQ(j["host"], "node01");

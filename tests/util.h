@@ -1,4 +1,5 @@
-// Shared test helpers: fresh temp directories, running the CLI and capturing its output.
+// Shared test helpers: fresh temp directories, whole-file reads and writes, running the CLI (or any
+// shell command) and capturing its exit code, stdout and stderr.
 #pragma once
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,6 +10,8 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace lt::test {
 
@@ -41,20 +44,39 @@ inline void write_file(const std::string& path, const std::string& text) {
 struct RunResult {
   int code = -1;
   std::string out, err;
+  // stdout followed by stderr (not interleaved), for checks that do not mind which stream a line went to.
+  std::string both() const { return out + err; }
 };
 
-// Runs `leasetrain ARGS` (a shell-quoted string) and returns its exit code, stdout and stderr.
-inline RunResult run_cli(const std::string& args, const std::string& cwd = "") {
+// Variables to add to a command's environment, as (NAME, VALUE) pairs.
+using EnvVars = std::vector<std::pair<std::string, std::string>>;
+
+// `s` as one single-quoted shell word.
+inline std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// Runs the shell command line CMD, from directory CWD unless it is empty, with ENV added to its
+// environment and stdin from /dev/null. Returns its exit code (128 when it did not exit), stdout and stderr.
+inline RunResult run_sh(const std::string& cmd, const std::string& cwd = "", const EnvVars& env = {}) {
   TempDir io;
-  const std::string out = io / "stdout", err = io / "stderr";
-  std::string cmd = (cwd.empty() ? "" : "cd '" + cwd + "' && ") + std::string(LT_CLI) + " " + args + " >'" + out +
-                    "' 2>'" + err + "' </dev/null";
-  int status = std::system(cmd.c_str());
+  std::string script = cwd.empty() ? "" : "cd " + shell_quote(cwd) + " && ";
+  script += "{ ";
+  for (const auto& [name, value] : env) script += "export " + shell_quote(name + "=" + value) + "; ";
+  script += cmd + "\n} >" + shell_quote(io / "stdout") + " 2>" + shell_quote(io / "stderr") + " </dev/null";
+  int status = std::system(script.c_str());
   RunResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-  r.out = read_file(out);
-  r.err = read_file(err);
+  r.out = read_file(io / "stdout");
+  r.err = read_file(io / "stderr");
   return r;
+}
+
+// Runs `leasetrain ARGS` (a shell-quoted string) the same way.
+inline RunResult run_cli(const std::string& args, const std::string& cwd = "", const EnvVars& env = {}) {
+  return run_sh(std::string(LT_CLI) + " " + args, cwd, env);
 }
 
 inline int count_lines(const std::string& s) {

@@ -238,7 +238,9 @@ TEST_F(MpiTest, BucketsCoverTheBufferInBackwardOrder) {
       for (int i = s[k].first_param; i <= s[k].last_param; i++) biggest = std::max(biggest, infos[i].numel);
       // PyTorch's rule: a bucket passes the cap by at most the parameter that filled it.
       EXPECT_LT(s[k].numel(), (int64_t)(0.2e6 / 4) + biggest + align) << "bucket " << k;
-      if (k + 1 < s.size()) EXPECT_GT(s[k].numel(), 1000) << "no slivers of biases: bucket " << k;
+      if (k + 1 < s.size()) {
+        EXPECT_GT(s[k].numel(), 1000) << "no slivers of biases: bucket " << k;
+      }
     }
   }
 }
