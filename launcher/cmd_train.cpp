@@ -41,7 +41,11 @@ void add_train_commands(CLI::App& app) {
       "The config has four tables: [model] (n_layer, n_head, n_embd, block_size, vocab_size), [data] (train, val: "
       "globs of llm.c token shards), [optim] (lr, min_lr, warmup_steps, beta1, beta2, eps, weight_decay, grad_clip) and "
       "[train] (micro_batch, seq_len, grad_accum, steps, eval_interval, eval_batches, checkpoint_interval, "
-      "log_interval, seed). Unknown keys are errors. See configs/tiny.toml.\n"
+      "log_interval, seed), and optionally [dist] (zero, bucket_mb, first_bucket_mb, overlap, checksum_interval, "
+      "watchdog_timeout, progress). Unknown keys are errors. See configs/tiny.toml.\n"
+      "Data parallel: start it under mpirun or srun (e.g. mpirun -np 2 leasetrain train ...); each rank takes "
+      "micro_batch sequences of every micro-step, rank 0 logs and writes checkpoints, and checkpoints resume on any "
+      "number of ranks.\n"
       "Writes OUT/metrics.jsonl (one JSON object per step) and OUT/checkpoints/step-NNNNNNNN/.");
   t->add_option("--config", train->config_path, "TOML training config")->required()->check(CLI::ExistingFile);
   t->add_option("--out", train->out_dir, "Run directory for metrics and checkpoints")->capture_default_str();

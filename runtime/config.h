@@ -16,7 +16,9 @@ struct DistConfig {
   double first_bucket_mb = 1.0;     // the first bucket (the last layers) is small so it starts early
   bool overlap = true;              // reduce buckets during backward (false: all after backward)
   int64_t checksum_interval = 100;  // cross-rank parameter checksum every N steps (0: off)
-  double watchdog_timeout = 300.0;  // seconds a collective may take before the job is aborted
+  // Seconds a collective may wait before the job is aborted. It must exceed the longest gap
+  // between ranks reaching a collective: rank 0 writing a checkpoint while the others wait.
+  double watchdog_timeout = 300.0;
   std::string progress = "thread";  // MPI progress: "thread" (a communication thread) or "poll"
 };
 

@@ -2,8 +2,12 @@
 // communicator's collectives against exact expectations, bucket planning, N ranks against one
 // rank with gradient accumulation, ZeRO-1 against plain data parallelism, resuming on another
 // world size, the start-up broadcast and the divergence checksum.
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <mutex>
+#include <thread>
 #include <filesystem>
 #include <memory>
 
@@ -11,6 +15,7 @@
 #include "runtime/ddp.h"
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
+#include "runtime/watchdog.h"
 #include "tests/mpi/dp_job.h"
 #include "tests/mpi/mpi_test.h"
 
@@ -207,6 +212,33 @@ TEST_F(MpiTest, MissingCollectiveFailsLoudly) {
   } catch (const CommError& e) {
     EXPECT_NE(std::string(e.what()).find("partial: reduce_scatter is not implemented"), std::string::npos) << e.what();
   }
+}
+
+// The watchdog reports a collective that outlives its timeout, with what it was, and stops
+// reporting it once it completes. (Aborting the job is the trainer's callback: test_dp_cli.)
+TEST_F(MpiTest, WatchdogNamesTheStalledCollective) {
+  auto stalled = std::make_shared<Work>("all_reduce", "grad bucket 2/3", 7, 41, 1234567);
+  std::atomic<int> fired{0};
+  std::string what;
+  std::mutex mu;
+  {
+    Watchdog dog(0.2, [&](const Work& w, double waited) {
+      std::lock_guard<std::mutex> lock(mu);
+      what = w.describe();
+      EXPECT_GE(waited, 0.2);
+      fired++;
+    });
+    dog.watch(stalled);
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    EXPECT_GE(fired.load(), 1);
+    stalled->finish();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const int after = fired.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_EQ(fired.load(), after) << "a completed collective is no longer watched";
+    EXPECT_EQ(dog.pending(), 0u);
+  }
+  EXPECT_EQ(what, "all_reduce #41 (grad bucket 2/3, 1.23 MB, step 7)");
 }
 
 // ---- buckets ----
