@@ -5,8 +5,10 @@
 #include <sstream>
 
 #include "launcher/commands.h"
+#include "launcher/tenancy.h"
 #include "runtime/checkpoint.h"
 #include "runtime/data.h"
+#include "runtime/dist_env.h"
 #include "runtime/error.h"
 #include "runtime/trainer.h"
 
@@ -29,6 +31,39 @@ LoadedModel load_model(const std::string& dir) {
   m.model = std::make_unique<GPT>(read_checkpoint_config(m.checkpoint), *m.backend);
   load_model_weights(m.checkpoint, *m.model);
   return m;
+}
+
+// The lease, as the trainer's RunPolicy: paths under the tenant's storage roots, the byte
+// quota, and the deadline (not_after - grace, or the GPU-hours budget).
+class LeasePolicy final : public RunPolicy {
+ public:
+  explicit LeasePolicy(lease::LeaseGuard g) : guard_(std::move(g)) {}
+  std::string check_path(const std::string& path, bool for_write) const override {
+    return guard_.check_path(path, for_write);
+  }
+  void reserve_bytes(uint64_t n) const override { guard_.reserve_bytes(n); }
+  int64_t seconds_until_deadline() const override { return guard_.seconds_until_deadline(); }
+  std::string deadline_message() const override { return guard_.deadline_message(lease::system_now()); }
+  const lease::LeaseGuard& guard() const { return guard_; }
+
+ private:
+  lease::LeaseGuard guard_;
+};
+
+// Fail closed before anything else: the lease window, the rank quota, this node's P_Key index
+// and device fencing. Without LEASETRAIN_* variables this is the embedded local lease.
+std::unique_ptr<LeasePolicy> enter_lease() {
+  auto policy = std::make_unique<LeasePolicy>(lease::LeaseGuard::from_env());
+  const lease::LeaseGuard& g = policy->guard();
+  const DistEnv env = read_dist_env();
+  g.check_start();
+  g.check_ranks(env.world);
+  const std::string pkey_note = g.apply_rank_env();
+  if (!pkey_note.empty() && env.rank == 0) std::fprintf(stderr, "lease: %s\n", pkey_note.c_str());
+  g.enforce_isolation();
+  g.check_devices({});  // the CPU backend holds no device; the CUDA backend passes its UUIDs
+  g.record_runtime(env.rank, {}, "", "");
+  return policy;
 }
 
 }  // namespace
@@ -61,6 +96,8 @@ void add_train_commands(CLI::App& app) {
   t->callback([train, t, steps_opt, seed_opt] {
     if (t->count("--steps")) train->steps = *steps_opt;
     if (t->count("--seed")) train->seed = *seed_opt;
+    std::unique_ptr<LeasePolicy> policy = enter_lease();
+    train->policy = policy.get();
     run_train(*train);
   });
 

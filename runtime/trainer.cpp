@@ -211,6 +211,13 @@ namespace {
 TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm) {
   const int rank = comm.rank(), world = comm.world();
   const bool log = !o.quiet && rank == 0;  // progress, metrics and checkpoints: rank 0 only
+  static const RunPolicy unrestricted;
+  const RunPolicy& policy = o.policy ? *o.policy : unrestricted;
+  // Everything the run reads or writes must be inside what the policy (the lease) allows.
+  policy.check_path(o.out_dir, true);
+  for (const std::string* pattern : {&cfg.train_data, &cfg.val_data})
+    if (!pattern->empty())
+      for (const std::string& f : glob_files(*pattern)) policy.check_path(f, false);
   const fs::path out(o.out_dir);
   const Fault fault = test_fault();
 
@@ -337,7 +344,10 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
   std::vector<int32_t> in((size_t)B * T), tgt((size_t)B * T);
   using clock = std::chrono::steady_clock;
   double total_s = 0;
+  double save_s = 0;  // how long the last checkpoint took: the deadline margin needs it
   auto save = [&](int64_t step) {
+    const auto s0 = clock::now();
+    if (rank == 0) policy.reserve_bytes((uint64_t)model.num_params() * sizeof(float) * 3 + (1 << 20));
     json st{{"step", step}, {"seed", cfg.seed}, {"total_steps", cfg.steps}, {"data", train.state()},
             {"init", init_ckpt}};
     if (world > 1) st["world"] = world;
@@ -351,6 +361,7 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
       std::snprintf(name, sizeof name, "step-%08lld", (long long)step);
       result.last_checkpoint = (out / "checkpoints" / name).string();
     }
+    save_s = std::chrono::duration<double>(clock::now() - s0).count();
   };
   for (int64_t step = start; step < cfg.steps; step++) {
     comm.set_step(step + 1);
@@ -414,8 +425,24 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
       std::printf("\n");
       std::fflush(stdout);
     }
-    if (last || (cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0)) save(done);
+    const bool saved = last || (cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0);
+    if (saved) save(done);
     result.steps_done = done;
+    // The lease ends soon: checkpoint while there is time for two more steps and a save, then
+    // stop cleanly. Every rank must agree, or one would wait for the others in a collective.
+    if (!last) {
+      const double margin = 2 * secs + std::max(save_s, 1.0);
+      bool stop = (double)policy.seconds_until_deadline() <= margin;
+      if (world > 1) stop = dp.average({stop ? 1.f : 0.f})[0] > 0.f;
+      if (stop) {
+        if (!saved) save(done);
+        result.stopped_for_deadline = true;
+        if (rank == 0)
+          std::printf("lease: %s; checkpointed step %lld and stopped (continue with --resume)\n",
+                      policy.deadline_message().c_str(), (long long)done);
+        break;
+      }
+    }
   }
   return result;
 }

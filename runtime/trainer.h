@@ -9,6 +9,7 @@
 
 #include "runtime/config.h"
 #include "runtime/model.h"
+#include "runtime/run_policy.h"
 
 namespace lt {
 
@@ -27,6 +28,8 @@ struct TrainOptions {
   // MpiComm under mpirun/srun), and then a failing rank prints its error with its rank and
   // aborts the job. A communicator given here (tests) is borrowed and errors are rethrown.
   Communicator* comm = nullptr;
+  // Paths, storage quota and deadline of a leased job (launcher/tenancy.h); null: no limits.
+  const RunPolicy* policy = nullptr;
   // Called on every rank after every optimizer step (tests: cross-rank parameter checks).
   std::function<void(int64_t step, const GPT& model)> on_step;
 };
@@ -36,6 +39,7 @@ struct TrainResult {
   std::vector<float> losses;        // train loss of each step run in this invocation
   float last_val_loss = -1.f;
   std::string last_checkpoint;
+  bool stopped_for_deadline = false;  // checkpointed and stopped early: the lease ends soon
 };
 
 TrainResult run_train(const TrainOptions& opt);
