@@ -57,7 +57,9 @@ std::unique_ptr<LeasePolicy> enter_lease() {
   const lease::LeaseGuard& g = policy->guard();
   const DistEnv env = read_dist_env();
   g.check_start();
-  g.check_ranks(env.world);
+  // The embedded local lease (no LEASETRAIN_* variables, e.g. a plain `mpirun -np 2 leasetrain
+  // train`) sizes itself to this machine, not to the job: it limits no rank count.
+  if (!g.local()) g.check_ranks(env.world);
   const std::string pkey_note = g.apply_rank_env();
   if (!pkey_note.empty() && env.rank == 0) std::fprintf(stderr, "lease: %s\n", pkey_note.c_str());
   g.enforce_isolation();
