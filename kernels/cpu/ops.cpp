@@ -227,13 +227,16 @@ constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
 // Elementwise loops run in chunks: threads split the chunks, the compiler vectorises inside.
 constexpr int64_t kChunk = 4096;
 
+// GELU written as x * sigmoid(2u) (the same function as 0.5 x (1 + tanh u)): 1 + tanh(u)
+// cancels catastrophically in the negative tail, 1 / (1 + e^(-2u)) does not.
 void gelu_forward(float* out, const float* inp, int64_t n) {
 #pragma omp parallel for schedule(static)
   for (int64_t lo = 0; lo < n; lo += kChunk) {
     const int64_t hi = std::min(n, lo + kChunk);
     for (int64_t i = lo; i < hi; i++) {
       float x = inp[i];
-      out[i] = 0.5f * x * (1.f + tanh_approx(kGeluScale * (x + 0.044715f * x * x * x)));
+      float u = kGeluScale * (x + 0.044715f * x * x * x);
+      out[i] = x / (1.f + exp_approx(-2.f * u));
     }
   }
 }
@@ -244,10 +247,11 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) 
     const int64_t hi = std::min(n, lo + kChunk);
     for (int64_t i = lo; i < hi; i++) {
       float x = inp[i];
-      float th = tanh_approx(kGeluScale * (x + 0.044715f * x * x * x));
-      float sech2 = 1.f - th * th;
-      float grad = 0.5f * (1.f + th) + 0.5f * x * sech2 * kGeluScale * (1.f + 3.f * 0.044715f * x * x);
-      dinp[i] = grad * dout[i];
+      float u = kGeluScale * (x + 0.044715f * x * x * x);
+      float du = kGeluScale * (1.f + 3.f * 0.044715f * x * x);
+      float t = exp_approx(-2.f * u);
+      float s = 1.f / (1.f + t);  // sigmoid(2u); 1 - s = t * s
+      dinp[i] = (s + 2.f * x * du * (t * s) * s) * dout[i];  // t * s <= 1: no overflow
     }
   }
 }

@@ -1,6 +1,6 @@
-// Vectorisable exp and tanh for the CPU reference ops. std::exp/std::tanh are scalar library
-// calls GCC will not vectorise without -ffast-math; these are plain float arithmetic that it
-// does, accurate to a few ulp. They vectorise only with -fno-math-errno -fno-trapping-math
+// A vectorisable exp for the CPU reference ops. std::exp/std::tanh are scalar library
+// calls GCC will not vectorise without -ffast-math; this is plain float arithmetic that it
+// does, accurate to a few ulp. It vectorises only with -fno-math-errno -fno-trapping-math
 // (set for the whole tree: nothing here relies on errno or floating-point traps).
 #pragma once
 #include <algorithm>
@@ -27,7 +27,5 @@ inline float exp_approx(float x) {
   return p * std::bit_cast<float>(bits);
 }
 
-// tanh(u) = 1 - 2 / (e^(2u) + 1): absolute error ~1e-7, saturating cleanly at +-1.
-inline float tanh_approx(float u) { return 1.f - 2.f / (exp_approx(2.f * u) + 1.f); }
 
 }  // namespace lt::cpu

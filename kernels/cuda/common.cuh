@@ -50,15 +50,19 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// GELU, tanh approximation, exactly the CPU reference's formula (accurate tanhf, no fast math).
+// GELU, tanh approximation, in the CPU reference's form x * sigmoid(2u) (= 0.5 x (1 + tanh u)
+// without the cancellation of 1 + tanh u in the negative tail). The exponent is capped so
+// e^(-2u) stays finite and t * s never meets inf * 0.
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
 __device__ __forceinline__ float gelu_f(float x) {
-  return 0.5f * x * (1.f + tanhf(kGeluScale * (x + 0.044715f * x * x * x)));
+  const float u = kGeluScale * (x + 0.044715f * x * x * x);
+  return x / (1.f + expf(fminf(-2.f * u, 88.f)));
 }
 __device__ __forceinline__ float gelu_grad_f(float x) {
-  const float th = tanhf(kGeluScale * (x + 0.044715f * x * x * x));
-  const float sech2 = 1.f - th * th;
-  return 0.5f * (1.f + th) + 0.5f * x * sech2 * kGeluScale * (1.f + 3.f * 0.044715f * x * x);
+  const float u = kGeluScale * (x + 0.044715f * x * x * x);
+  const float du = kGeluScale * (1.f + 3.f * 0.044715f * x * x);
+  const float t = expf(fminf(-2.f * u, 88.f)), s = 1.f / (1.f + t);  // s = sigmoid(2u), 1 - s = t s
+  return s + 2.f * x * du * (t * s) * s;
 }
 
 // ---------------------------------------------------------------------------------------------
