@@ -8,8 +8,7 @@
 #include <regex>
 #include <vector>
 
-#include "runtime/data.h"
-#include "runtime/rng.h"
+#include "tests/corpus.h"
 #include "tests/util.h"
 
 namespace lt::test {
@@ -18,32 +17,11 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-// English-like text with structure to learn: sentences drawn in a seeded order.
-std::string corpus(size_t bytes, uint64_t seed) {
-  const char* sentences[] = {"The quick brown fox jumps over the lazy dog. ",
-                             "A tenant rents a node and trains a model on it. ",
-                             "Operators lease whole nodes, single GPUs or slices of one. ",
-                             "Every kernel is checked against the reference on the CPU. ",
-                             "She sells sea shells by the sea shore. "};
-  Rng rng(seed);
-  std::string s;
-  while (s.size() < bytes) s += sentences[rng.below(5)];
-  s.resize(bytes);
-  return s;
-}
-
-void write_text_shard(const std::string& path, const std::string& text) {
-  std::vector<uint16_t> toks(text.begin(), text.end());
-  for (auto& t : toks) t &= 0xff;
-  write_shard(path, toks.data(), toks.size());
-}
-
 struct Job {
   TempDir dir;
   std::string config;
   Job(int steps = 20, const std::string& extra_train = "", int n_embd = 32) {
-    write_text_shard(dir / "d_train_000000.bin", corpus(60000, 1));
-    write_text_shard(dir / "d_val_000000.bin", corpus(8000, 2));
+    write_corpus_shards(dir.path.string());
     config = dir / "job.toml";
     write_file(config, "[model]\nn_layer = 2\nn_head = 2\nn_embd = " + std::to_string(n_embd) +
                            "\nblock_size = 32\nvocab_size = 256\n"

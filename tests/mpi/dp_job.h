@@ -4,33 +4,10 @@
 #include <string>
 #include <vector>
 
-#include "runtime/data.h"
-#include "runtime/rng.h"
+#include "tests/corpus.h"
 #include "tests/util.h"
 
 namespace lt::test {
-
-inline std::string dp_corpus(size_t bytes, uint64_t seed) {
-  const char* sentences[] = {"The quick brown fox jumps over the lazy dog. ",
-                             "A tenant rents a node and trains a model on it. ",
-                             "Operators lease whole nodes, single GPUs or slices of one. ",
-                             "Every kernel is checked against the reference on the CPU. ",
-                             "She sells sea shells by the sea shore. "};
-  Rng rng(seed);
-  std::string s;
-  while (s.size() < bytes) s += sentences[rng.below(5)];
-  s.resize(bytes);
-  return s;
-}
-
-inline void dp_write_shards(const std::string& dir) {
-  for (auto [name, bytes, seed] : {std::tuple{"d_train_000000.bin", 60000, 1}, std::tuple{"d_val_000000.bin", 8000, 2}}) {
-    const std::string text = dp_corpus(bytes, seed);
-    std::vector<uint16_t> toks(text.begin(), text.end());
-    for (auto& t : toks) t &= 0xff;
-    write_shard(dir + "/" + name, toks.data(), toks.size());
-  }
-}
 
 struct DpJobSpec {
   int n_embd = 32, n_head = 2, n_layer = 2, T = 32;

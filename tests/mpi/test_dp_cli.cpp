@@ -43,7 +43,7 @@ struct Job {
   TempDir dir;
   std::string config;
   explicit Job(const std::string& dist = "", int steps = 30) {
-    dp_write_shards(dir.path.string());
+    write_corpus_shards(dir.path.string());
     config = dp_write_config(dir.path.string(), "job",
                              DpJobSpec{.micro_batch = 4, .steps = steps, .eval_interval = 10, .dist = dist});
   }

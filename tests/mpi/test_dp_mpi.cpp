@@ -312,7 +312,7 @@ TEST_F(MpiTest, NRanksMatchOneRankWithAccumulation) {
   const int W = mpi_world(), B = 2;
   SharedDir dir;
   if (mpi_rank() == 0) {
-    dp_write_shards(dir.path);
+    write_corpus_shards(dir.path);
     DpJobSpec ref{.micro_batch = W * B, .grad_accum = 2, .steps = 20};
     dp_write_config(dir.path, "ref", ref);
     DpJobSpec dp = ref;
@@ -366,7 +366,7 @@ TEST_F(MpiTest, ZeroOneEqualsPlainDataParallel) {
   const int W = mpi_world();
   SharedDir dir;
   if (mpi_rank() == 0) {
-    dp_write_shards(dir.path);
+    write_corpus_shards(dir.path);
     // n_embd 24: no size divides by 16 x world, so shards are padded and buckets split parameters.
     DpJobSpec spec{.n_embd = 24, .micro_batch = 2, .grad_accum = 2, .steps = 20};
     spec.dist = "bucket_mb = 0.01\nfirst_bucket_mb = 0.005\nchecksum_interval = 1\n";
@@ -392,7 +392,7 @@ TEST_F(MpiTest, ResumeOnHalfAndDoubleTheRanks) {
   const int W = mpi_world(), H = W / 2, B = 2;
   SharedDir dir;
   if (mpi_rank() == 0) {
-    dp_write_shards(dir.path);
+    write_corpus_shards(dir.path);
     // The same global batch on W ranks of B and on H ranks of 2B; ZeRO-1 so the optimizer
     // state is re-sharded on resume.
     DpJobSpec spec{.micro_batch = B, .grad_accum = 1, .steps = 12, .checkpoint_interval = 6};
@@ -447,7 +447,7 @@ TEST_F(MpiTest, ChecksumStopsTheJobOnDivergence) {
   const int W = mpi_world();
   SharedDir dir;
   if (mpi_rank() == 0) {
-    dp_write_shards(dir.path);
+    write_corpus_shards(dir.path);
     dp_write_config(dir.path, "job", DpJobSpec{.micro_batch = 2, .steps = 10, .dist = "checksum_interval = 2\n"});
   }
   MPI_Barrier(MPI_COMM_WORLD);
