@@ -2,9 +2,6 @@
 // the same inputs and checks as the host version, time from CUDA events on NCCL's stream
 // around the -n iterations (nccl-tests' method). Calls NCCL directly: Tensor cannot hold
 // device memory until the CUDA backend allocates it. Compiled here without a GPU; never run.
-#include <cuda_runtime.h>
-#include <nccl.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -12,37 +9,13 @@
 
 #include "benchmarks/bench_allreduce.h"
 #include "runtime/error.h"
+#include "runtime/nccl_util.h"
 
 namespace lt::bench {
 
 namespace {
 
-#define CUDA_CHECK(call)                                                                                  \
-  do {                                                                                                    \
-    cudaError_t e_ = (call);                                                                              \
-    if (e_ != cudaSuccess)                                                                                \
-      throw std::runtime_error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " #call ": " + \
-                               cudaGetErrorString(e_));                                                   \
-  } while (0)
-#define NCCL_CHECK(call)                                                                                  \
-  do {                                                                                                    \
-    ncclResult_t r_ = (call);                                                                             \
-    if (r_ != ncclSuccess)                                                                                \
-      throw std::runtime_error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " #call ": " + \
-                               ncclGetErrorString(r_));                                                   \
-  } while (0)
-
 float input_value(int64_t i, int r) { return (float)(1 + (i * 7 + r * 3) % 13); }
-
-ncclRedOp_t to_nccl(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::Sum: return ncclSum;
-    case ReduceOp::Avg: return ncclAvg;
-    case ReduceOp::Max: return ncclMax;
-    case ReduceOp::Min: return ncclMin;
-  }
-  return ncclSum;
-}
 
 }  // namespace
 
@@ -79,12 +52,12 @@ std::vector<AllReduceRow> bench_allreduce_nccl(Communicator* bootstrap, int rank
     float* d = nullptr;
     CUDA_CHECK(cudaMalloc(&d, bytes));
     CUDA_CHECK(cudaMemcpy(d, tiny.data(), bytes, cudaMemcpyHostToDevice));
-    for (int i = 0; i < a.warmup; i++) NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat32, to_nccl(op), comm, stream));
+    for (int i = 0; i < a.warmup; i++) NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat32, nccl_op(op), comm, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
     CUDA_CHECK(cudaMemcpy(d, tiny.data(), bytes, cudaMemcpyHostToDevice));
     // nccl-tests times the whole batch of iterations between two events.
     CUDA_CHECK(cudaEventRecord(start, stream));
-    for (int i = 0; i < a.iters; i++) NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat32, to_nccl(op), comm, stream));
+    for (int i = 0; i < a.iters; i++) NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat32, nccl_op(op), comm, stream));
     CUDA_CHECK(cudaEventRecord(stop, stream));
     CUDA_CHECK(cudaEventSynchronize(stop));
     float ms = 0;
@@ -106,7 +79,7 @@ std::vector<AllReduceRow> bench_allreduce_nccl(Communicator* bootstrap, int rank
     std::vector<float> got((size_t)n);
     for (int c = 0; c < a.check; c++) {
       CUDA_CHECK(cudaMemcpy(d, host.data(), bytes, cudaMemcpyHostToDevice));
-      NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat32, to_nccl(op), comm, stream));
+      NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat32, nccl_op(op), comm, stream));
       CUDA_CHECK(cudaStreamSynchronize(stream));
       CUDA_CHECK(cudaMemcpy(got.data(), d, bytes, cudaMemcpyDeviceToHost));
       for (int64_t i = 0; i < n; i++) {

@@ -3,9 +3,6 @@
 // wait for the result by Work::wait() (c10d's ProcessGroupNCCL semantics). Built only when
 // the CUDA toolkit and NCCL are found. NOTE: compiled and linked on the CI machine, which has
 // no GPU; it has not been run there.
-#include <cuda_runtime.h>
-#include <nccl.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -13,26 +10,11 @@
 #include <thread>
 
 #include "runtime/comm.h"
+#include "runtime/nccl_util.h"
 
 namespace lt {
 
 namespace {
-
-#define CUDA_CHECK(call)                                                                                 \
-  do {                                                                                                   \
-    cudaError_t e_ = (call);                                                                             \
-    if (e_ != cudaSuccess)                                                                               \
-      throw CommError(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " #call ": " +        \
-                      cudaGetErrorString(e_));                                                           \
-  } while (0)
-
-#define NCCL_CHECK(call)                                                                                 \
-  do {                                                                                                   \
-    ncclResult_t r_ = (call);                                                                            \
-    if (r_ != ncclSuccess)                                                                               \
-      throw CommError(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " #call ": " +        \
-                      ncclGetErrorString(r_));                                                           \
-  } while (0)
 
 ncclDataType_t nccl_type(DType t) {
   switch (t) {
@@ -41,18 +23,6 @@ ncclDataType_t nccl_type(DType t) {
     case DType::I32: return ncclInt32;
   }
   throw CommError("nccl: unknown dtype");
-}
-
-// Avg is NCCL's own ncclAvg: identical on every rank like the MPI path's x / N, though NCCL
-// may round differently (it can pre-scale floating-point inputs by 1/N).
-ncclRedOp_t nccl_op(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::Sum: return ncclSum;
-    case ReduceOp::Avg: return ncclAvg;
-    case ReduceOp::Max: return ncclMax;
-    case ReduceOp::Min: return ncclMin;
-  }
-  return ncclSum;
 }
 
 class NcclWork final : public Work {

@@ -1,0 +1,41 @@
+// Shared by the NCCL communicator and the NCCL all-reduce benchmark: error checks that name
+// file, line, call and the library's message, and our ReduceOp in NCCL's terms.
+#pragma once
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <string>
+
+#include "runtime/comm.h"
+
+#define CUDA_CHECK(call)                                                                          \
+  do {                                                                                            \
+    cudaError_t e_ = (call);                                                                      \
+    if (e_ != cudaSuccess)                                                                        \
+      throw ::lt::CommError(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " #call ": " + \
+                            cudaGetErrorString(e_));                                              \
+  } while (0)
+
+#define NCCL_CHECK(call)                                                                          \
+  do {                                                                                            \
+    ncclResult_t r_ = (call);                                                                     \
+    if (r_ != ncclSuccess)                                                                        \
+      throw ::lt::CommError(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " #call ": " + \
+                            ncclGetErrorString(r_));                                              \
+  } while (0)
+
+namespace lt {
+
+// Avg is NCCL's own ncclAvg: identical on every rank like the MPI path's x / N, though NCCL
+// may round differently (it can pre-scale floating-point inputs by 1/N).
+inline ncclRedOp_t nccl_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum: return ncclSum;
+    case ReduceOp::Avg: return ncclAvg;
+    case ReduceOp::Max: return ncclMax;
+    case ReduceOp::Min: return ncclMin;
+  }
+  return ncclSum;
+}
+
+}  // namespace lt
