@@ -45,7 +45,8 @@ file(GLOB LT_CUDA_HEADERS CONFIGURE_DEPENDS ${LT_CUDA_DIR}/*.h ${LT_CUDA_DIR}/*.
 # machine without a driver, cudaGetDeviceCount just fails and the caller falls back to the CPU.
 # cuBLAS is only the baseline (tests, benchmarks, --gemm cublas).
 add_library(leasetrain_kernels_cuda STATIC
-  ${LT_CUDA_DIR}/gemm.cu ${LT_CUDA_DIR}/gemm_cublas.cu ${LT_CUDA_DIR}/attention.cu ${LT_CUDA_DIR}/ops.cu)
+  ${LT_CUDA_DIR}/gemm.cu ${LT_CUDA_DIR}/gemm_cublas.cu ${LT_CUDA_DIR}/attention.cu ${LT_CUDA_DIR}/ops.cu
+  ${LT_CUDA_DIR}/attention_naive.cu)
 target_link_libraries(leasetrain_kernels_cuda PUBLIC leasetrain_flags CUDA::cudart_static CUDA::cublas)
 target_compile_definitions(leasetrain_kernels_cuda PUBLIC LEASETRAIN_HAVE_CUDA=1)
 target_compile_options(leasetrain_kernels_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo>)
@@ -98,6 +99,28 @@ target_link_libraries(test_kernels_gpu PRIVATE leasetrain_kernels_cuda leasetrai
 gtest_discover_tests(test_kernels_gpu
   PROPERTIES LABELS gpu SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" DISCOVERY_TIMEOUT 60)
 
+# gpu: the whole model on the CUDA backend against the CPU backend (one step: loss, gradients,
+# clipping, AdamW; bf16 and fp32; flash and fallback attention; mma.sync and cuBLAS GEMMs) and a
+# 50-step run whose loss falls. Plain C++ over the runtime.
+add_executable(test_model_gpu ${PROJECT_SOURCE_DIR}/tests/cuda/test_model_gpu.cpp)
+target_link_libraries(test_model_gpu PRIVATE leasetrain_runtime GTest::gtest_main)
+gtest_discover_tests(test_model_gpu
+  PROPERTIES LABELS gpu SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" DISCOVERY_TIMEOUT 60
+             ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1")
+
+# The CLI's device choice: DeviceCli (label cpu) checks the one-line fallback to the CPU where no
+# device is usable; DeviceCliGpu (label gpu) trains, resumes and evaluates through the CLI on one.
+add_executable(test_device_cli ${PROJECT_SOURCE_DIR}/tests/cuda/test_device_cli.cpp)
+target_link_libraries(test_device_cli PRIVATE leasetrain_launcher GTest::gtest_main)
+target_compile_definitions(test_device_cli PRIVATE LT_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+  LT_CLI="$<TARGET_FILE:leasetrain>")
+add_dependencies(test_device_cli leasetrain)
+gtest_discover_tests(test_device_cli TEST_FILTER "DeviceCli.*"
+  PROPERTIES LABELS cpu SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" DISCOVERY_TIMEOUT 60
+             ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1")
+gtest_discover_tests(test_device_cli TEST_FILTER "DeviceCliGpu.*"
+  PROPERTIES LABELS gpu SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" DISCOVERY_TIMEOUT 60 TIMEOUT 600)
+
 # cuda-emulated: the same test file and the same kernel sources compiled as C++ against
 # tests/cuda/emulator.h (host threads, PTX fragment semantics), so CI without a GPU still runs
 # the kernels' index math, pipelines and barriers. tests/cuda/emulate.cmake rewrites the launch
@@ -108,7 +131,7 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
   set(LT_EMU_DIR ${CMAKE_CURRENT_BINARY_DIR}/emulated)
   set(LT_EMU_SRC "")
   foreach(src ${LT_CUDA_DIR}/gemm.cu ${LT_CUDA_DIR}/attention.cu ${LT_CUDA_DIR}/ops.cu
-              ${PROJECT_SOURCE_DIR}/tests/cuda/test_kernels_gpu.cu)
+              ${LT_CUDA_DIR}/attention_naive.cu ${PROJECT_SOURCE_DIR}/tests/cuda/test_kernels_gpu.cu)
     get_filename_component(name ${src} NAME_WE)
     set(out ${LT_EMU_DIR}/${name}.cpp)
     add_custom_command(OUTPUT ${out}
@@ -130,4 +153,27 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
     TEST_FILTER "-*Cublas*"
     PROPERTIES LABELS cuda-emulated SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" TIMEOUT 900
                DISCOVERY_TIMEOUT 60)
+
+  # The CUDA backend itself on the emulator: tests/cuda/test_model_gpu.cpp with the runtime's
+  # tensors (CUDA buffers become host memory), the backend's host code and the kernels all
+  # compiled against the emulator, the CPU backend as the reference (LT_EMULATED: small shapes).
+  set(LT_EMU_KERNELS "")
+  foreach(name gemm attention ops attention_naive)
+    list(APPEND LT_EMU_KERNELS ${LT_EMU_DIR}/${name}.cpp)
+  endforeach()
+  set(LT_RT ${PROJECT_SOURCE_DIR}/runtime)
+  add_executable(test_model_emulated ${LT_EMU_KERNELS} ${PROJECT_SOURCE_DIR}/tests/cuda/emulator_stubs.cpp
+    ${LT_RT}/tensor.cpp ${LT_RT}/backend.cpp ${LT_RT}/cuda_backend.cpp ${LT_RT}/cpu_backend.cpp ${LT_RT}/model.cpp
+    ${LT_RT}/optim.cpp ${LT_RT}/safetensors.cpp ${PROJECT_SOURCE_DIR}/tests/cuda/test_model_gpu.cpp)
+  target_include_directories(test_model_emulated PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_options(test_model_emulated PRIVATE
+    -include ${PROJECT_SOURCE_DIR}/tests/cuda/emulator.h -fno-strict-aliasing -Wno-unknown-pragmas
+    -Wno-unused-variable -Wno-unused-but-set-variable -Wno-unused-function)
+  target_compile_definitions(test_model_emulated PRIVATE LT_EMULATED=1 LEASETRAIN_HAVE_CUDA=1)
+  target_link_libraries(test_model_emulated PRIVATE leasetrain_flags leasetrain_kernels_cpu nlohmann_json::nlohmann_json GTest::gtest_main
+    Threads::Threads)
+  gtest_discover_tests(test_model_emulated
+    TEST_PREFIX "emulated."
+    PROPERTIES LABELS cuda-emulated SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" TIMEOUT 900
+               DISCOVERY_TIMEOUT 60 ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1")
 endif()

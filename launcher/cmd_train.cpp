@@ -12,9 +12,82 @@
 #include "runtime/error.h"
 #include "runtime/trainer.h"
 
+#ifdef LEASETRAIN_HAVE_CUDA
+#include "runtime/cuda_backend.h"
+#endif
+
 namespace lt::cli {
 
 namespace {
+
+// --device, --precision and --gemm, shared by train, eval and sample.
+struct DeviceArgs {
+  std::string device = "auto", precision = "bf16", gemm = "mma";
+  bool precision_given = false, gemm_given = false;
+
+  void add_to(CLI::App* c) {
+    c->add_option("--device", device,
+                  "cuda, cpu, or auto: cuda when this binary has CUDA and the machine a usable GPU, else the CPU "
+                  "(saying so in one line)")
+        ->check(CLI::IsMember({"auto", "cuda", "cpu"}))
+        ->capture_default_str();
+    c->add_option("--precision", precision,
+                  "CUDA: bf16 (mixed precision: bf16 activations and gradients, fp32 master weights and AdamW "
+                  "state) or fp32 (for testing). The CPU always computes in fp32")
+        ->check(CLI::IsMember({"bf16", "fp32"}))
+        ->capture_default_str();
+    c->add_option("--gemm", gemm, "CUDA: mma (the hand-written mma.sync GEMM) or cublas (the cuBLAS baseline)")
+        ->check(CLI::IsMember({"mma", "cublas"}))
+        ->capture_default_str();
+  }
+  void read_counts(const CLI::App* c) {
+    precision_given = c->count("--precision") > 0;
+    gemm_given = c->count("--gemm") > 0;
+  }
+};
+
+// What --device resolves to on this rank. auto without a usable GPU falls back to the CPU, in a
+// CUDA build with one line on `note` (train: stdout, rank 0; eval and sample pass null and fall
+// back quietly: their stdout is their answer, their stderr one line on error). Must run after
+// the lease has set this rank's environment (CUDA_VISIBLE_DEVICES is read when CUDA starts).
+struct ResolvedDevice {
+  BackendOptions backend;
+  std::vector<std::string> uuids;  // the CUDA device's, for the lease
+  std::string cuda_version;
+};
+
+ResolvedDevice resolve_device(const DeviceArgs& a, int rank, int local_rank, std::FILE* note) {
+  ResolvedDevice r;
+  r.backend.precision = a.precision == "fp32" ? DType::F32 : DType::BF16;
+  r.backend.gemm = a.gemm;
+  if (a.device == "cpu") {
+    if (a.precision_given && a.precision != "fp32")
+      throw UserError("--precision " + a.precision + ": the CPU backend computes in fp32");
+    if (a.gemm_given) throw UserError("--gemm: only for --device cuda");
+    return r;
+  }
+  std::string why;
+  if (!cuda_available(&why)) {
+    if (a.device == "cuda") throw UserError("--device cuda: " + why);
+#ifdef LEASETRAIN_HAVE_CUDA
+    if (rank == 0 && note) {
+      std::fprintf(note, "device: %s, so this runs on the CPU (fp32); --device cpu chooses the CPU without this line\n",
+                   why.c_str());
+      std::fflush(note);
+    }
+#endif
+    return r;
+  }
+#ifdef LEASETRAIN_HAVE_CUDA
+  const int count = cuda_device_count();
+  r.backend.device = Device::CUDA;
+  r.backend.device_index = local_rank % count;
+  const CudaDeviceInfo info = cuda_device_info(r.backend.device_index);
+  r.uuids = {info.uuid};
+  r.cuda_version = info.cuda_version();
+#endif
+  return r;
+}
 
 // A model with the weights of the newest checkpoint under `dir` (a run or checkpoint dir).
 struct LoadedModel {
@@ -23,11 +96,12 @@ struct LoadedModel {
   std::string checkpoint;
 };
 
-LoadedModel load_model(const std::string& dir) {
+LoadedModel load_model(const std::string& dir, const DeviceArgs& dev) {
   LoadedModel m;
   m.checkpoint = latest_checkpoint(dir);
   if (m.checkpoint.empty()) throw UserError(dir + ": no checkpoint (expected model.safetensors and config.json)");
-  m.backend = make_cpu_backend();
+  const DistEnv env = read_dist_env();
+  m.backend = make_backend(resolve_device(dev, env.rank, env.local_rank, nullptr).backend);
   m.model = std::make_unique<GPT>(read_checkpoint_config(m.checkpoint), *m.backend);
   load_model_weights(m.checkpoint, *m.model);
   return m;
@@ -51,8 +125,9 @@ class LeasePolicy final : public RunPolicy {
 };
 
 // Fail closed before anything else: the lease window, the rank quota, this node's P_Key index
-// and device fencing. Without LEASETRAIN_* variables this is the embedded local lease.
-std::unique_ptr<LeasePolicy> enter_lease() {
+// and device fencing, then the device this rank trains on. Without LEASETRAIN_* variables
+// this is the embedded local lease.
+std::unique_ptr<LeasePolicy> enter_lease(const DeviceArgs& dev, BackendOptions* backend) {
   auto policy = std::make_unique<LeasePolicy>(lease::LeaseGuard::from_env());
   const lease::LeaseGuard& g = policy->guard();
   const DistEnv env = read_dist_env();
@@ -63,8 +138,20 @@ std::unique_ptr<LeasePolicy> enter_lease() {
   const std::string pkey_note = g.apply_rank_env();
   if (!pkey_note.empty() && env.rank == 0) std::fprintf(stderr, "lease: %s\n", pkey_note.c_str());
   g.enforce_isolation();
-  g.check_devices({});  // the CPU backend holds no device; the CUDA backend passes its UUIDs
-  g.record_runtime(env.rank, {}, "", "");
+  const ResolvedDevice d = resolve_device(dev, env.rank, env.local_rank, stdout);
+  *backend = d.backend;
+  if (g.local() && !d.uuids.empty()) {
+    // The embedded local lease lists the GPUs of /proc/driver/nvidia/gpus; a VM or container
+    // may not show them there. It is this machine's own lease, so warn instead of refusing.
+    try {
+      g.check_devices(d.uuids);
+    } catch (const UserError& e) {
+      if (env.rank == 0) std::fprintf(stderr, "lease: local: %s (running anyway: no lease was given)\n", e.what());
+    }
+  } else {
+    g.check_devices(d.uuids);  // empty for a CPU rank
+  }
+  g.record_runtime(env.rank, d.uuids, "", d.cuda_version);
   return policy;
 }
 
@@ -83,7 +170,10 @@ void add_train_commands(CLI::App& app) {
       "Data parallel: start it under mpirun or srun (e.g. mpirun -np 2 leasetrain train ...); each rank takes "
       "micro_batch sequences of every micro-step, rank 0 logs and writes checkpoints, and checkpoints resume on any "
       "number of ranks.\n"
-      "Writes OUT/metrics.jsonl (one JSON object per step) and OUT/checkpoints/step-NNNNNNNN/.");
+      "Writes OUT/metrics.jsonl (one JSON object per step) and OUT/checkpoints/step-NNNNNNNN/.\n"
+      "Devices: --device auto (the default) trains on the GPU when this binary was built with CUDA and the machine "
+      "has a usable one (each rank takes local rank mod device count), else on the CPU with one line saying why. On "
+      "CUDA, --precision bf16 is llm.c's mixed precision; checkpoints are fp32 either way and resume on any device.");
   t->add_option("--config", train->config_path, "TOML training config")->required()->check(CLI::ExistingFile);
   t->add_option("--out", train->out_dir, "Run directory for metrics and checkpoints")->capture_default_str();
   auto steps_opt = std::make_shared<int64_t>(0);
@@ -91,14 +181,17 @@ void add_train_commands(CLI::App& app) {
   t->add_option("--steps", *steps_opt, "Total optimizer steps (overrides train.steps)")->check(CLI::PositiveNumber);
   t->add_option("--seed", *seed_opt, "Seed for initialisation and data order (overrides train.seed)");
   auto* resume = t->add_flag("--resume", train->resume, "Continue from the newest complete checkpoint in --out");
+  auto train_dev = std::make_shared<DeviceArgs>();
+  train_dev->add_to(t);
   t->add_option("--init", train->init_dir,
                 "Start from the weights of this checkpoint (a directory with model.safetensors and config.json, "
                 "e.g. Hugging Face GPT-2)")
       ->excludes(resume);
-  t->callback([train, t, steps_opt, seed_opt] {
+  t->callback([train, t, steps_opt, seed_opt, train_dev] {
     if (t->count("--steps")) train->steps = *steps_opt;
     if (t->count("--seed")) train->seed = *seed_opt;
-    std::unique_ptr<LeasePolicy> policy = enter_lease();
+    train_dev->read_counts(t);
+    std::unique_ptr<LeasePolicy> policy = enter_lease(*train_dev, &train->backend);
     train->policy = policy.get();
     run_train(*train);
   });
@@ -117,8 +210,11 @@ void add_train_commands(CLI::App& app) {
   e->add_option("--batch", ea->batch, "Sequences per batch")->capture_default_str()->check(CLI::PositiveNumber);
   e->add_option("--seq", ea->seq, "Tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
   e->add_option("--batches", ea->batches, "Batches to average")->capture_default_str()->check(CLI::PositiveNumber);
-  e->callback([ea] {
-    LoadedModel m = load_model(ea->checkpoint);
+  auto eval_dev = std::make_shared<DeviceArgs>();
+  eval_dev->add_to(e);
+  e->callback([ea, e, eval_dev] {
+    eval_dev->read_counts(e);
+    LoadedModel m = load_model(ea->checkpoint, *eval_dev);
     if (ea->seq > m.model->config().block_size)
       throw UserError("--seq: expected at most the model's context " + std::to_string(m.model->config().block_size) +
                       ", got " + std::to_string(ea->seq));
@@ -145,8 +241,11 @@ void add_train_commands(CLI::App& app) {
   s->add_option("--top-k", sa->top_k, "Sample among the k likeliest tokens (0: all)")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   s->add_option("--seed", sa->seed, "Sampling seed")->capture_default_str();
-  s->callback([sa] {
-    LoadedModel m = load_model(sa->checkpoint);
+  auto sample_dev = std::make_shared<DeviceArgs>();
+  sample_dev->add_to(s);
+  s->callback([sa, s, sample_dev] {
+    sample_dev->read_counts(s);
+    LoadedModel m = load_model(sa->checkpoint, *sample_dev);
     if (m.model->config().vocab_size != kByteVocab)
       throw UserError(m.checkpoint + "/config.json: vocab_size: text sampling expects the byte-level vocabulary (256), got " +
                       std::to_string(m.model->config().vocab_size));

@@ -15,7 +15,7 @@ namespace {
 enum LayerParam { LN1W, LN1B, QKVW, QKVB, PROJW, PROJB, LN2W, LN2B, FCW, FCB, FCPW, FCPB, kPerLayer };
 }  // namespace
 
-GPT::GPT(const GPTConfig& cfg, Backend& backend) : cfg_(cfg), be_(&backend) {
+GPT::GPT(const GPTConfig& cfg, Backend& backend) : cfg_(cfg), be_(&backend), cdt_(backend.compute_dtype()) {
   const int64_t C = cfg.n_embd, L = cfg.n_layer;
   if (cfg.n_layer < 1 || cfg.n_head < 1 || cfg.n_embd < 1 || cfg.block_size < 1 || cfg.vocab_size < 1 ||
       cfg.n_embd % cfg.n_head != 0)
@@ -54,7 +54,8 @@ GPT::GPT(const GPTConfig& cfg, Backend& backend) : cfg_(cfg), be_(&backend) {
   add("ln_f.weight", {C}, false, -1);
   add("ln_f.bias", {C}, false, -1);
   params_ = be_->zeros(DType::F32, {n_params_});
-  grads_ = be_->zeros(DType::F32, {n_params_});
+  grads_ = be_->zeros(cdt_, {n_params_});
+  wparams_ = cdt_ == DType::F32 ? params_ : be_->zeros(cdt_, {n_params_});
 }
 
 Tensor GPT::param(const std::string& name) const {
@@ -71,14 +72,17 @@ Tensor GPT::grad(const std::string& name) const {
 
 void GPT::reserve_flat(int64_t elems) {
   if (elems <= flat_capacity()) return;
-  for (Tensor* t : {&params_, &grads_}) {
-    Tensor bigger = be_->zeros(DType::F32, {elems});
-    std::vector<float> host(n_params_);
+  const bool aliased = wparams_.buf == params_.buf;
+  for (Tensor* t : {&params_, &grads_, &wparams_}) {
+    if (t == &wparams_ && aliased) continue;
+    Tensor bigger = be_->zeros(t->dtype, {elems});
+    std::vector<unsigned char> host(t->nbytes());
     be_->to_host(host.data(), *t);
     Tensor view = bigger.view(0, {n_params_});
     be_->from_host(view, host.data());
     *t = view;
   }
+  if (aliased) wparams_ = params_;
 }
 
 void GPT::init_weights(uint64_t seed) {
@@ -105,7 +109,8 @@ void GPT::init_weights(uint64_t seed) {
 void GPT::ensure_activations(int B, int T) {
   if (B == B_ && T == T_) return;
   const int64_t C = cfg_.n_embd, L = cfg_.n_layer, NH = cfg_.n_head;
-  auto act = [&](int64_t width) { return be_->empty(DType::F32, {B, T, width}); };
+  LT_CHECK(pending_losses_ == 0, "the batch shape changed before take_losses()");
+  auto act = [&](int64_t width) { return be_->empty(cdt_, {B, T, width}); };
   auto stat = [&]() { return be_->empty(DType::F32, {(int64_t)B * T}); };
   tokens_ = be_->empty(DType::I32, {B, T});
   targets_ = be_->empty(DType::I32, {B, T});
@@ -119,7 +124,7 @@ void GPT::ensure_activations(int B, int T) {
     ln1_rstd_[l] = stat();
     qkv_[l] = act(3 * C);
     atty_[l] = act(C);
-    att_[l] = be_->empty(DType::F32, {B, NH, T, T});
+    att_[l] = be_->attention_state(B, (int)NH, T, (int)C);
     attproj_[l] = act(C);
     res2_[l] = act(C);
     ln2_[l] = act(C);
@@ -134,7 +139,9 @@ void GPT::ensure_activations(int B, int T) {
   lnf_mean_ = stat();
   lnf_rstd_ = stat();
   logits_ = act(cfg_.padded_vocab());
-  losses_ = be_->empty(DType::F32, {B, T});
+  sync_losses_ = be_->empty(DType::F32, {B, T});
+  async_losses_.clear();
+  losses_ = sync_losses_;
   dres_ = act(C);
   dln_ = act(C);
   dqkv_ = act(3 * C);
@@ -148,14 +155,45 @@ void GPT::ensure_activations(int B, int T) {
 float GPT::forward(const int32_t* tokens, const int32_t* targets, int B, int T) {
   LT_CHECK(B > 0 && T > 0 && T <= cfg_.block_size, "sequence length exceeds the context");
   ensure_activations(B, T);
+  run_forward(tokens, targets, B, T, sync_losses_);
+  return targets ? mean_loss(sync_losses_) : NAN;
+}
+
+void GPT::forward_async(const int32_t* tokens, const int32_t* targets, int B, int T) {
+  LT_CHECK(B > 0 && T > 0 && T <= cfg_.block_size, "sequence length exceeds the context");
+  LT_CHECK(targets != nullptr, "forward_async needs targets");
+  ensure_activations(B, T);
+  if (pending_losses_ == async_losses_.size()) async_losses_.push_back(be_->empty(DType::F32, {B, T}));
+  run_forward(tokens, targets, B, T, async_losses_[pending_losses_++]);
+}
+
+std::vector<float> GPT::take_losses() {
+  std::vector<float> out;
+  for (size_t i = 0; i < pending_losses_; i++) out.push_back(mean_loss(async_losses_[i]));
+  pending_losses_ = 0;
+  return out;
+}
+
+float GPT::mean_loss(const Tensor& losses) {
+  std::vector<float> host((size_t)losses.numel());
+  be_->to_host(host.data(), losses);
+  double sum = 0.0;
+  for (float v : host) sum += v;
+  return (float)(sum / (double)losses.numel());
+}
+
+void GPT::run_forward(const int32_t* tokens, const int32_t* targets, int B, int T, const Tensor& losses) {
   Backend& be = *be_;
-  be.from_host(tokens_, tokens);
+  if (wparams_.buf != params_.buf) be.convert(wparams_, params_);  // the compute copy of the weights
+  be.upload_tokens(tokens_, tokens, cfg_.vocab_size);
   const int L = cfg_.n_layer, NH = cfg_.n_head;
   auto P = [&](int l, int k) {
     const ParamInfo& p = infos_[2 + l * kPerLayer + k];
-    return params_.view(p.offset, p.shape);
+    return wparams_.view(p.offset, p.shape);
   };
-  const Tensor wte = param("wte.weight"), wpe = param("wpe.weight");
+  auto W = [&](int i) { return wparams_.view(infos_[i].offset, infos_[i].shape); };  // by index in infos_
+  const int lnf_w = 2 + L * kPerLayer, lnf_b = lnf_w + 1;
+  const Tensor wte = W(0), wpe = W(1);
   be.encoder_forward(encoded_, tokens_, wte, wpe);
   Tensor x = encoded_;
   for (int l = 0; l < L; l++) {
@@ -171,17 +209,13 @@ float GPT::forward(const int32_t* tokens, const int32_t* targets, int B, int T) 
     be.residual_forward(res3_[l], res2_[l], fcproj_[l]);
     x = res3_[l];
   }
-  be.layernorm_forward(lnf_, lnf_mean_, lnf_rstd_, x, param("ln_f.weight"), param("ln_f.bias"));
+  be.layernorm_forward(lnf_, lnf_mean_, lnf_rstd_, x, W(lnf_w), W(lnf_b));
   be.matmul_forward(logits_, lnf_, wte, Tensor{});
   have_targets_ = targets != nullptr;
-  if (!have_targets_) return NAN;
+  if (!have_targets_) return;
   be.from_host(targets_, targets);
+  losses_ = losses;
   be.crossentropy_forward(losses_, logits_, logits_, targets_, cfg_.vocab_size);
-  std::vector<float> host(B * T);
-  be.to_host(host.data(), losses_);
-  double sum = 0.0;
-  for (float v : host) sum += v;
-  return (float)(sum / (B * T));
 }
 
 void GPT::backward(float loss_scale) {
@@ -190,20 +224,22 @@ void GPT::backward(float loss_scale) {
   const int L = cfg_.n_layer, NH = cfg_.n_head;
   auto P = [&](int l, int k) {
     const ParamInfo& p = infos_[2 + l * kPerLayer + k];
-    return params_.view(p.offset, p.shape);
+    return wparams_.view(p.offset, p.shape);
   };
   auto G = [&](int l, int k) {
     const ParamInfo& p = infos_[2 + l * kPerLayer + k];
     return grads_.view(p.offset, p.shape);
   };
-  const Tensor wte = param("wte.weight");
+  const int lnf_w = 2 + L * kPerLayer;
+  const Tensor wte = wparams_.view(infos_[0].offset, infos_[0].shape);
+  const Tensor lnf_weight = wparams_.view(infos_[lnf_w].offset, infos_[lnf_w].shape);
   const float dloss = loss_scale / (float)(B_ * T_);
   // logits_ holds the probabilities; the logits' gradient overwrites them in place.
   be.crossentropy_backward(logits_, logits_, targets_, dloss, cfg_.vocab_size);
   be.matmul_backward(dln_, grad("wte.weight"), Tensor{}, logits_, lnf_, wte);
   be.fill_zero(dres_);
-  be.layernorm_backward(dres_, grad("ln_f.weight"), grad("ln_f.bias"), dln_, res3_[L - 1], param("ln_f.weight"),
-                        lnf_mean_, lnf_rstd_);
+  be.layernorm_backward(dres_, grad("ln_f.weight"), grad("ln_f.bias"), dln_, res3_[L - 1], lnf_weight, lnf_mean_,
+                        lnf_rstd_);
   const int64_t lnf_offset = infos_[2 + L * kPerLayer].offset;
   if (grad_hook_) grad_hook_(lnf_offset, n_params_ - lnf_offset);
   // dres_ carries the residual stream's gradient down the layers; layernorm_backward adds to it.
@@ -214,7 +250,7 @@ void GPT::backward(float loss_scale) {
     be.matmul_backward(dln_, G(l, FCW), G(l, FCB), dfch_, ln2_[l], P(l, FCW));
     be.layernorm_backward(dres_, G(l, LN2W), G(l, LN2B), dln_, res2_[l], P(l, LN2W), ln2_mean_[l], ln2_rstd_[l]);
     be.matmul_backward(datty_, G(l, PROJW), G(l, PROJB), dres_, atty_[l], P(l, PROJW));
-    be.attention_backward(dqkv_, datty_, qkv_[l], att_[l], NH);
+    be.attention_backward_saved(dqkv_, datty_, qkv_[l], atty_[l], att_[l], NH);
     be.matmul_backward(dln_, G(l, QKVW), G(l, QKVB), dqkv_, ln1_[l], P(l, QKVW));
     be.layernorm_backward(dres_, G(l, LN1W), G(l, LN1B), dln_, x, P(l, LN1W), ln1_mean_[l], ln1_rstd_[l]);
     if (grad_hook_) {

@@ -1,5 +1,12 @@
 // The GPT-2 model: parameters, gradients and activations in flat buffers on one backend,
 // forward (loss) and backward written once against the Backend op interface.
+//
+// Precision follows the backend's compute_dtype(): params() are always the fp32 master
+// weights (what the optimizer steps, checkpoints save and data parallelism broadcasts);
+// grads() and every activation are compute_dtype() tensors. When that is not fp32 (bf16 on
+// CUDA), forward() first refreshes a compute_dtype() copy of the weights from params(), and
+// the ops read that copy, so anything that writes params() (a checkpoint load, a broadcast,
+// the optimizer) takes effect at the next forward.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -39,10 +46,12 @@ class GPT {
   Backend& backend() const { return *be_; }
   const std::vector<ParamInfo>& param_info() const { return infos_; }
   int64_t num_params() const { return n_params_; }  // includes vocabulary padding rows
-  const Tensor& params() const { return params_; }  // flat [num_params]
-  const Tensor& grads() const { return grads_; }    // flat [num_params], accumulated by backward
+  const Tensor& params() const { return params_; }  // flat [num_params] fp32 master weights
+  const Tensor& grads() const { return grads_; }    // flat [num_params] compute dtype, accumulated by backward
   Tensor param(const std::string& name) const;      // a view into params()
   Tensor grad(const std::string& name) const;
+  // The weights the ops read: params() itself in fp32, else the compute-dtype copy.
+  const Tensor& compute_params() const { return wparams_; }
 
   // GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer),
   // biases 0, LayerNorm weights 1. Deterministic in seed.
@@ -51,6 +60,11 @@ class GPT {
   // Runs the forward pass on tokens [B,T] (host int32) and returns the mean loss against
   // targets [B,T]; with targets == nullptr only logits are computed (see logits()).
   float forward(const int32_t* tokens, const int32_t* targets, int B, int T);
+  // forward() with targets that leaves the loss on the device: nothing waits for the device
+  // here. take_losses() then returns the mean loss of every forward_async() since its last
+  // call, in order (one wait, at the end of the training step).
+  void forward_async(const int32_t* tokens, const int32_t* targets, int B, int T);
+  std::vector<float> take_losses();
   // Backpropagates the last forward's loss, ACCUMULATING into grads() with the mean loss
   // scaled by loss_scale (1/grad_accum for accumulation).
   void backward(float loss_scale = 1.f);
@@ -79,12 +93,16 @@ class GPT {
 
  private:
   void ensure_activations(int B, int T);
+  void run_forward(const int32_t* tokens, const int32_t* targets, int B, int T, const Tensor& losses);
+  float mean_loss(const Tensor& losses);
 
   GPTConfig cfg_;
   Backend* be_;
+  DType cdt_;  // the backend's compute dtype
   std::vector<ParamInfo> infos_;
   int64_t n_params_ = 0;
   Tensor params_, grads_;
+  Tensor wparams_;  // the weights the ops read: params_ (fp32) or its compute-dtype copy
 
   // Activations for the current (B, T), see ensure_activations for shapes.
   int B_ = 0, T_ = 0;
@@ -93,6 +111,9 @@ class GPT {
   std::vector<Tensor> ln1_, ln1_mean_, ln1_rstd_, qkv_, atty_, att_, attproj_, res2_, ln2_,
       ln2_mean_, ln2_rstd_, fch_, fch_gelu_, fcproj_, res3_;
   Tensor lnf_, lnf_mean_, lnf_rstd_, logits_, losses_;
+  Tensor sync_losses_;                 // forward()'s losses [B,T]
+  std::vector<Tensor> async_losses_;   // forward_async()'s, one [B,T] per call until take_losses()
+  size_t pending_losses_ = 0;
   // Gradient scratch, reused by every layer.
   Tensor dres_, dln_, dqkv_, datty_, dfch_, dfch_gelu_;
   bool have_targets_ = false;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "runtime/error.h"
 
@@ -24,6 +25,26 @@ AdamW::AdamW(const AdamWConfig& cfg, GPT& model) : cfg_(cfg), model_(&model) {
   v_ = be.zeros(DType::F32, {model.num_params()});
 }
 
+AdamW::AdamW(const AdamWConfig& cfg, GPT& model, HostMoments) : cfg_(cfg), model_(&model) {
+  m_ = Tensor::zeros(Device::CPU, DType::F32, {model.num_params()});
+  v_ = Tensor::zeros(Device::CPU, DType::F32, {model.num_params()});
+}
+
+void AdamW::load_state_from(const AdamW& other) {
+  LT_CHECK(other.m_.device() == Device::CPU, "load_state_from: the source's moments must be in host memory");
+  LT_CHECK(other.m_.numel() == m_.numel() && other.v_.numel() == v_.numel() && other.sharded_ == sharded_,
+           "load_state_from: different layouts");
+  Backend& be = model_->backend();
+  if (m_.device() == Device::CPU) {
+    std::memcpy(m_.raw(), other.m_.raw(), m_.nbytes());
+    std::memcpy(v_.raw(), other.v_.raw(), v_.nbytes());
+  } else {
+    be.from_host(m_, other.m_.raw());
+    be.from_host(v_, other.v_.raw());
+  }
+  t_ = other.t_;
+}
+
 AdamW::AdamW(const AdamWConfig& cfg, GPT& model, std::vector<FlatRange> shard)
     : cfg_(cfg), model_(&model), sharded_(true), shard_(std::move(shard)) {
   int64_t n = 0;
@@ -39,8 +60,19 @@ AdamW::AdamW(const AdamWConfig& cfg, GPT& model, std::vector<FlatRange> shard)
 
 float AdamW::step(float lr) {
   LT_CHECK(!sharded_, "a sharded AdamW needs the global gradient norm: use update()");
-  const float norm = (float)std::sqrt(grad_sum_squares());
-  update(lr, norm);
+  Backend& be = model_->backend();
+  // torch.nn.utils.clip_grad_norm_ on the device: clip_ = [norm, min(1, max_norm / (norm + 1e-6))].
+  if (!clip_.buf) clip_ = be.zeros(DType::F32, {2});
+  be.grad_norm_clip(clip_, model_->grads(), cfg_.grad_clip);
+  ++t_;
+  const Tensor scale = clip_.view(1, {1});
+  for (const ParamInfo& p : model_->param_info()) {
+    auto view = [&](const Tensor& t) { return t.view(p.offset, {p.numel}); };
+    be.adamw_update_clipped(view(model_->params()), view(model_->grads()), view(m_), view(v_), lr, cfg_.beta1,
+                            cfg_.beta2, cfg_.eps, p.decay ? cfg_.weight_decay : 0.f, scale, (int)t_);
+  }
+  float norm = 0.f;
+  be.to_host(&norm, clip_.view(0, {1}));
   return norm;
 }
 

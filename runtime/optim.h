@@ -29,12 +29,18 @@ class AdamW {
  public:
   // Moments for every parameter.
   AdamW(const AdamWConfig& cfg, GPT& model);
+  // Moments for every parameter in host memory whatever the model's backend: a staging
+  // optimizer to read a checkpoint into, then load_state_from() into the real one.
+  struct HostMoments {};
+  AdamW(const AdamWConfig& cfg, GPT& model, HostMoments);
   // ZeRO-1: moments only for `shard`, ranges of the flat buffer (padding past num_params
   // allowed), stored back to back in that order. update() steps only those elements.
   AdamW(const AdamWConfig& cfg, GPT& model, std::vector<FlatRange> shard);
   const AdamWConfig& config() const { return cfg_; }
   // Clips by global norm, takes one step at learning rate lr, and zeroes the gradients.
   // Returns the gradient norm before clipping. Not for a sharded optimizer (its norm spans ranks).
+  // The norm and clip scale stay on the device until every update is queued; reading the
+  // norm back is the only wait.
   float step(float lr);
   // The sum of squared gradients this optimizer steps (all of them, or the shard's).
   double grad_sum_squares() const;
@@ -42,6 +48,8 @@ class AdamW {
   void update(float lr, float grad_norm);
   int64_t steps_taken() const { return t_; }
   void set_steps_taken(int64_t t) { t_ = t; }
+  // Copies the moments and step count of `other` (same layout, moments in host memory).
+  void load_state_from(const AdamW& other);
   // Full: flat, same layout as GPT::params(). Sharded: the shard's ranges back to back.
   const Tensor& m() const { return m_; }
   const Tensor& v() const { return v_; }
@@ -52,6 +60,7 @@ class AdamW {
   AdamWConfig cfg_;
   GPT* model_;
   Tensor m_, v_;
+  Tensor clip_;  // [norm, clip scale] on the model's device (step())
   int64_t t_ = 0;
   bool sharded_ = false;
   std::vector<FlatRange> shard_;

@@ -3,8 +3,13 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "runtime/error.h"
+
+#ifdef LEASETRAIN_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace lt {
 
@@ -20,13 +25,40 @@ const char* to_string(DType t) {
 size_t dtype_size(DType t) { return t == DType::BF16 ? 2 : 4; }
 
 Buffer::Buffer(Device dev, size_t bytes) : dev_(dev), bytes_(bytes) {
-  LT_CHECK(dev == Device::CPU, "CUDA buffers are allocated by the CUDA backend");
+  if (dev == Device::CUDA) {
+#ifdef LEASETRAIN_HAVE_CUDA
+    // On the current device (the CUDA backend selects it). cudaMalloc aligns to 256 bytes.
+    const cudaError_t e = cudaMalloc(&ptr_, bytes ? bytes : 64);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      ptr_ = nullptr;
+      throw UserError("CUDA: cannot allocate " + std::to_string(bytes) + " bytes on the device: " +
+                      cudaGetErrorString(e));
+    }
+    return;
+#else
+    throw UserError("a CUDA tensor was requested, but this build has no CUDA (the CUDA toolkit was not found when it "
+                    "was configured)");
+#endif
+  }
   size_t rounded = (bytes + 63) / 64 * 64;
   ptr_ = std::aligned_alloc(64, rounded ? rounded : 64);
   if (!ptr_) throw std::bad_alloc();
 }
 
-Buffer::~Buffer() { std::free(ptr_); }
+Buffer::~Buffer() {
+  if (dev_ == Device::CPU) {
+    std::free(ptr_);
+    return;
+  }
+#ifdef LEASETRAIN_HAVE_CUDA
+  // Work queued on any stream may still use the buffer: wait for it before freeing. Errors
+  // are ignored (at exit the runtime may already be gone).
+  (void)cudaDeviceSynchronize();
+  (void)cudaFree(ptr_);
+  (void)cudaGetLastError();
+#endif
+}
 
 Tensor Tensor::empty(Device dev, DType dt, std::vector<int64_t> shape) {
   Tensor t;
@@ -38,7 +70,16 @@ Tensor Tensor::empty(Device dev, DType dt, std::vector<int64_t> shape) {
 
 Tensor Tensor::zeros(Device dev, DType dt, std::vector<int64_t> shape) {
   Tensor t = empty(dev, dt, std::move(shape));
-  std::memset(t.raw(), 0, t.nbytes());
+  if (dev == Device::CPU) {
+    std::memset(t.raw(), 0, t.nbytes());
+  } else {
+#ifdef LEASETRAIN_HAVE_CUDA
+    // On the legacy default stream; the CUDA backend's stream is a blocking one, so its work
+    // is ordered after this.
+    const cudaError_t e = cudaMemset(t.raw(), 0, t.nbytes());
+    LT_CHECK(e == cudaSuccess, std::string("cudaMemset: ") + cudaGetErrorString(e));
+#endif
+  }
   return t;
 }
 
@@ -60,7 +101,10 @@ Tensor Tensor::view(int64_t elem_offset, std::vector<int64_t> new_shape) const {
 
 std::string Tensor::shape_str() const {
   std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(shape[i]);
+  }
   return s + "]";
 }
 

@@ -17,7 +17,9 @@ const char* to_string(Device d);
 const char* to_string(DType t);
 size_t dtype_size(DType t);
 
-// An owning allocation on one device. CPU buffers are 64-byte aligned.
+// An owning allocation on one device. CPU buffers are 64-byte aligned; CUDA buffers
+// (cudaMalloc on the current device, 256-byte aligned) exist only in builds with CUDA: other
+// builds throw a UserError saying so. Freeing a CUDA buffer waits for the device first.
 class Buffer {
  public:
   Buffer(Device dev, size_t bytes);
@@ -42,7 +44,7 @@ struct Tensor {
   std::vector<int64_t> shape;
 
   static Tensor empty(Device dev, DType dt, std::vector<int64_t> shape);
-  static Tensor zeros(Device dev, DType dt, std::vector<int64_t> shape);
+  static Tensor zeros(Device dev, DType dt, std::vector<int64_t> shape);  // CUDA: zeroed before return
 
   int64_t numel() const;
   size_t nbytes() const { return numel() * dtype_size(dtype); }

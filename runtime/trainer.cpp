@@ -22,6 +22,10 @@
 #include "runtime/rng.h"
 #include "runtime/watchdog.h"
 
+#ifdef LEASETRAIN_HAVE_CUDA
+#include "runtime/cuda_backend.h"
+#endif
+
 namespace lt {
 
 namespace fs = std::filesystem;
@@ -113,7 +117,7 @@ std::vector<int32_t> generate(GPT& model, std::vector<int32_t> tokens, int n_tok
     const int T = std::min<int>((int)tokens.size(), c.block_size);
     model.forward(tokens.data() + tokens.size() - T, nullptr, 1, T);
     const Tensor last = model.logits().view((int64_t)(T - 1) * Vp, {Vp});
-    model.backend().to_host(row.data(), last);
+    row = model.backend().to_host_f32(last);
     int next = 0;
     if (temperature <= 0.f) {
       next = (int)(std::max_element(row.begin(), row.begin() + c.vocab_size) - row.begin());
@@ -171,7 +175,27 @@ Fault test_fault() {
   return f;
 }
 
-TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm);
+TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm, Backend& backend);
+
+// The communicator over the backend's device buffers: none for the CPU (the host one serves);
+// on CUDA a one-process communicator, or NCCL bootstrapped over `host` for several ranks.
+std::unique_ptr<Communicator> make_device_comm(Backend& backend, Communicator& host, int device_index) {
+  if (backend.device() == Device::CPU) return nullptr;
+#ifdef LEASETRAIN_HAVE_CUDA
+  if (host.world() == 1) return make_cuda_self_comm();
+#ifdef LEASETRAIN_HAVE_NCCL
+  NcclCommOptions nopt;
+  nopt.device_index = device_index;
+  nopt.compute_stream = cuda_backend_stream(backend);
+  return make_nccl_comm(&host, host.rank(), host.world(), nopt);
+#else
+  throw UserError("data parallel training on CUDA needs NCCL, and this build has none (NCCL was not found when it "
+                  "was configured)");
+#endif
+#else
+  throw UserError("this build has no CUDA");
+#endif
+}
 
 }  // namespace
 
@@ -182,23 +206,31 @@ TrainResult run_train(const TrainOptions& o) {
     if (o.seed) cfg.seed = *o.seed;
     return cfg;
   };
-  if (o.comm) return train_with(o, load(), *o.comm);
+  if (o.comm) {
+    const TrainConfig cfg = load();
+    std::unique_ptr<Backend> backend = make_backend(o.backend);
+    return train_with(o, cfg, *o.comm, *backend);
+  }
 
   const DistEnv env = read_dist_env();
   TrainConfig cfg;
-  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<Backend> backend;  // declared first, so it outlives the communicators using its stream
+  std::unique_ptr<Communicator> comm, device_comm;
   try {
     cfg = load();
     comm = make_cpu_communicator(env, cfg.dist);
+    backend = make_backend(o.backend);
+    device_comm = make_device_comm(*backend, *comm, o.backend.device_index);
   } catch (const std::exception& e) {  // every rank fails alike here; say which is which
     if (env.world == 1) throw;
     throw UserError("rank " + std::to_string(env.rank) + "/" + std::to_string(env.world) + ": " + e.what());
   }
-  if (comm->world() == 1) return train_with(o, cfg, *comm);
+  Communicator& run_comm = device_comm ? *device_comm : *comm;
+  if (comm->world() == 1) return train_with(o, cfg, run_comm, *backend);
   // A failing rank says so with its rank and takes the whole job down: peers blocked in a
   // collective would otherwise wait for it until the watchdog fires.
   try {
-    return train_with(o, cfg, *comm);
+    return train_with(o, cfg, run_comm, *backend);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "leasetrain: %s: error: %s\n", comm->who().c_str(), e.what());
     comm->abort(dynamic_cast<const UserError*>(&e) ? 2 : 1);
@@ -208,7 +240,7 @@ TrainResult run_train(const TrainOptions& o) {
 
 namespace {
 
-TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm) {
+TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm, Backend& backend) {
   const int rank = comm.rank(), world = comm.world();
   const bool log = !o.quiet && rank == 0;  // progress, metrics and checkpoints: rank 0 only
   static const RunPolicy unrestricted;
@@ -266,8 +298,7 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
     ~Unwatch() { c.set_watchdog(nullptr); }
   } unwatch{comm};
 
-  auto backend = make_cpu_backend();
-  GPT model(mcfg, *backend);
+  GPT model(mcfg, backend);
   DataParallel dp(model, comm, cfg.dist);
   std::unique_ptr<AdamW> optim = dp.make_optimizer(cfg.optim);
   DataLoader train(cfg.train_data, cfg.seq_len, mcfg.vocab_size, cfg.seed);
@@ -276,13 +307,21 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
   int64_t start = 0;
   if (!resume_from.empty()) {
     load_model_weights(resume_from, model);
+    // The checkpoint reader fills host-resident moments; device moments go through a host copy.
+    auto load_state = [&](AdamW& dst) {
+      if (dst.m().device() == Device::CPU) return load_training_state(resume_from, dst);
+      AdamW host(cfg.optim, model, AdamW::HostMoments{});
+      json s = load_training_state(resume_from, host);
+      dst.load_state_from(host);
+      return s;
+    };
     json st;
     if (optim->sharded()) {  // checkpoints hold the full state; keep this rank's blocks
       AdamW full(cfg.optim, model);
-      st = load_training_state(resume_from, full);
+      st = load_state(full);
       dp.scatter_optimizer(full, *optim);
     } else {
-      st = load_training_state(resume_from, *optim);
+      st = load_state(*optim);
     }
     start = st.at("step").get<int64_t>();
     train.load_state(st.at("data"));
@@ -331,6 +370,7 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
     std::printf(" = %lld tokens/step | %lld steps | data %llu tokens, %llu windows/epoch\n", (long long)tokens_per_step,
                 (long long)cfg.steps, (unsigned long long)train.num_tokens(),
                 (unsigned long long)train.samples_per_epoch());
+    if (backend.device() != Device::CPU) std::printf("device: %s\n", backend.name().c_str());
     if (world > 1)
       std::printf("dist: %d ranks (%s%s) | %s%s | %s | checksum every %lld steps | watchdog %g s\n", world,
                   comm.backend().c_str(), comm.backend() == "mpi" ? (", progress " + cfg.dist.progress).c_str() : "",
@@ -373,15 +413,18 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
     }
     const auto t0 = clock::now();
     double loss = 0;
+    // The whole step is queued before anything is read back: the losses stay on the device
+    // until take_losses(), and the gradient norm until the optimizer step is queued.
     for (int micro = 0; micro < cfg.grad_accum; micro++) {
       train.next_batch(in.data(), tgt.data(), B, rank, world);
       dp.begin_micro_step(micro == cfg.grad_accum - 1);
-      loss += model.forward(in.data(), tgt.data(), B, T) / cfg.grad_accum;
+      model.forward_async(in.data(), tgt.data(), B, T);
       model.backward(1.f / (float)cfg.grad_accum);
     }
     dp.finish_gradients();
     const float lr = lr_at(cfg.optim, step, cfg.steps);
     const float norm = dp.step(*optim, lr);
+    for (float micro_loss : model.take_losses()) loss += micro_loss / cfg.grad_accum;
     if (world > 1) loss = dp.average({(float)loss})[0];
     const double secs = std::chrono::duration<double>(clock::now() - t0).count();
     if (!std::isfinite(loss))
@@ -390,9 +433,9 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
     const int64_t done = step + 1;
     if (fault.kind == "perturb" && fault.rank == rank && fault.step == done) {
       float p0 = 0;
-      backend->to_host(&p0, model.params().view(0, {1}));
+      backend.to_host(&p0, model.params().view(0, {1}));
       p0 += 1e-3f;
-      backend->from_host(model.params().view(0, {1}), &p0);
+      backend.from_host(model.params().view(0, {1}), &p0);
     }
     if (world > 1 && cfg.dist.checksum_interval > 0 && done % cfg.dist.checksum_interval == 0)
       dp.check_parameters(done);

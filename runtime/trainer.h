@@ -24,6 +24,9 @@ struct TrainOptions {
   bool resume = false;              // continue from the newest complete checkpoint in out_dir
   std::string init_dir;             // start from this checkpoint's weights (e.g. real GPT-2)
   bool quiet = false;               // no progress lines (tests)
+  // Where to train (CPU by default; the CLI resolves --device auto). A CUDA job of one rank
+  // runs on a one-process CUDA communicator; several ranks need NCCL (bootstrapped over MPI).
+  BackendOptions backend;
   // Data parallelism: null means "from the launcher's environment" (SelfComm for one rank,
   // MpiComm under mpirun/srun), and then a failing rank prints its error with its rank and
   // aborts the job. A communicator given here (tests) is borrowed and errors are rethrown.

@@ -350,6 +350,33 @@ inline cudaError_t device_count_(int* n) {
   return cudaSuccess;
 }
 inline cudaError_t ok_() { return cudaSuccess; }
+inline cudaError_t malloc_host_(void** p, size_t n) { return malloc_(p, n); }
+inline cudaError_t set_null_(void* handle_ptr) {  // streams, events: any handle will do
+  std::memset(handle_ptr, 0, sizeof(void*));
+  return cudaSuccess;
+}
+inline cudaError_t version_(int* v) {
+  *v = 13000;
+  return cudaSuccess;
+}
+inline cudaError_t device_(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+inline cudaError_t props_(cudaDeviceProp* p, int) {
+  std::memset(p, 0, sizeof *p);
+  std::snprintf(p->name, sizeof p->name, "CPU emulator");
+  p->major = 8;
+  p->minor = 0;
+  p->multiProcessorCount = 1;
+  p->totalGlobalMem = size_t(1) << 30;
+  p->l2CacheSize = 1 << 20;
+  return cudaSuccess;
+}
+inline cudaError_t attribute_(int* v) {
+  *v = 1000000;
+  return cudaSuccess;
+}
 inline cublasStatus_t cublas_create_(cublasHandle_t* h) {
   *h = nullptr;
   return CUBLAS_STATUS_SUCCESS;
@@ -366,6 +393,26 @@ inline cublasStatus_t cublas_ok_() { return CUBLAS_STATUS_SUCCESS; }
 #define cudaGetDeviceCount(n) ::emu::device_count_(n)
 #define cudaSetDevice(d) ::emu::ok_()
 #define cudaFuncSetAttribute(...) ::emu::ok_()
+// The runtime calls the CUDA backend (runtime/cuda_backend.cpp) makes: kernels run when they
+// are launched, so every stream and event is already complete.
+#define cudaMemcpyAsync(d, s, n, kind, stream) ::emu::memcpy_((d), (s), (n))
+#define cudaMemsetAsync(p, v, n, stream) ::emu::memset_((p), (v), (n))
+#define cudaMallocHost(p, n) ::emu::malloc_host_(reinterpret_cast<void**>(p), (n))
+#define cudaFreeHost(p) ::emu::free_(p)
+#define cudaStreamCreate(s) ::emu::set_null_(s)
+#define cudaStreamCreateWithFlags(s, f) ::emu::set_null_(s)
+#define cudaStreamSynchronize(s) ::emu::ok_()
+#define cudaStreamDestroy(s) ::emu::ok_()
+#define cudaEventCreate(e, ...) ::emu::set_null_(e)
+#define cudaEventCreateWithFlags(e, f) ::emu::set_null_(e)
+#define cudaEventRecord(e, s) ::emu::ok_()
+#define cudaEventSynchronize(e) ::emu::ok_()
+#define cudaEventDestroy(e) ::emu::ok_()
+#define cudaDriverGetVersion(v) ::emu::version_(v)
+#define cudaRuntimeGetVersion(v) ::emu::version_(v)
+#define cudaGetDevice(d) ::emu::device_(d)
+#define cudaGetDeviceProperties(p, d) ::emu::props_((p), (d))
+#define cudaDeviceGetAttribute(v, attr, d) ::emu::attribute_(v)
 #define cudaGetErrorString(e) "(emulated CUDA error)"
 #undef cublasCreate
 #undef cublasDestroy

@@ -23,6 +23,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_naive.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
 
@@ -579,6 +580,66 @@ TEST_F(Gpu, AttentionHeadDim128) {
   const int cases[][3] = {{2, 33, 1}, {1, 130, 1}};
 #endif
   for (const auto& c : cases) run_attention(c[0], c[1], c[2], 128);
+}
+
+// The fallback attention (attention_naive.h: any head dim, fp32 or bf16 storage, probabilities
+// kept) against the CPU op, which it mirrors output for output.
+template <class F>
+void run_attention_naive(int B, int T, int NH, int hs) {
+  SCOPED_TRACE(std::string("attention (fallback) ") + (std::is_same_v<F, bf16> ? "bf16" : "f32") +
+               " B=" + std::to_string(B) + " T=" + std::to_string(T) + " NH=" + std::to_string(NH) +
+               " hs=" + std::to_string(hs));
+  const double tol = tol_for<F>();
+  const int C = NH * hs;
+  const size_t n_qkv = (size_t)B * T * 3 * C, n_out = (size_t)B * T * C, n_att = (size_t)B * NH * T * T;
+  const auto qkv = randn<F>(n_qkv);
+  const auto dout = randn<F>(n_out);
+  std::vector<float> out_ref(n_out), att_ref(n_att), dqkv_ref(n_qkv);
+  cpu::attention_forward(out_ref.data(), att_ref.data(), qkv.data(), B, T, C, NH);
+  cpu::attention_backward(dqkv_ref.data(), dout.data(), qkv.data(), att_ref.data(), B, T, C, NH);
+
+  DevBuf<F> d_qkv(n_qkv), d_out(n_out), d_dout(n_out), d_dqkv(n_qkv);
+  DevBuf<float> d_att(n_att);
+  DevBuf<char> scratch(gpu::attention_naive_backward_scratch_bytes(B, T, NH));
+  d_qkv.upload(qkv);
+  d_dout.upload(dout);
+  d_out.poison();
+  d_att.poison();
+  d_dqkv.poison();
+  gpu::attention_naive_forward<F>(d_out.get(), d_att.get(), d_qkv.get(), B, T, C, NH, 0);
+  CUDA_OK(cudaGetLastError());
+  expect_close(d_out.download(), out_ref, tol, "out");
+  expect_close(d_att.download(), att_ref, kTolF32, "att");  // fp32 from the same (rounded) inputs
+  gpu::attention_naive_backward<F>(d_dqkv.get(), scratch.get(), d_dout.get(), d_qkv.get(), d_att.get(), B, T, C, NH,
+                                   0);
+  CUDA_OK(cudaGetLastError());
+  const auto dqkv = d_dqkv.download();
+  for (int part = 0; part < 3; ++part) {
+    std::vector<float> got, want;
+    for (size_t bt = 0; bt < (size_t)B * T; ++bt)
+      for (int c = 0; c < C; ++c) {
+        got.push_back(dqkv[bt * 3 * C + part * C + c]);
+        want.push_back(dqkv_ref[bt * 3 * C + part * C + c]);
+      }
+    expect_close(got, want, tol, part == 0 ? "dq" : part == 1 ? "dk" : "dv");
+  }
+  EXPECT_GUARD(d_qkv);
+  EXPECT_GUARD(d_out);
+  EXPECT_GUARD(d_att);
+  EXPECT_GUARD(d_dqkv);
+  EXPECT_GUARD(scratch);
+}
+
+TEST_F(Gpu, AttentionFallback) {
+#ifndef LT_EMULATED
+  const int cases[][4] = {{1, 1, 1, 32}, {2, 37, 3, 32}, {1, 100, 2, 64}, {2, 65, 1, 24}, {1, 130, 2, 128}};
+#else
+  const int cases[][4] = {{1, 1, 1, 32}, {2, 37, 2, 24}, {1, 40, 1, 64}};
+#endif
+  for (const auto& c : cases) {
+    run_attention_naive<float>(c[0], c[1], c[2], c[3]);
+    run_attention_naive<bf16>(c[0], c[1], c[2], c[3]);
+  }
 }
 
 // ---- LayerNorm, bias gradient -----------------------------------------------------------------
