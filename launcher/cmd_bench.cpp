@@ -100,6 +100,7 @@ json dp_row_json(const bench::DpStepResult& r, const std::string& progress, bool
 void add_bench_commands(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks: training step, kernels, collectives");
   bench->require_subcommand(1);
+  add_bench_suite_commands(bench);
 
   struct StepArgs {
     std::string device = "cpu", model = "all", json_out;

@@ -9,7 +9,7 @@ PKGS=(
   libcli11-dev libtomlplusplus-dev nlohmann-json3-dev
   libgtest-dev googletest
   openmpi-bin libopenmpi-dev
-  python3
+  python3 python3-matplotlib
   fortunes libsodium23 openssl
 )
 # `setup.sh --bench` adds the peers the benchmarks compare against (PyTorch CPU).
