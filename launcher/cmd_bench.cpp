@@ -17,6 +17,7 @@
 
 #include "benchmarks/bench_allreduce.h"
 #include "benchmarks/bench_step.h"
+#include "benchmarks/compare.h"
 #include "launcher/commands.h"
 #include "runtime/dist_env.h"
 #include "runtime/error.h"
@@ -29,8 +30,7 @@ using json = nlohmann::json;
 
 // Runs the PyTorch peer (benchmarks/torch_step.py under Debian's python3-torch); null on failure.
 json run_torch_peer(const std::string& model, int B, int T, int warmup, int steps) {
-  std::string script = std::string(LEASETRAIN_SOURCE_DIR) + "/benchmarks/torch_step.py";
-  if (const char* home = std::getenv("LEASETRAIN_HOME")) script = std::string(home) + "/benchmarks/torch_step.py";
+  const std::string script = bench::source_file("benchmarks/torch_step.py");
   const std::string cmd = "/usr/bin/python3 '" + script + "' --model " + model + " --batch " + std::to_string(B) +
                           " --seq " + std::to_string(T) + " --warmup " + std::to_string(warmup) + " --steps " +
                           std::to_string(steps) + " 2>&1";
