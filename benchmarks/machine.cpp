@@ -74,7 +74,7 @@ json describe_cpu() {
               {"blas", blas ? std::string("OpenBLAS ") + blas : "unknown"}};
 }
 
-std::string version_string(int v, int major_div) {  // 13000 -> "13.0", 22809 -> "2.28.9"
+[[maybe_unused]] std::string version_string(int v, int major_div) {  // 13000 -> "13.0", 22809 -> "2.28.9"
   if (v <= 0) return "";
   std::ostringstream s;
   if (major_div == 1000)

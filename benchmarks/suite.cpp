@@ -25,6 +25,7 @@
 #include "runtime/rng.h"
 
 #ifdef LEASETRAIN_HAVE_CUDA
+#include "benchmarks/cuda/bench_attention.h"
 #include "benchmarks/cuda/bench_gemm.h"
 #include "benchmarks/cuda/device_info.h"
 #endif
@@ -42,16 +43,19 @@ json make_row(const std::string& suite, const std::string& impl, const std::stri
               {"metrics", json::object()}};
 }
 
+void put_stats(json& row, double median_ms, double min_ms, double max_ms, int runs) {
+  json& m = row["metrics"];
+  m["median_ms"] = median_ms;
+  m["min_ms"] = min_ms;
+  m["max_ms"] = max_ms;
+  m["spread"] = median_ms > 0 ? (max_ms - min_ms) / median_ms : 0.0;
+  m["runs"] = runs;
+}
+
 void put_timing(json& row, std::vector<double> ms) {
   std::sort(ms.begin(), ms.end());
   const size_t n = ms.size();
-  const double med = n % 2 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
-  json& m = row["metrics"];
-  m["median_ms"] = med;
-  m["min_ms"] = ms.front();
-  m["max_ms"] = ms.back();
-  m["spread"] = med > 0 ? (ms.back() - ms.front()) / med : 0.0;
-  m["runs"] = (double)n;
+  put_stats(row, n % 2 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]), ms.front(), ms.back(), (int)n);
 }
 
 namespace {
@@ -442,12 +446,8 @@ double gpu_rows(Ctx& c, int gpu, bool have_gpu, const std::string& why) {
         if (s.M == r.M && s.N == r.N && s.K == r.K) shape = s;
       json row = make_row("gemm", r.kernel, "cuda", gemm_params(shape, "bf16", gpu, c.opt.accept), "tflops");
       row["baseline"] = "cublas";
+      put_stats(row, r.median_ms, r.min_ms, r.max_ms, iters);
       json& m = row["metrics"];
-      m["median_ms"] = r.median_ms;
-      m["min_ms"] = r.min_ms;
-      m["max_ms"] = r.max_ms;
-      m["spread"] = r.median_ms > 0 ? (r.max_ms - r.min_ms) / r.median_ms : 0.0;
-      m["runs"] = iters;
       m["rel_err"] = r.rel_err;
       m["vs_baseline"] = r.vs_cublas;
       put_flops(row, 2.0 * r.M * r.N * r.K, c.peak_tflops());
@@ -457,12 +457,8 @@ double gpu_rows(Ctx& c, int gpu, bool have_gpu, const std::string& why) {
     const int copies = c.opt.quick || c.opt.accept ? 10 : 30;
     CopyBench cb = bench_device_copy(gpu, gpu_copy_bytes(c.opt), 3, copies);
     json row = make_row("memory", "cudaMemcpy D2D", "cuda", mem_params, "gbps");
+    put_stats(row, cb.median_ms, cb.min_ms, cb.max_ms, copies);
     json& m = row["metrics"];
-    m["median_ms"] = cb.median_ms;
-    m["min_ms"] = cb.min_ms;
-    m["max_ms"] = cb.max_ms;
-    m["spread"] = cb.median_ms > 0 ? (cb.max_ms - cb.min_ms) / cb.median_ms : 0.0;
-    m["runs"] = copies;
     m["gbps"] = cb.gbps;
     if (!cb.correct) row = failed(row, "the copy differs from its source");
     c.add(row);
@@ -486,15 +482,37 @@ double gpu_rows(Ctx& c, int gpu, bool have_gpu, const std::string& why) {
 }
 
 void gpu_attention_rows(Ctx& c, bool have_gpu, const std::string& why) {
-  for (int hd : {64, 128})
-    for (int T : c.opt.quick ? std::vector<int>{1024} : std::vector<int>{512, 1024, 2048, 4096})
-      for (const char* pass : {"fwd", "bwd"}) {
-        json row = make_row("attention", "flash", "cuda",
-                            json{{"pass", pass}, {"causal", true}, {"B", 16384 / T}, {"heads", 2048 / hd},
-                                 {"head_dim", hd}, {"T", T}, {"dtype", "bf16"}},
-                            "tflops");
-        c.add(skipped(row, have_gpu ? "bench attention is not wired into the suite yet" : why));
+  // FlashAttention-2's grid: hidden 2048 (32 heads of 64, 16 of 128), 16384 tokens per batch.
+  const std::vector<int> lengths = c.opt.quick ? std::vector<int>{1024} : std::vector<int>{512, 1024, 2048, 4096};
+  auto params = [](const char* pass, int B, int T, int NH, int D) {
+    return json{{"pass", pass}, {"causal", true}, {"B", B}, {"heads", NH}, {"head_dim", D}, {"T", T}, {"dtype", "bf16"}};
+  };
+#ifdef LEASETRAIN_HAVE_CUDA
+  if (have_gpu) {
+    std::vector<AttentionBenchConfig> cfgs;
+    for (const AttentionBenchConfig& g : attention_bench_configs({64, 128}, lengths.back()))
+      if (std::find(lengths.begin(), lengths.end(), g.T) != lengths.end()) {
+        cfgs.push_back(g);
+        cfgs.back().iters = c.opt.quick ? 10 : 20;
       }
+    AttentionBenchReport rep = bench_attention(cfgs);
+    for (const AttentionBenchRow& r : rep.rows) {
+      json row = make_row("attention", "flash", "cuda", params(r.pass.c_str(), r.B, r.T, r.NH, r.D), "tflops");
+      put_stats(row, r.median_ms, r.min_ms, r.max_ms, c.opt.quick ? 10 : 20);
+      json& m = row["metrics"];
+      m["rel_err"] = r.rel_err;
+      put_flops(row, attention_flops(r.B, r.T, r.NH, r.D, r.pass == "bwd"), c.peak_tflops());
+      if (!r.correct) row = failed(row, "differs from the reference attention beyond the bf16 tolerance");
+      c.add(row);
+    }
+    return;
+  }
+#endif
+  for (int hd : {64, 128})
+    for (int T : lengths)
+      for (const char* pass : {"fwd", "bwd"}) c.add(skipped(make_row("attention", "flash", "cuda",
+                                                                     params(pass, 16384 / T, T, 2048 / hd, hd), "tflops"),
+                                                            why));
 }
 
 std::string utc_now() {

@@ -30,7 +30,9 @@ nlohmann::json run_suite(const SuiteOptions& opt);
 nlohmann::json make_row(const std::string& suite, const std::string& impl, const std::string& device,
                         const nlohmann::json& params, const std::string& primary);
 
-// Median, min, max and spread ((max - min) / median) of `ms` into row["metrics"].
+// Median, min, max, runs and spread ((max - min) / median) into row["metrics"]: from every
+// run's time, or from a benchmark that reports them itself.
 void put_timing(nlohmann::json& row, std::vector<double> ms);
+void put_stats(nlohmann::json& row, double median_ms, double min_ms, double max_ms, int runs);
 
 }  // namespace lt::bench

@@ -270,13 +270,7 @@ void add_bench_commands(CLI::App& app) {
                   "reductions and slower ranks\n");
       std::error_code ec;
       std::filesystem::remove_all(tmp, ec);
-      if (a->json_out == "-") {
-        std::printf("%s\n", rows.dump(2).c_str());
-      } else if (!a->json_out.empty()) {
-        std::ofstream f(a->json_out);
-        f << rows.dump(2) << "\n";
-        if (!f) throw UserError(a->json_out + ": cannot write");
-      }
+      if (!a->json_out.empty()) write_json_output(a->json_out, rows);
       return;
     }
     std::vector<std::string> names = a->model == "all" ? std::vector<std::string>{"tiny", "124m"}
@@ -309,13 +303,7 @@ void add_bench_commands(CLI::App& app) {
       std::fflush(stdout);
       results.push_back(j);
     }
-    if (a->json_out == "-") {
-      std::printf("%s\n", results.dump(2).c_str());
-    } else if (!a->json_out.empty()) {
-      std::ofstream f(a->json_out);
-      f << results.dump(2) << "\n";
-      if (!f) throw UserError(a->json_out + ": cannot write");
-    }
+    if (!a->json_out.empty()) write_json_output(a->json_out, results);
   });
 
   struct AllReduceCli {
@@ -401,13 +389,7 @@ void add_bench_commands(CLI::App& app) {
                      {"wrong", row.wrong}, {"ranks", host->world()}, {"backend", backend}});
     }
     std::printf("# out of bounds values : %lld %s\n", (long long)wrong, wrong ? "FAILED" : "OK");
-    if (ar->json_out == "-") {
-      std::printf("%s\n", out.dump(2).c_str());
-    } else if (!ar->json_out.empty()) {
-      std::ofstream f(ar->json_out);
-      f << out.dump(2) << "\n";
-      if (!f) throw UserError(ar->json_out + ": cannot write");
-    }
+    if (!ar->json_out.empty()) write_json_output(ar->json_out, out);
     if (wrong) throw UserError("bench allreduce: " + std::to_string(wrong) + " wrong elements");
   });
 }

@@ -13,11 +13,9 @@
 
 namespace lt::cli {
 
-namespace {
-
 using json = nlohmann::json;
 
-void write_json(const std::string& path, const json& j) {
+void write_json_output(const std::string& path, const json& j) {
   if (path == "-") {
     std::printf("%s\n", j.dump(2).c_str());
     return;
@@ -28,6 +26,8 @@ void write_json(const std::string& path, const json& j) {
     throw UserError(path + ": cannot write (" + e.what() + ")");
   }
 }
+
+namespace {
 
 std::string self_path() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
 
@@ -72,7 +72,7 @@ void add_bench_suite_commands(CLI::App* bench) {
     };
     std::fprintf(log, "bench suite%s: measuring (one line per row)\n", s->quick ? " --quick" : "");
     json r = bench::run_suite(o);
-    write_json(s->json_out, r);
+    write_json_output(s->json_out, r);
     const json& sum = r["summary"];
     std::fprintf(log, "bench suite: %d ok, %d skipped, %d failed in %.0f s on %s; peak %.4g TFLOP/s (%s)%s%s\n",
                  sum["ok"].get<int>(), sum["skipped"].get<int>(), sum["failed"].get<int>(), sum["seconds"].get<double>(),
@@ -111,11 +111,11 @@ void add_bench_suite_commands(CLI::App* bench) {
     for (const std::string& f : c->files) results.push_back(bench::load_suite_result(f));
     json cmp = bench::compare_results(results, c->files, c->prices);
     if (c->json_out != "-") bench::print_compare(cmp, stdout);
-    if (!c->json_out.empty()) write_json(c->json_out, cmp);
+    if (!c->json_out.empty()) write_json_output(c->json_out, cmp);
     if (!c->plots.empty()) {
       std::filesystem::create_directories(c->plots);
       const std::string data = (std::filesystem::path(c->plots) / "compare.json").string();
-      write_json(data, cmp);
+      write_json_output(data, cmp);
       try {
         for (const std::string& f : bench::run_plot("compare", data, c->plots)) std::printf("wrote %s\n", f.c_str());
       } catch (const std::runtime_error& e) {
@@ -158,11 +158,11 @@ void add_bench_suite_commands(CLI::App* bench) {
         std::fflush(stdout);
       };
       result = bench::run_suite(o);
-      if (!a->suite_json.empty()) write_json(a->suite_json, result);
+      if (!a->suite_json.empty()) write_json_output(a->suite_json, result);
     }
     json card = bench::score_acceptance(result, th);
     if (a->json_out != "-") bench::print_scorecard(card, stdout);
-    if (!a->json_out.empty()) write_json(a->json_out, card);
+    if (!a->json_out.empty()) write_json_output(a->json_out, card);
     if (card["verdict"] != "pass") throw CommandFailed("", 1);
   });
 }
@@ -194,7 +194,7 @@ void add_report_commands(CLI::App& app) {
       throw CommandFailed(e.what());
     }
     s["plots"] = files;
-    write_json((std::filesystem::path(out) / "summary.json").string(), s);
+    write_json_output((std::filesystem::path(out) / "summary.json").string(), s);
     if (r->json) {
       std::printf("%s\n", s.dump(2).c_str());
       return;

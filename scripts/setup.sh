@@ -10,7 +10,7 @@ PKGS=(
   libgtest-dev googletest
   openmpi-bin libopenmpi-dev
   python3 python3-matplotlib
-  fortunes libsodium23 openssl
+  fortunes libsodium23 openssl iproute2
 )
 # `setup.sh --bench` adds the peers the benchmarks compare against (PyTorch CPU).
 if [ "${1:-}" = "--bench" ]; then PKGS+=(python3-torch python3-numpy); fi
