@@ -17,6 +17,7 @@
 
 #include "benchmarks/bench_allreduce.h"
 #include "benchmarks/bench_step.h"
+#include "benchmarks/compare.h"
 #include "launcher/commands.h"
 #include "runtime/dist_env.h"
 #include "runtime/error.h"
@@ -29,8 +30,7 @@ using json = nlohmann::json;
 
 // Runs the PyTorch peer (benchmarks/torch_step.py under Debian's python3-torch); null on failure.
 json run_torch_peer(const std::string& model, int B, int T, int warmup, int steps) {
-  std::string script = std::string(LEASETRAIN_SOURCE_DIR) + "/benchmarks/torch_step.py";
-  if (const char* home = std::getenv("LEASETRAIN_HOME")) script = std::string(home) + "/benchmarks/torch_step.py";
+  const std::string script = bench::source_file("benchmarks/torch_step.py");
   const std::string cmd = "/usr/bin/python3 '" + script + "' --model " + model + " --batch " + std::to_string(B) +
                           " --seq " + std::to_string(T) + " --warmup " + std::to_string(warmup) + " --steps " +
                           std::to_string(steps) + " 2>&1";
@@ -100,6 +100,7 @@ json dp_row_json(const bench::DpStepResult& r, const std::string& progress, bool
 void add_bench_commands(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks: training step, kernels, collectives");
   bench->require_subcommand(1);
+  add_bench_suite_commands(bench);
 
   struct StepArgs {
     std::string device = "cpu", model = "all", json_out;
@@ -269,13 +270,7 @@ void add_bench_commands(CLI::App& app) {
                   "reductions and slower ranks\n");
       std::error_code ec;
       std::filesystem::remove_all(tmp, ec);
-      if (a->json_out == "-") {
-        std::printf("%s\n", rows.dump(2).c_str());
-      } else if (!a->json_out.empty()) {
-        std::ofstream f(a->json_out);
-        f << rows.dump(2) << "\n";
-        if (!f) throw UserError(a->json_out + ": cannot write");
-      }
+      if (!a->json_out.empty()) write_json_output(a->json_out, rows);
       return;
     }
     std::vector<std::string> names = a->model == "all" ? std::vector<std::string>{"tiny", "124m"}
@@ -308,13 +303,7 @@ void add_bench_commands(CLI::App& app) {
       std::fflush(stdout);
       results.push_back(j);
     }
-    if (a->json_out == "-") {
-      std::printf("%s\n", results.dump(2).c_str());
-    } else if (!a->json_out.empty()) {
-      std::ofstream f(a->json_out);
-      f << results.dump(2) << "\n";
-      if (!f) throw UserError(a->json_out + ": cannot write");
-    }
+    if (!a->json_out.empty()) write_json_output(a->json_out, results);
   });
 
   struct AllReduceCli {
@@ -400,13 +389,7 @@ void add_bench_commands(CLI::App& app) {
                      {"wrong", row.wrong}, {"ranks", host->world()}, {"backend", backend}});
     }
     std::printf("# out of bounds values : %lld %s\n", (long long)wrong, wrong ? "FAILED" : "OK");
-    if (ar->json_out == "-") {
-      std::printf("%s\n", out.dump(2).c_str());
-    } else if (!ar->json_out.empty()) {
-      std::ofstream f(ar->json_out);
-      f << out.dump(2) << "\n";
-      if (!f) throw UserError(ar->json_out + ": cannot write");
-    }
+    if (!ar->json_out.empty()) write_json_output(ar->json_out, out);
     if (wrong) throw UserError("bench allreduce: " + std::to_string(wrong) + " wrong elements");
   });
 }

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   lt::cli::add_data_commands(app);
   lt::cli::add_bench_commands(app);
   lt::cli::add_lease_commands(app);
+  lt::cli::add_report_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -31,6 +32,9 @@ int main(int argc, char** argv) {
   } catch (const lt::UserError& e) {
     std::fprintf(stderr, "leasetrain: error: %s\n", e.what());
     return 2;
+  } catch (const lt::cli::CommandFailed& e) {
+    if (*e.what()) std::fprintf(stderr, "leasetrain: %s\n", e.what());
+    return e.code;
   }
   return 0;
 }

@@ -9,8 +9,8 @@ PKGS=(
   libcli11-dev libtomlplusplus-dev nlohmann-json3-dev
   libgtest-dev googletest
   openmpi-bin libopenmpi-dev
-  python3
-  fortunes libsodium23 openssl
+  python3 python3-matplotlib
+  fortunes libsodium23 openssl iproute2
 )
 # `setup.sh --bench` adds the peers the benchmarks compare against (PyTorch CPU).
 if [ "${1:-}" = "--bench" ]; then PKGS+=(python3-torch python3-numpy); fi
