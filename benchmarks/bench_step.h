@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/backend.h"
 #include "runtime/model.h"
 
 namespace lt::bench {
@@ -19,7 +20,9 @@ struct StepBenchResult {
 
 GPTConfig named_model(const std::string& name);  // "tiny" or "124m"; UserError otherwise
 
-// Times `steps` training steps after `warmup` untimed ones on random tokens.
-StepBenchResult bench_step(const std::string& name, const GPTConfig& cfg, int B, int T, int warmup, int steps);
+// Times `steps` training steps after `warmup` untimed ones on random tokens, on the backend
+// `backend` asks for (the CPU by default; CUDA: bf16 mixed precision unless it says fp32).
+StepBenchResult bench_step(const std::string& name, const GPTConfig& cfg, int B, int T, int warmup, int steps,
+                           const BackendOptions& backend = {});
 
 }  // namespace lt::bench

@@ -286,6 +286,10 @@ else
   printf 'bench-attention\tmissing\t0\t0\n' >>"$STAGES_TSV"
 fi
 
+# ---- the benchmark suite (one JSON with the machine and its computed peak) and lease acceptance ----
+[ -x "$LT" ] && stage suite-quick 120 20 "$LT" bench suite --quick --device cuda --json "$OUTDIR/suite.json"
+[ -x "$LT" ] && stage accept 60 10 "$LT" bench accept --json "$OUTDIR/accept.json" --suite-json "$OUTDIR/accept_suite.json"
+
 # ---- tiny model: train, checkpoint, resume on the device; fp32 mode ----
 tiny() {
   local cfg="$WORK/tiny.toml"

@@ -23,24 +23,6 @@ using json = nlohmann::json;
 const char* const kMfuFormula =
     "MFU = tokens/s x (6 x params + 6 x n_layer x n_embd x seq) FLOP per token / peak (PaLM appendix B, llm.c)";
 
-int tensor_bf16_flops_per_clk_sm(int major, int minor) {
-  if (major == 8 && minor == 0) return 2048;
-  if (major == 8) return 1024;  // 8.6, 8.7, 8.9
-  if (major == 9) return 4096;
-  if (major == 10) return 8192;
-  return 0;
-}
-
-double peak_tflops(int units, int flops_per_clk_per_unit, double clock_mhz) {
-  return units * (double)flops_per_clk_per_unit * clock_mhz * 1e6 / 1e12;
-}
-
-double peak_mem_gbps(double mem_clock_mhz, int bus_width_bits) {
-  return 2.0 * mem_clock_mhz * 1e6 * (bus_width_bits / 8.0) / 1e9;
-}
-
-int cpu_fp32_flops_per_clk_core(bool avx512f, bool avx2_fma) { return avx512f ? 64 : avx2_fma ? 32 : 8; }
-
 namespace {
 
 // /proc/cpuinfo: the model name, the ISA flags that set the FMA width, and the mean of the

@@ -295,18 +295,21 @@ void cpu_memory(Ctx& c, CacheFlusher& fl) {
 }
 
 void step_rows(Ctx& c, const std::string& device) {
-  std::vector<std::string> models = {"tiny"};
-  if (!c.opt.quick) models.push_back("124m");
-  for (const std::string& name : models) {
-    const int B = 4, T = 64;
-    const json params{{"model", name}, {"batch", B}, {"seq", T}, {"precision", device == "cpu" ? "fp32" : "bf16"}};
+  struct Run { std::string model; int B, T, warmup, steps; };
+  std::vector<Run> runs;
+  if (device == "cpu") {
+    runs = {{"tiny", 4, 64, 3, c.opt.quick ? 5 : 20}};
+    if (!c.opt.quick) runs.push_back({"124m", 4, 64, 1, 3});
+  } else {  // llm.c's GPT-2 settings: 1024-token sequences
+    runs = {{"124m", c.opt.quick ? 8 : 16, 1024, 2, c.opt.quick ? 5 : 20}};
+    if (!c.opt.quick) runs.push_back({"350m", 8, 1024, 2, 10});
+  }
+  for (const Run& x : runs) {
+    const json params{{"model", x.model}, {"batch", x.B}, {"seq", x.T}, {"precision", device == "cpu" ? "fp32" : "bf16"}};
     json row = make_row("step", "leasetrain", device, params, "tokens_per_s");
-    if (device != "cpu") {
-      c.add(skipped(row, "bench step on the CUDA backend is not wired into the suite yet"));
-      continue;
-    }
-    const bool small = name == "tiny";
-    StepBenchResult r = bench_step(name, named_model(name), B, T, small ? 3 : 1, c.opt.quick ? 5 : small ? 20 : 3);
+    BackendOptions be;
+    be.device = device == "cpu" ? Device::CPU : Device::CUDA;
+    StepBenchResult r = bench_step(x.model, named_model(x.model), x.B, x.T, x.warmup, x.steps, be);
     put_timing(row, r.ms);
     json& m = row["metrics"];
     m["tokens_per_s"] = r.tokens_per_s;

@@ -18,6 +18,7 @@
 #include "benchmarks/bench_allreduce.h"
 #include "benchmarks/bench_step.h"
 #include "benchmarks/compare.h"
+#include "launcher/cmd_bench_gpu.h"
 #include "launcher/commands.h"
 #include "runtime/dist_env.h"
 #include "runtime/error.h"
@@ -101,6 +102,7 @@ void add_bench_commands(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks: training step, kernels, collectives");
   bench->require_subcommand(1);
   add_bench_suite_commands(bench);
+  add_gpu_bench_commands(bench);
 
   struct StepArgs {
     std::string device = "cpu", model = "all", json_out;
@@ -118,7 +120,8 @@ void add_bench_commands(CLI::App& app) {
             "(llm.c's count: 6 FLOPs per parameter per token plus 6*L*C*T for attention). --torch runs the same "
             "step in PyTorch CPU eager (benchmarks/torch_step.py, Debian's python3-torch) in the same run and "
             "prints the speedup.");
-  s->add_option("--device", a->device, "Backend")->check(CLI::IsMember({"cpu"}))->capture_default_str();
+  s->add_option("--device", a->device, "Backend: cpu or cuda (bf16 mixed precision)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   s->add_option("--model", a->model, "tiny, 124m, 350m or all (tiny and 124m)")->capture_default_str();
   s->add_option("--batch", a->batch, "Sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
   s->add_option("--seq", a->seq, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
@@ -281,8 +284,10 @@ void add_bench_commands(CLI::App& app) {
     std::printf("%-6s %9s %10s %10s %10s %9s %12s %9s\n", "model", "params", "ms/step", "min ms", "tokens/s",
                 "GFLOP/s", "torch ms", "speedup");
     for (const std::string& name : names) {
+      BackendOptions be;
+      be.device = a->device == "cuda" ? Device::CUDA : Device::CPU;
       bench::StepBenchResult r =
-          bench::bench_step(name, bench::named_model(name), a->batch, a->seq, a->warmup, a->steps);
+          bench::bench_step(name, bench::named_model(name), a->batch, a->seq, a->warmup, a->steps, be);
       json j{{"model", name},          {"device", a->device},   {"threads", omp_get_max_threads()},
              {"batch", r.B},           {"seq", r.T},            {"params", r.params},
              {"ms", r.ms},             {"median_ms", r.median_ms}, {"min_ms", r.min_ms},

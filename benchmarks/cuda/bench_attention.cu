@@ -12,98 +12,13 @@
 #include "benchmarks/cuda/bench_attention.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_naive.h"
+#include "benchmarks/cuda/bench_util.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace lt::bench {
 namespace {
 
 using lt::cuda::bf16;
-
-__device__ __forceinline__ uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-// N(0,1) by Box-Muller on a counter-based hash: random data without a host round trip.
-__global__ void randn_bf16_kernel(bf16* p, int64_t n, uint64_t seed) {
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const uint64_t h1 = mix64(seed ^ (2 * (uint64_t)i)), h2 = mix64(seed ^ (2 * (uint64_t)i + 1));
-    const double u1 = ((h1 >> 11) + 0.5) * 0x1.0p-53, u2 = (h2 >> 11) * 0x1.0p-53;
-    p[i] = __float2bfloat16_rn((float)(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2)));
-  }
-}
-
-void randn(bf16* p, int64_t n, uint64_t seed, cudaStream_t s) {
-  randn_bf16_kernel<<<1024, 256, 0, s>>>(p, n, seed);
-  CUDA_CHECK_LAST();
-}
-
-struct DeviceMem {
-  void* p = nullptr;
-  explicit DeviceMem(size_t bytes) { CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(bytes, 16))); }
-  ~DeviceMem() { cudaFree(p); }
-  DeviceMem(const DeviceMem&) = delete;
-  DeviceMem& operator=(const DeviceMem&) = delete;
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(p);
-  }
-};
-
-std::vector<float> download_bf16(const void* d, size_t n) {
-  std::vector<bf16> tmp(n);
-  CUDA_CHECK(cudaMemcpy(tmp.data(), d, n * sizeof(bf16), cudaMemcpyDeviceToHost));
-  std::vector<float> out(n);
-  for (size_t i = 0; i < n; ++i) out[i] = __bfloat162float(tmp[i]);
-  return out;
-}
-
-// ||got - ref|| / ||ref|| over elements [lo, lo + len) of every `stride`-long row.
-double rel_l2(const std::vector<float>& got, const std::vector<float>& ref, size_t stride, size_t lo, size_t len) {
-  double e = 0, r = 0;
-  for (size_t row = 0; row * stride < ref.size(); ++row)
-    for (size_t i = row * stride + lo; i < row * stride + lo + len; ++i) {
-      if (!std::isfinite(got[i])) return INFINITY;
-      e += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
-      r += (double)ref[i] * ref[i];
-    }
-  return r > 0 ? std::sqrt(e / r) : std::sqrt(e);
-}
-
-int bf16_flops_per_clock_per_sm(int major, int minor) {
-  if (major == 8 && minor == 0) return 2048;  // A100: 108 x 2048 x 1.41 GHz = 312 TFLOP/s
-  if (major == 9 && minor == 0) return 4096;  // H100/H200: 132 x 4096 x 1.83 GHz = 989 TFLOP/s
-  return 0;
-}
-
-struct Timing {
-  double median_ms, min_ms, max_ms;
-};
-
-Timing time_runs(const std::function<void()>& run, void* flush, size_t flush_bytes, int warmup, int iters,
-                 cudaStream_t stream) {
-  for (int i = 0; i < warmup; ++i) run();
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<double> ms;
-  for (int i = 0; i < std::max(1, iters); ++i) {
-    if (flush) CUDA_CHECK(cudaMemsetAsync(flush, i & 0xff, flush_bytes, stream));
-    CUDA_CHECK(cudaEventRecord(start, stream));
-    run();
-    CUDA_CHECK(cudaEventRecord(stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float t = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-    ms.push_back(t);
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
-  return {ms[ms.size() / 2], ms.front(), ms.back()};
-}
 
 // The flash kernels against the fallback on one (B=1) problem; returns the worst relative L2
 // error of the forward output (fwd) and of dq, dk, dv (bwd).
@@ -114,8 +29,8 @@ void check_against_naive(int T, int NH, int D, uint64_t seed, cudaStream_t s, do
       ref_dqkv(n_qkv * 2), lse((size_t)NH * T * 4), att((size_t)NH * T * T * 4),
       scratch(std::max(lt::cuda::attention_backward_scratch_bytes(1, T, NH),
                        lt::cuda::attention_naive_backward_scratch_bytes(1, T, NH)));
-  randn(qkv.as<bf16>(), (int64_t)n_qkv, seed, s);
-  randn(dout.as<bf16>(), (int64_t)n_out, seed + 7, s);
+  fill_randn(qkv.as<bf16>(), (int64_t)n_qkv, seed, s);
+  fill_randn(dout.as<bf16>(), (int64_t)n_out, seed + 7, s);
   CUDA_CHECK(cudaMemsetAsync(out.p, 0xFF, n_out * 2, s));  // poison: NaN
   CUDA_CHECK(cudaMemsetAsync(dqkv.p, 0xFF, n_qkv * 2, s));
   lt::cuda::attention_naive_forward<bf16>(ref_out.as<bf16>(), att.as<float>(), qkv.as<bf16>(), 1, T, C, NH, s);
@@ -149,32 +64,21 @@ std::vector<AttentionBenchConfig> attention_bench_configs(const std::vector<int>
 }
 
 AttentionBenchReport bench_attention(const std::vector<AttentionBenchConfig>& configs) {
-  int ndev = 0;
-  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-    (void)cudaGetLastError();
-    throw std::runtime_error("bench attention: no CUDA device");
-  }
+  const DevicePeak dp = current_device_peak("bench attention");
   for (const AttentionBenchConfig& c : configs)
     if (!lt::cuda::attention_supported(c.head_dim))
       throw std::runtime_error("bench attention: no flash kernel for head dim " + std::to_string(c.head_dim) +
                                " (64 and 128)");
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  cudaDeviceProp prop{};
-  CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-  int clock_khz = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, dev));
-
   AttentionBenchReport rep;
-  rep.device = prop.name;
-  rep.sm_count = prop.multiProcessorCount;
-  rep.clock_mhz = clock_khz / 1000;
-  rep.flops_per_clk_sm = bf16_flops_per_clock_per_sm(prop.major, prop.minor);
-  rep.peak_tflops = (double)rep.sm_count * rep.flops_per_clk_sm * clock_khz * 1e3 / 1e12;
+  rep.device = dp.device;
+  rep.sm_count = dp.sm_count;
+  rep.clock_mhz = dp.clock_mhz;
+  rep.flops_per_clk_sm = dp.flops_per_clk_sm;
+  rep.peak_tflops = dp.peak_tflops;
 
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
-  const size_t flush_bytes = std::max<size_t>(2 * (size_t)prop.l2CacheSize, 1 << 20);
+  const size_t flush_bytes = std::max<size_t>(2 * dp.l2_bytes, 1 << 20);
   DeviceMem flush(flush_bytes);
   const uint64_t seed = (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
 
@@ -187,8 +91,8 @@ AttentionBenchReport bench_attention(const std::vector<AttentionBenchConfig>& co
     const size_t n_qkv = (size_t)B * T * 3 * C, n_out = (size_t)B * T * C;
     DeviceMem qkv(n_qkv * 2), out(n_out * 2), dout(n_out * 2), dqkv(n_qkv * 2), lse((size_t)B * NH * T * 4),
         scratch(lt::cuda::attention_backward_scratch_bytes(B, T, NH));
-    randn(qkv.as<bf16>(), (int64_t)n_qkv, seed + 1, stream);
-    randn(dout.as<bf16>(), (int64_t)n_out, seed + 2, stream);
+    fill_randn(qkv.as<bf16>(), (int64_t)n_qkv, seed + 1, stream);
+    fill_randn(dout.as<bf16>(), (int64_t)n_out, seed + 2, stream);
     auto fwd = [&] {
       lt::cuda::attention_forward(out.as<bf16>(), lse.as<float>(), qkv.as<bf16>(), B, T, C, NH, stream);
     };

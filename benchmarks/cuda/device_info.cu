@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "benchmarks/cuda/bench_util.cuh"
 #include "benchmarks/cuda/device_info.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/gemm.h"
@@ -46,27 +47,6 @@ struct Nvml {
 const Nvml& nvml() {
   static Nvml n;
   return n;
-}
-
-struct DeviceMem {
-  void* p = nullptr;
-  explicit DeviceMem(size_t bytes) { CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(bytes, 16))); }
-  ~DeviceMem() { cudaFree(p); }
-  DeviceMem(const DeviceMem&) = delete;
-  DeviceMem& operator=(const DeviceMem&) = delete;
-};
-
-// Uniform values in [-1, 1) from a counter hash: random, reproducible, no host round trip.
-__global__ void fill_uniform_kernel(lt::cuda::bf16* p, int64_t n, uint32_t seed) {
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    uint32_t x = (uint32_t)i * 2654435761u ^ seed;
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    x *= 0x846ca68bu;
-    x ^= x >> 16;
-    p[i] = __float2bfloat16_rn((float)(x >> 8) * (1.0f / 8388608.0f) - 1.0f);
-  }
 }
 
 double median(std::vector<double> v) {
@@ -145,8 +125,7 @@ CopyBench bench_device_copy(int device, size_t bytes, int warmup, int iters) {
   cudaStream_t s;
   CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   const int64_t n = (int64_t)(bytes / sizeof(lt::cuda::bf16));
-  fill_uniform_kernel<<<1024, 256, 0, s>>>((lt::cuda::bf16*)src.p, n, 7u);
-  CUDA_CHECK_LAST();
+  fill_randn(src.as<lt::cuda::bf16>(), n, 7, s);
   CUDA_CHECK(cudaMemsetAsync(dst.p, 0, bytes, s));
   // Correctness first: one copy, then compare a sample of both ends and the middle on the host.
   CUDA_CHECK(cudaMemcpyAsync(dst.p, src.p, bytes, cudaMemcpyDeviceToDevice, s));
@@ -191,9 +170,8 @@ bool gemm_repeats_bitwise(int device, int n, std::string* what) {
   DeviceMem a(bytes), b(bytes), c1(bytes), c2(bytes);
   cudaStream_t s;
   CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  fill_uniform_kernel<<<1024, 256, 0, s>>>((lt::cuda::bf16*)a.p, (int64_t)elems, 11u);
-  fill_uniform_kernel<<<1024, 256, 0, s>>>((lt::cuda::bf16*)b.p, (int64_t)elems, 12u);
-  CUDA_CHECK_LAST();
+  fill_randn(a.as<lt::cuda::bf16>(), (int64_t)elems, 11, s);
+  fill_randn(b.as<lt::cuda::bf16>(), (int64_t)elems, 12, s);
   lt::cuda::GemmArgs g;
   g.layout = lt::cuda::Layout::NT;
   g.M = g.N = g.K = n;
