@@ -3,6 +3,7 @@
 // thread count: --resume relies on that.
 #include "kernels/cpu/ops.h"
 
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/vecmath.h"
 
 #include <cblas.h>
@@ -99,20 +100,32 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
 #pragma omp for schedule(static)
     for (int c0 = 0; c0 < C; c0 += kColBlock) {
       int c1 = std::min(C, c0 + kColBlock);
+      float sw[kColBlock] = {}, sb[kColBlock] = {};  // in registers across the rows
       for (int n = 0; n < N; n++) {
         const float* d = dout + (int64_t)n * C;
         const float* x = inp + (int64_t)n * C;
         for (int c = c0; c < c1; c++) {
-          dw[c] += (x[c] - mean[n]) * rstd[n] * d[c];
-          db[c] += d[c];
+          sw[c - c0] += (x[c] - mean[n]) * rstd[n] * d[c];
+          sb[c - c0] += d[c];
         }
+      }
+      for (int c = c0; c < c1; c++) {
+        dw[c] += sw[c - c0];
+        db[c] += sb[c - c0];
       }
     }
   }
 }
 
+// Linear layers go through our small GEMM (gemm.h) unless a product is large enough for
+// OpenBLAS's cache blocking to pay (the 124M LM head).
 void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
                     int OC) {
+  if (!gemm_use_blas(N, OC, C)) {
+    // out[N, OC] = inp[N, C] . w^T (+ bias): w^T is w read by column
+    gemm(N, OC, C, {inp, C, 1}, {w, 1, C}, out, OC, bias ? GemmInit::Bias : GemmInit::Zero, bias);
+    return;
+  }
   if (bias) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) std::memcpy(out + (int64_t)n * OC, bias, sizeof(float) * OC);
@@ -123,57 +136,77 @@ void matmul_forward(float* out, const float* inp, const float* w, const float* b
 
 void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
                      const float* w, int N, int C, int OC) {
-  if (dinp)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.f, dout, OC, w, C, 0.f,
-                dinp, C);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.f, dout, OC, inp, C, 1.f, dw, C);
-  if (dbias) {
-#pragma omp parallel for schedule(static)
-    for (int o0 = 0; o0 < OC; o0 += kColBlock) {
-      int o1 = std::min(OC, o0 + kColBlock);
-      for (int n = 0; n < N; n++) {
-        const float* d = dout + (int64_t)n * OC;
-        for (int o = o0; o < o1; o++) dbias[o] += d[o];
+  // dinp[N, C] = dout[N, OC] . w[OC, C] and dw[OC, C] += dout^T . inp (dout^T is dout read by
+  // column): both products and the bias gradient share one parallel region.
+  GemmProduct products[2];
+  int n = 0;
+  const bool dinp_blas = dinp && gemm_use_blas(N, C, OC), dw_blas = gemm_use_blas(OC, C, N);
+  if (dinp && !dinp_blas)
+    products[n++] = {N, C, OC, {dout, OC, 1}, {w, C, 1}, dinp, C, GemmInit::Zero};
+  if (!dw_blas)
+    products[n++] = {OC, C, N, {dout, 1, OC}, {inp, C, 1}, dw, C, GemmInit::Accumulate};
+  float* scratch = gemm_scratch(products, n);
+#pragma omp parallel
+  {
+    if (dbias) {
+#pragma omp for schedule(static) nowait
+      for (int o0 = 0; o0 < OC; o0 += kColBlock) {
+        const int o1 = std::min(OC, o0 + kColBlock);
+        float sum[kColBlock] = {};  // in registers across the rows
+        for (int r = 0; r < N; r++) {
+          const float* d = dout + (int64_t)r * OC;
+          for (int o = o0; o < o1; o++) sum[o - o0] += d[o];
+        }
+        for (int o = o0; o < o1; o++) dbias[o] += sum[o - o0];
       }
     }
+    gemm_team(products, n, scratch);
   }
+  if (dinp_blas)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.f, dout, OC, w, C, 0.f,
+                dinp, C);
+  if (dw_blas)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.f, dout, OC, inp, C, 1.f, dw,
+                C);
 }
+
+// Attention runs per (batch, head), one task each, as small matrix products on gemm_serial
+// (gemm.h) that skip what the causal mask makes zero (Causal::Lower / AUpper / ALower).
 
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
   const int hs = C / NH;
   const float scale = 1.f / std::sqrt((float)hs);
   const int64_t C3 = 3 * (int64_t)C;
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; b++)
-    for (int h = 0; h < NH; h++)
+    for (int h = 0; h < NH; h++) {
+      const float* q = qkv + (int64_t)b * T * C3 + h * hs;  // row t at q + t * C3
+      const float* k = q + C;
+      const float* v = q + 2 * C;
+      float* a = att + ((int64_t)b * NH + h) * T * T;  // [T, T]
+      float* o = out + (int64_t)b * T * C + h * hs;    // row t at o + t * C
+      // scores a[t, t2] = q_t . k_t2 on and below the diagonal (B = K^T)
+      gemm_serial(T, T, hs, {q, C3, 1}, {k, 1, C3}, a, T, GemmInit::Zero, nullptr, Causal::Lower);
       for (int t = 0; t < T; t++) {
-        const float* q = qkv + (b * T + t) * C3 + h * hs;
-        float* a = att + (((int64_t)b * NH + h) * T + t) * T;
+        float* at = a + (int64_t)t * T;
         float maxv = -INFINITY;
+#pragma omp simd reduction(max : maxv)
         for (int t2 = 0; t2 <= t; t2++) {
-          const float* k = qkv + (b * T + t2) * C3 + C + h * hs;
-          float s = 0.f;
-#pragma omp simd reduction(+ : s)
-          for (int i = 0; i < hs; i++) s += q[i] * k[i];
-          s *= scale;
-          a[t2] = s;
-          maxv = std::max(maxv, s);
+          at[t2] *= scale;
+          maxv = std::max(maxv, at[t2]);
         }
         float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
         for (int t2 = 0; t2 <= t; t2++) {
-          a[t2] = exp_approx(a[t2] - maxv);
-          sum += a[t2];
+          at[t2] = exp_approx(at[t2] - maxv);
+          sum += at[t2];
         }
-        float inv = 1.f / sum;
-        for (int t2 = 0; t2 < T; t2++) a[t2] = t2 <= t ? a[t2] * inv : 0.f;
-        float* o = out + ((int64_t)b * T + t) * C + h * hs;
-        for (int i = 0; i < hs; i++) o[i] = 0.f;
-        for (int t2 = 0; t2 <= t; t2++) {
-          const float* v = qkv + (b * T + t2) * C3 + 2 * C + h * hs;
-          for (int i = 0; i < hs; i++) o[i] += a[t2] * v[i];
-        }
+        const float inv = 1.f / sum;
+        for (int t2 = 0; t2 < T; t2++) at[t2] = t2 <= t ? at[t2] * inv : 0.f;
       }
+      // o_t = sum_{t2 <= t} a[t, t2] v_t2
+      gemm_serial(T, hs, T, {a, T, 1}, {v, C3, 1}, o, C, GemmInit::Zero, nullptr, Causal::AUpper);
+    }
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int B,
@@ -181,43 +214,40 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   const int hs = C / NH;
   const float scale = 1.f / std::sqrt((float)hs);
   const int64_t C3 = 3 * (int64_t)C;
-  // dk and dv of one head gather from every later query, so a task is one (batch, head).
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int b = 0; b < B; b++)
-    for (int h = 0; h < NH; h++) {
-      std::vector<float> datt(T), dpre(T);
-      for (int t = 0; t < T; t++)
-        for (int part = 0; part < 3; part++)
-          std::memset(dqkv + (b * T + t) * C3 + part * C + h * hs, 0, sizeof(float) * hs);
-      for (int t = 0; t < T; t++) {
-        const float* a = att + (((int64_t)b * NH + h) * T + t) * T;
-        const float* d = dout + ((int64_t)b * T + t) * C + h * hs;
-        const float* q = qkv + (b * T + t) * C3 + h * hs;
-        float* dq = dqkv + (b * T + t) * C3 + h * hs;
-        float dot = 0.f;
-        for (int t2 = 0; t2 <= t; t2++) {
-          const float* v = qkv + (b * T + t2) * C3 + 2 * C + h * hs;
-          float* dv = dqkv + (b * T + t2) * C3 + 2 * C + h * hs;
-          float s = 0.f;
-#pragma omp simd reduction(+ : s)
-          for (int i = 0; i < hs; i++) {
-            s += d[i] * v[i];
-            dv[i] += a[t2] * d[i];
-          }
-          datt[t2] = s;
-          dot += a[t2] * s;
+#pragma omp parallel
+  {
+    std::vector<float> dpre((size_t)T * T);  // dL/d(scores), one [T, T] per thread
+#pragma omp for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+      for (int h = 0; h < NH; h++) {
+        const int64_t base = (int64_t)b * T * C3 + h * hs;
+        const float *q = qkv + base, *k = q + C, *v = q + 2 * C;
+        float *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C;
+        const float* a = att + ((int64_t)b * NH + h) * T * T;
+        const float* d = dout + (int64_t)b * T * C + h * hs;  // row t at d + t * C
+        float* dp = dpre.data();
+        // datt[t, t2] = dout_t . v_t2 (B = V^T), then through the softmax in place:
+        // dpre = a * (datt - sum_t2 a * datt) * scale, 0 above the diagonal.
+        gemm_serial(T, T, hs, {d, C, 1}, {v, 1, C3}, dp, T, GemmInit::Zero, nullptr, Causal::Lower);
+        for (int t = 0; t < T; t++) {
+          const float* at = a + (int64_t)t * T;
+          float* pt = dp + (int64_t)t * T;
+          float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+          for (int t2 = 0; t2 <= t; t2++) dot += at[t2] * pt[t2];
+          for (int t2 = 0; t2 < T; t2++) pt[t2] = t2 <= t ? at[t2] * (pt[t2] - dot) * scale : 0.f;
         }
-        for (int t2 = 0; t2 <= t; t2++) dpre[t2] = a[t2] * (datt[t2] - dot) * scale;
-        for (int t2 = 0; t2 <= t; t2++) {
-          const float* k = qkv + (b * T + t2) * C3 + C + h * hs;
-          float* dk = dqkv + (b * T + t2) * C3 + C + h * hs;
-          for (int i = 0; i < hs; i++) {
-            dq[i] += dpre[t2] * k[i];
-            dk[i] += dpre[t2] * q[i];
-          }
-        }
+        // dq_t = sum_{t2 <= t} dpre[t, t2] k_t2
+        gemm_serial(T, hs, T, {dp, T, 1}, {k, C3, 1}, dq, C3, GemmInit::Zero, nullptr,
+                    Causal::AUpper);
+        // keys and values gather from the queries after them (A transposed, zero for t < t2):
+        // dk_t2 = sum_{t >= t2} dpre[t, t2] q_t,  dv_t2 = sum_{t >= t2} a[t, t2] dout_t
+        gemm_serial(T, hs, T, {dp, 1, T}, {q, C3, 1}, dk, C3, GemmInit::Zero, nullptr,
+                    Causal::ALower);
+        gemm_serial(T, hs, T, {a, 1, T}, {d, C, 1}, dv, C3, GemmInit::Zero, nullptr,
+                    Causal::ALower);
       }
-    }
+  }
 }
 
 namespace {
@@ -226,9 +256,15 @@ constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
 
 // Elementwise loops run in chunks: threads split the chunks, the compiler vectorises inside.
 constexpr int64_t kChunk = 4096;
+// Elementwise loops shorter than this run on one thread (a few microseconds of work).
+constexpr int64_t kMinParallel = 8192;
 
 // GELU written as x * sigmoid(2u) (the same function as 0.5 x (1 + tanh u)): 1 + tanh(u)
 // cancels catastrophically in the negative tail, 1 / (1 + e^(-2u)) does not.
+// The forward clamps u itself and calls the unclamped exp: with exp_approx's own clamp GCC
+// splits the loop at it and, vectorised, computes the clamped branch x / (1 + e^88.3) for every
+// lane, a denormal quotient that costs a microcode assist per vector (3.5x slower on Zen 3).
+// Past |u| = 40 the sigmoid is 1, or e^-80 and below: gelu is then x, or under 1e-33.
 void gelu_forward(float* out, const float* inp, int64_t n) {
 #pragma omp parallel for schedule(static)
   for (int64_t lo = 0; lo < n; lo += kChunk) {
@@ -236,7 +272,8 @@ void gelu_forward(float* out, const float* inp, int64_t n) {
     for (int64_t i = lo; i < hi; i++) {
       float x = inp[i];
       float u = kGeluScale * (x + 0.044715f * x * x * x);
-      out[i] = x / (1.f + exp_approx(-2.f * u));
+      u = std::min(std::max(u, -40.f), 40.f);
+      out[i] = x / (1.f + exp_approx_core(-2.f * u));
     }
   }
 }
@@ -302,7 +339,8 @@ void adamw_update(float* p, float* g, float* m, float* v, int64_t n, float lr, f
   const float inv_bc2_sqrt = 1.f / std::sqrt(1.f - std::pow(beta2, (float)step));
   const float step_size = lr / bc1;
   const float decay = 1.f - lr * weight_decay;
-#pragma omp parallel for simd schedule(static)
+  // Small tensors (biases, LayerNorm weights) on one thread: a parallel region costs more.
+#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
   for (int64_t i = 0; i < n; i++) {
     float grad = g[i] * grad_scale;
     g[i] = 0.f;

@@ -1,6 +1,7 @@
 // The CPU reference ops of the GPT-2 training step, forward and backward, in fp32.
 // defines: encoder_*, layernorm_*, matmul_*, attention_*, gelu_*, crossentropy_*, adamw_update,
-//          sum_squares. Plain loops (OpenMP across rows), matmuls through CBLAS.
+//          sum_squares. Plain loops (OpenMP across rows); matmuls and attention's products
+//          through the small GEMM in gemm.h (OpenBLAS for products too large for it).
 // These are the truth every CUDA kernel is tested against.
 //
 // Conventions (llm.c's): activations are row-major [N = B*T, C]; a linear layer's weight is
