@@ -2,6 +2,8 @@
 // peak instead of a bogus MFU (llm.c printed -100% on H200; nanoGPT 104% on H100). Header-only:
 // the CUDA benchmarks (benchmarks/cuda) and the suite's machine description share it.
 #pragma once
+#include <cstddef>
+#include <string>
 
 namespace lt::bench {
 
@@ -32,5 +34,16 @@ inline double peak_mem_gbps(double mem_clock_mhz, int bus_width_bits) {
 // fp32 FLOP per clock per core from the CPU's vector ISA: two FMA pipes of 8 floats (AVX2+FMA)
 // = 32, of 16 (AVX-512F) = 64, SSE only: 8.
 inline int cpu_fp32_flops_per_clk_core(bool avx512f, bool avx2_fma) { return avx512f ? 64 : avx2_fma ? 32 : 8; }
+
+// A GPU and its dense bf16 peak at the maximum SM clock: what the kernel benchmarks report
+// beside every row (benchmarks/cuda/bench_util.cuh fills it for the current device).
+struct DevicePeak {
+  std::string device;
+  int sm_count = 0;
+  int clock_mhz = 0;         // cudaDevAttrClockRate (max boost)
+  int flops_per_clk_sm = 0;  // 0: not known for this arch (no % of peak)
+  double peak_tflops = 0;
+  size_t l2_bytes = 0;
+};
 
 }  // namespace lt::bench

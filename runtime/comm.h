@@ -143,8 +143,12 @@ class Communicator {
   std::shared_ptr<Watchdog> watchdog_;
 };
 
-// One process: every collective is the identity (copies where in and out differ).
+// One process: every collective is the identity (copies where in and out differ). The plain
+// form works on host buffers; a device backend passes its device and its copy (which returns
+// "" or the error), e.g. make_cuda_self_comm() in cuda_backend.h.
 std::unique_ptr<Communicator> make_self_comm();
+using SelfCopy = std::string (*)(void* dst, const void* src, size_t bytes);
+std::unique_ptr<Communicator> make_self_comm(Device dev, SelfCopy copy);
 
 #ifdef LEASETRAIN_HAVE_MPI
 // MPI over host buffers. Initialises MPI (MPI_THREAD_MULTIPLE) unless the program already

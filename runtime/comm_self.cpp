@@ -160,11 +160,13 @@ void Communicator::do_barrier(const WorkPtr&) { throw CommError(backend() + ": b
 
 namespace {
 
+// One process: every collective is the identity (a copy where in and out differ). The same
+// class serves host and device buffers; only the copy differs.
 class SelfComm final : public Communicator {
  public:
-  SelfComm() : Communicator(0, 1) {}
+  SelfComm(Device dev, SelfCopy copy) : Communicator(0, 1), dev_(dev), copy_(copy) {}
   std::string backend() const override { return "self"; }
-  Device device() const override { return Device::CPU; }
+  Device device() const override { return dev_; }
   [[noreturn]] void abort(int code) noexcept override {
     std::fflush(stdout);
     std::fflush(stderr);
@@ -174,20 +176,32 @@ class SelfComm final : public Communicator {
  protected:
   // Sum, Avg (x / 1), Max and Min of one value are the value itself.
   void do_all_reduce(const WorkPtr& w, const Tensor&, ReduceOp) override { w->finish(); }
-  void do_reduce_scatter(const WorkPtr& w, const Tensor& out, const Tensor& in, ReduceOp) override {
-    if (out.raw() != in.raw()) std::memmove(out.raw(), in.raw(), out.nbytes());
-    w->finish();
-  }
-  void do_all_gather(const WorkPtr& w, const Tensor& out, const Tensor& in) override {
-    if (out.raw() != in.raw()) std::memmove(out.raw(), in.raw(), out.nbytes());
-    w->finish();
-  }
+  void do_reduce_scatter(const WorkPtr& w, const Tensor& out, const Tensor& in, ReduceOp) override { copy(w, out, in); }
+  void do_all_gather(const WorkPtr& w, const Tensor& out, const Tensor& in) override { copy(w, out, in); }
   void do_broadcast(const WorkPtr& w, const Tensor&, int) override { w->finish(); }
   void do_barrier(const WorkPtr& w) override { w->finish(); }
+
+ private:
+  void copy(const WorkPtr& w, const Tensor& out, const Tensor& in) {
+    std::string err;
+    if (out.raw() != in.raw()) err = copy_(out.raw(), in.raw(), out.nbytes());
+    w->finish(err);
+  }
+  Device dev_;
+  SelfCopy copy_;
 };
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_self_comm() { return std::make_unique<SelfComm>(); }
+std::unique_ptr<Communicator> make_self_comm(Device dev, SelfCopy copy) {
+  return std::make_unique<SelfComm>(dev, copy);
+}
+
+std::unique_ptr<Communicator> make_self_comm() {
+  return make_self_comm(Device::CPU, [](void* dst, const void* src, size_t n) {
+    std::memmove(dst, src, n);
+    return std::string();
+  });
+}
 
 }  // namespace lt

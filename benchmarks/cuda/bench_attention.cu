@@ -70,11 +70,7 @@ AttentionBenchReport bench_attention(const std::vector<AttentionBenchConfig>& co
       throw std::runtime_error("bench attention: no flash kernel for head dim " + std::to_string(c.head_dim) +
                                " (64 and 128)");
   AttentionBenchReport rep;
-  rep.device = dp.device;
-  rep.sm_count = dp.sm_count;
-  rep.clock_mhz = dp.clock_mhz;
-  rep.flops_per_clk_sm = dp.flops_per_clk_sm;
-  rep.peak_tflops = dp.peak_tflops;
+  static_cast<DevicePeak&>(rep) = dp;
 
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/peak.h"
+
 namespace lt::bench {
 
 struct AttentionBenchConfig {
@@ -39,12 +41,7 @@ struct AttentionBenchRow {
   bool correct = false;  // rel_err within the bf16 tolerance (2e-2)
 };
 
-struct AttentionBenchReport {
-  std::string device;
-  int sm_count = 0;
-  int clock_mhz = 0;
-  int flops_per_clk_sm = 0;  // dense bf16 FLOP per clock per SM (0: not known for this arch)
-  double peak_tflops = 0;
+struct AttentionBenchReport : DevicePeak {  // the device and its peak (peak.h), then one row per measurement
   std::vector<AttentionBenchRow> rows;
 };
 

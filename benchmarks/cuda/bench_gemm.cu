@@ -30,11 +30,7 @@ const char* layout_name(Layout l) { return l == Layout::NT ? "NT" : l == Layout:
 GemmBenchReport bench_gemm(const std::vector<GemmBenchConfig>& configs) {
   const DevicePeak dp = current_device_peak("bench gemm");
   GemmBenchReport rep;
-  rep.device = dp.device;
-  rep.sm_count = dp.sm_count;
-  rep.clock_mhz = dp.clock_mhz;
-  rep.flops_per_clk_sm = dp.flops_per_clk_sm;
-  rep.peak_tflops = dp.peak_tflops;
+  static_cast<DevicePeak&>(rep) = dp;
 
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/peak.h"
+
 #include "kernels/cuda/gemm.h"
 
 namespace lt::bench {
@@ -31,12 +33,7 @@ struct GemmBenchRow {
   bool correct = false;    // rel_err within the bf16 tolerance (1e-2)
 };
 
-struct GemmBenchReport {
-  std::string device;
-  int sm_count = 0;
-  int clock_mhz = 0;         // the clock used for the peak: cudaDevAttrClockRate (max boost)
-  int flops_per_clk_sm = 0;  // dense bf16 FLOP per clock per SM (0: not known for this arch)
-  double peak_tflops = 0;
+struct GemmBenchReport : DevicePeak {  // the device and its peak (peak.h), then one row per measurement
   std::vector<GemmBenchRow> rows;
 };
 

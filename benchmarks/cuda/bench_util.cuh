@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/peak.h"
 #include "kernels/cuda/common.cuh"
 
 namespace lt::bench {
@@ -48,12 +49,6 @@ Timing time_runs(const std::function<void()>& run, void* flush, size_t flush_byt
 
 // The current device and its dense bf16 peak at the maximum SM clock (cudaDevAttrClockRate).
 // std::runtime_error "<who>: no CUDA device" without one.
-struct DevicePeak {
-  std::string device;
-  int sm_count = 0, clock_mhz = 0, flops_per_clk_sm = 0;
-  double peak_tflops = 0;
-  size_t l2_bytes = 0;
-};
 DevicePeak current_device_peak(const std::string& who);
 
 }  // namespace lt::bench
