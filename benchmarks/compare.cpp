@@ -1,6 +1,7 @@
 // Suite results read back: compare, acceptance, run reports and plots (see compare.h).
 #include "benchmarks/compare.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <toml++/toml.h>
 
 #include "benchmarks/json_schema.h"
+#include "runtime/dist_env.h"
 #include "runtime/error.h"
 
 namespace lt::bench {
@@ -414,21 +416,25 @@ json summarize_run(const std::string& run_dir) {
   return s;
 }
 
+int run_python(const std::string& script, const std::vector<std::string>& args, std::string* out) {
+  std::vector<std::string> argv = {"/usr/bin/python3", source_file(script)};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::FILE* p = popen((shell_join(argv) + " 2>&1").c_str(), "r");
+  if (!p) return -1;
+  out->clear();
+  std::array<char, 4096> buf;
+  while (size_t k = std::fread(buf.data(), 1, buf.size(), p)) out->append(buf.data(), k);
+  const int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
 std::vector<std::string> run_plot(const std::string& mode, const std::string& input, const std::string& outdir,
                                   const std::string& extra) {
-  auto q = [](const std::string& s) {
-    std::string r = "'";
-    for (char c : s) r += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return r + "'";
-  };
-  const std::string cmd = "/usr/bin/python3 " + q(source_file("scripts/plot.py")) + " " + mode + " " + q(input) + " " +
-                          q(outdir) + (extra.empty() ? "" : " " + q(extra)) + " 2>&1";
-  std::FILE* p = popen(cmd.c_str(), "r");
-  if (!p) throw std::runtime_error("plots: cannot start python3");
+  std::vector<std::string> args = {mode, input, outdir};
+  if (!extra.empty()) args.push_back(extra);
   std::string out;
-  std::array<char, 4096> buf;
-  while (size_t k = std::fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), k);
-  const int rc = pclose(p);
+  const int rc = run_python("scripts/plot.py", args, &out);
+  if (rc < 0) throw std::runtime_error("plots: cannot start python3");
   if (rc != 0) {
     std::string last = out;
     while (!last.empty() && last.back() == '\n') last.pop_back();

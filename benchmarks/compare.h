@@ -35,6 +35,11 @@ void print_scorecard(const nlohmann::json& card, std::FILE* out);
 // is not a metrics record.
 nlohmann::json summarize_run(const std::string& run_dir);
 
+// Runs a script shipped in the source tree (source_file(script)) under Debian's /usr/bin/python3
+// with `args`; `out` gets everything it printed (stdout and stderr). Its exit status, or -1 when
+// python3 could not be started.
+int run_python(const std::string& script, const std::vector<std::string>& args, std::string* out);
+
 // Runs scripts/plot.py MODE INPUT OUTDIR [extra]; returns the files written. std::runtime_error
 // with the plotting tool's message when it fails (e.g. python3-matplotlib missing).
 std::vector<std::string> run_plot(const std::string& mode, const std::string& input, const std::string& outdir,

@@ -35,6 +35,13 @@ inline double peak_mem_gbps(double mem_clock_mhz, int bus_width_bits) {
 // = 32, of 16 (AVX-512F) = 64, SSE only: 8.
 inline int cpu_fp32_flops_per_clk_core(bool avx512f, bool avx2_fma) { return avx512f ? 64 : avx2_fma ? 32 : 8; }
 
+// Causal attention FLOPs in FlashAttention-2's convention: forward 4 B T^2 H D (the two
+// matmuls), halved for the causal mask; backward 2.5x the forward.
+inline double attention_flops(int B, int T, int heads, int head_dim, bool backward) {
+  const double fwd = 4.0 * B * (double)T * T * heads * head_dim / 2;
+  return backward ? 2.5 * fwd : fwd;
+}
+
 // A GPU and its dense bf16 peak at the maximum SM clock: what the kernel benchmarks report
 // beside every row (benchmarks/cuda/bench_util.cuh fills it for the current device).
 struct DevicePeak {

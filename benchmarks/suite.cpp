@@ -137,7 +137,6 @@ std::vector<Shape> model_shapes(const std::string& model, int C, int tokens, boo
 
 struct Ctx {
   const SuiteOptions& opt;
-  json peak;
   json rows = json::array();
   void add(json row) {
     if (opt.progress) {
@@ -155,14 +154,26 @@ struct Ctx {
     }
     rows.push_back(std::move(row));
   }
-  double peak_tflops() const { return peak["tflops"].get<double>(); }
 };
 
-void put_flops(json& row, double flops, double peak) {
+// TFLOP/s at the median; % of peak (and MFU) are derived from it once the run's peak is known
+// (put_peak_shares).
+void put_flops(json& row, double flops) {
   json& m = row["metrics"];
-  const double t = flops / (m["median_ms"].get<double>() * 1e-3) / 1e12;
-  m["tflops"] = t;
-  m["pct_peak"] = peak > 0 ? 100 * t / peak : 0.0;
+  m["tflops"] = flops / (m["median_ms"].get<double>() * 1e-3) / 1e12;
+}
+
+// Every timed kernel's % of peak and the training step's MFU, against the peak of the machine
+// description the file records (on a GPU: at the SM clock read after the GEMMs ran, not the
+// idle clock before them).
+void put_peak_shares(json& rows, double peak) {
+  for (json& row : rows) {
+    json& m = row["metrics"];
+    if (!m.contains("tflops")) continue;
+    const double share = peak > 0 ? m["tflops"].get<double>() / peak : 0.0;
+    if (row["suite"] == "step") m["mfu"] = share;
+    else m["pct_peak"] = 100 * share;
+  }
 }
 
 // ---- CPU rows ------------------------------------------------------------------------------
@@ -202,7 +213,7 @@ void cpu_gemm(Ctx& c, Backend& be, CacheFlusher& fl, const std::vector<Shape>& s
     ours();
     json base = make_row("gemm", "openblas", "cpu", params, "tflops");
     put_timing(base, time_cpu(blas, warmup, runs, fl));
-    put_flops(base, flops, c.peak_tflops());
+    put_flops(base, flops);
     base["metrics"]["vs_baseline"] = 1.0;
     base["baseline"] = "openblas";
     json row = make_row("gemm", "leasetrain", "cpu", params, "tflops");
@@ -213,18 +224,12 @@ void cpu_gemm(Ctx& c, Backend& be, CacheFlusher& fl, const std::vector<Shape>& s
       c.add(failed(row, "result differs from OpenBLAS: relative error " + std::to_string(err) + " > 1e-5"));
     } else {
       put_timing(row, time_cpu(ours, warmup, runs, fl));
-      put_flops(row, flops, c.peak_tflops());
+      put_flops(row, flops);
       row["metrics"]["vs_baseline"] = base["metrics"]["median_ms"].get<double>() / row["metrics"]["median_ms"].get<double>();
       c.add(row);
     }
     c.add(base);
   }
-}
-
-// FlashAttention's FLOP convention: forward 4 B T^2 H D, halved for causal; backward 2.5x.
-double attention_flops(int B, int T, int NH, int hs, bool backward) {
-  const double fwd = 4.0 * B * (double)T * T * NH * hs / 2;
-  return backward ? 2.5 * fwd : fwd;
 }
 
 void cpu_attention(Ctx& c, Backend& be, CacheFlusher& fl) {
@@ -267,7 +272,7 @@ void cpu_attention(Ctx& c, Backend& be, CacheFlusher& fl) {
         else be.attention_forward(out, att, qkv, g.NH);
       };
       put_timing(row, time_cpu(run, 2, runs, fl));
-      put_flops(row, attention_flops(g.B, g.T, g.NH, g.hs, bwd), c.peak_tflops());
+      put_flops(row, attention_flops(g.B, g.T, g.NH, g.hs, bwd));
       c.add(row);
     }
   }
@@ -314,7 +319,6 @@ void step_rows(Ctx& c, const std::string& device) {
     json& m = row["metrics"];
     m["tokens_per_s"] = r.tokens_per_s;
     m["tflops"] = r.gflops / 1e3;
-    m["mfu"] = c.peak_tflops() > 0 ? r.gflops / 1e3 / c.peak_tflops() : 0.0;
     m["params"] = (double)r.params;
     c.add(row);
   }
@@ -453,7 +457,7 @@ double gpu_rows(Ctx& c, int gpu, bool have_gpu, const std::string& why) {
       json& m = row["metrics"];
       m["rel_err"] = r.rel_err;
       m["vs_baseline"] = r.vs_cublas;
-      put_flops(row, 2.0 * r.M * r.N * r.K, c.peak_tflops());
+      put_flops(row, 2.0 * r.M * r.N * r.K);
       if (!r.correct) row = failed(row, "result differs from cuBLAS beyond the bf16 tolerance");
       c.add(row);
     }
@@ -504,7 +508,7 @@ void gpu_attention_rows(Ctx& c, bool have_gpu, const std::string& why) {
       put_stats(row, r.median_ms, r.min_ms, r.max_ms, c.opt.quick ? 10 : 20);
       json& m = row["metrics"];
       m["rel_err"] = r.rel_err;
-      put_flops(row, attention_flops(r.B, r.T, r.NH, r.D, r.pass == "bwd"), c.peak_tflops());
+      put_flops(row, attention_flops(r.B, r.T, r.NH, r.D, r.pass == "bwd"));
       if (!r.correct) row = failed(row, "differs from the reference attention beyond the bf16 tolerance");
       c.add(row);
     }
@@ -544,7 +548,7 @@ json run_suite(const SuiteOptions& opt) {
   if (device == "cuda" && !have_gpu) throw UserError("--device cuda: " + why);
   if (device == "cpu" && have_gpu) why = "--device cpu";
 
-  Ctx c{opt, describe_machine(device)["peak"]};
+  Ctx c{opt};
   CacheFlusher flusher;
   double clock = 0;
   const std::string one_gpu = "one GPU: nothing to all-reduce across (the sweep needs 2 or more)";
@@ -593,6 +597,7 @@ json run_suite(const SuiteOptions& opt) {
                       "copies compared, all-reduce results checked exactly; all before timing"}};
   int ok = 0, sk = 0, fa = 0;
   for (const json& r : c.rows) (r["status"] == "ok" ? ok : r["status"] == "skipped" ? sk : fa)++;
+  put_peak_shares(c.rows, out["machine"]["peak"]["tflops"].get<double>());
   out["results"] = c.rows;
   out["summary"] = json{{"ok", ok}, {"skipped", sk}, {"failed", fa},
                         {"seconds", std::chrono::duration<double>(Clock::now() - t0).count()}};

@@ -55,7 +55,9 @@ set_target_properties(leasetrain_kernels_cuda PROPERTIES POSITION_INDEPENDENT_CO
 # The GEMM benchmark: the same gemm()/gemm_cublas() symbols the trainer calls.
 file(GLOB LT_BENCH_CUDA_SRC CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/benchmarks/cuda/*.cu)
 add_library(leasetrain_bench_cuda STATIC ${LT_BENCH_CUDA_SRC})
-target_link_libraries(leasetrain_bench_cuda PUBLIC leasetrain_kernels_cuda)
+# The suite's GPU description (device_info.cu) reads the device through the runtime's CUDA
+# backend, as the trainer does.
+target_link_libraries(leasetrain_bench_cuda PUBLIC leasetrain_kernels_cuda leasetrain_runtime)
 
 if(NOT LEASETRAIN_BUILD_TESTS)
   return()

@@ -31,16 +31,11 @@ using json = nlohmann::json;
 
 // Runs the PyTorch peer (benchmarks/torch_step.py under Debian's python3-torch); null on failure.
 json run_torch_peer(const std::string& model, int B, int T, int warmup, int steps) {
-  const std::string script = bench::source_file("benchmarks/torch_step.py");
-  const std::string cmd = "/usr/bin/python3 '" + script + "' --model " + model + " --batch " + std::to_string(B) +
-                          " --seq " + std::to_string(T) + " --warmup " + std::to_string(warmup) + " --steps " +
-                          std::to_string(steps) + " 2>&1";
-  std::FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return nullptr;
   std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = std::fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int rc = pclose(p);
+  const int rc = bench::run_python("benchmarks/torch_step.py",
+                                   {"--model", model, "--batch", std::to_string(B), "--seq", std::to_string(T),
+                                    "--warmup", std::to_string(warmup), "--steps", std::to_string(steps)},
+                                   &out);
   json j = json::parse(out.substr(out.rfind('{') == std::string::npos ? 0 : out.rfind('{')), nullptr, false);
   if (rc != 0 || j.is_discarded()) {
     std::fprintf(stderr, "bench: the PyTorch peer failed (is python3-torch installed?): %s\n", out.c_str());
@@ -65,8 +60,6 @@ int64_t parse_size(const std::string& flag, const std::string& v) {
     throw UserError(flag + ": expected a byte count such as 8, 64K, 32M or 1G, got '" + v + "'");
   return (int64_t)(x * mult);
 }
-
-std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
 
 std::string load_average() {
   std::ifstream f("/proc/loadavg");

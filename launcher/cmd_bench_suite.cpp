@@ -27,12 +27,6 @@ void write_json_output(const std::string& path, const json& j) {
   }
 }
 
-namespace {
-
-std::string self_path() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
-
-}  // namespace
-
 void add_bench_suite_commands(CLI::App* bench) {
   struct SuiteCli {
     bool quick = false;
@@ -64,7 +58,7 @@ void add_bench_suite_commands(CLI::App* bench) {
     o.quick = s->quick;
     o.device = s->device;
     o.ranks = s->ranks;
-    o.exe = self_path();
+    o.exe = self_exe();
     std::FILE* log = to_stdout ? stderr : stdout;
     o.progress = [log](const std::string& line) {
       std::fprintf(log, "suite: %s\n", line.c_str());
@@ -152,7 +146,7 @@ void add_bench_suite_commands(CLI::App* bench) {
       bench::SuiteOptions o;
       o.accept = true;
       o.ranks = a->ranks;
-      o.exe = self_path();
+      o.exe = self_exe();
       o.progress = [](const std::string& line) {
         std::printf("accept: %s\n", line.c_str());
         std::fflush(stdout);

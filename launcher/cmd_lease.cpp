@@ -105,12 +105,6 @@ void add_plan(CLI::App& app) {
   });
 }
 
-std::string self_exe() {
-  std::error_code ec;
-  fs::path p = fs::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string("leasetrain") : p.string();
-}
-
 std::string make_job_id(const std::string& lease_id, TimePoint now) {
   std::string t = format_time(now);
   std::string compact;
@@ -318,6 +312,12 @@ void add_manifest(CLI::App& app) {
 }
 
 }  // namespace
+
+std::string self_exe() {
+  std::error_code ec;
+  fs::path p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string("leasetrain") : p.string();
+}
 
 void add_lease_commands(CLI::App& app) {
   add_plan(app);

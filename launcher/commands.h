@@ -14,6 +14,9 @@ void add_lease_commands(CLI::App& app);  // plan, launch, audit        (cmd_leas
 void add_report_commands(CLI::App& app); // report                     (cmd_bench_suite.cpp)
 void add_bench_suite_commands(CLI::App* bench);  // bench suite, compare, accept (cmd_bench_suite.cpp)
 
+// This program's path (to start it again under mpirun, or as a launched job's command).
+std::string self_exe();
+
 // --json OUT for every command: '-' prints to stdout, a path is written whole (a temporary file
 // renamed into place, so an interrupted run leaves the previous file intact).
 void write_json_output(const std::string& path, const nlohmann::json& j);

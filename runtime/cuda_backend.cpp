@@ -540,6 +540,7 @@ CudaDeviceInfo cuda_device_info(int index) {
   d.cc_minor = p.minor;
   d.sm_count = p.multiProcessorCount;
   d.memory_bytes = p.totalGlobalMem;
+  d.l2_bytes = p.l2CacheSize;
   (void)cudaDriverGetVersion(&d.driver_version);
   (void)cudaRuntimeGetVersion(&d.runtime_version);
   return d;

@@ -35,7 +35,7 @@ struct CudaDeviceInfo {
   std::string name;
   std::string uuid;  // "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
   int cc_major = 0, cc_minor = 0, sm_count = 0;
-  size_t memory_bytes = 0;
+  size_t memory_bytes = 0, l2_bytes = 0;
   int driver_version = 0, runtime_version = 0;  // e.g. 13000
   std::string cuda_version() const;              // runtime version as "13.0"
 };

@@ -76,10 +76,7 @@ TEST(LeasedTraining, CheckpointsAndStopsBeforeTheDeadline) {
   std::vector<std::string> ckpts;
   for (const auto& e : fs::directory_iterator(job.dir / "run/checkpoints")) ckpts.push_back(e.path().filename());
   ASSERT_EQ(ckpts.size(), 1u);
-  std::istringstream metrics(read_file(job.dir / "run/metrics.jsonl"));
-  std::string line, last;
-  while (std::getline(metrics, line)) last = line;
-  const int64_t step = nlohmann::json::parse(last)["step"];
+  const int64_t step = read_metrics(job.dir / "run").back()["step"];
   char name[32];
   std::snprintf(name, sizeof name, "step-%08lld", (long long)step);
   EXPECT_EQ(ckpts[0], name);

@@ -33,14 +33,6 @@ struct Job {
   }
 };
 
-std::vector<json> metrics(const std::string& run) {
-  std::vector<json> v;
-  std::istringstream in(read_file(run + "/metrics.jsonl"));
-  std::string line;
-  while (std::getline(in, line)) v.push_back(json::parse(line));
-  return v;
-}
-
 // One line on stderr, exit code 2, and every expected fragment in it.
 void expect_user_error(const RunResult& r, std::initializer_list<std::string> fragments) {
   EXPECT_EQ(r.code, 2) << r.err;
@@ -62,7 +54,7 @@ TEST(Train, LossFallsAndMetricsAreComplete) {
   RunResult r = run_cli("train --config " + job.config + " --out " + run);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("ETA"), std::string::npos);
-  std::vector<json> m = metrics(run);
+  std::vector<json> m = read_metrics(run);
   ASSERT_EQ(m.size(), 300u);
   for (size_t i = 0; i < m.size(); i++) {
     EXPECT_EQ(m[i]["step"], (int)i + 1);
@@ -94,14 +86,14 @@ TEST(Train, ResumeIsBitIdentical) {
   // The interrupted run: the same job that stopped after its step-10 checkpoint.
   fs::create_directories(b + "/checkpoints");
   fs::copy(a + "/checkpoints/step-00000010", b + "/checkpoints/step-00000010", fs::copy_options::recursive);
-  std::vector<json> ma = metrics(a);
+  std::vector<json> ma = read_metrics(a);
   {
     std::ofstream f(b + "/metrics.jsonl");
     for (int i = 0; i < 13; i++) f << ma[i].dump() << "\n";  // 3 lines the dead run wrote after its checkpoint
   }
   RunResult r = run_cli("train --config " + job.config + " --out " + b + " --resume");
   ASSERT_EQ(r.code, 0) << r.err;
-  std::vector<json> mb = metrics(b);
+  std::vector<json> mb = read_metrics(b);
   ASSERT_EQ(mb.size(), 20u);
   for (int i = 0; i < 20; i++) {
     EXPECT_EQ(mb[i]["step"], i + 1);

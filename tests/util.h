@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace lt::test {
 
 // A fresh directory under $TMPDIR, removed when the object goes.
@@ -83,6 +85,15 @@ inline int count_lines(const std::string& s) {
   int n = 0;
   for (char c : s) n += c == '\n';
   return n;
+}
+
+// A training run's metrics.jsonl (what `train --out RUN` writes), one object per step.
+inline std::vector<nlohmann::json> read_metrics(const std::string& run_dir) {
+  std::vector<nlohmann::json> v;
+  std::istringstream in(read_file(run_dir + "/metrics.jsonl"));
+  std::string line;
+  while (std::getline(in, line)) v.push_back(nlohmann::json::parse(line));
+  return v;
 }
 
 }  // namespace lt::test

@@ -96,7 +96,6 @@ AttentionBenchReport bench_attention(const std::vector<AttentionBenchConfig>& co
       lt::cuda::attention_backward(dqkv.as<bf16>(), scratch.p, dout.as<bf16>(), out.as<bf16>(), lse.as<float>(),
                                    qkv.as<bf16>(), B, T, C, NH, stream);
     };
-    const double fwd_flop = 4.0 * B * (double)T * T * NH * D / 2;  // causal: half the scores
     for (int pass = 0; pass < (cfg.backward ? 2 : 1); ++pass) {
       AttentionBenchRow row;
       row.pass = pass == 0 ? "fwd" : "bwd";
@@ -111,7 +110,7 @@ AttentionBenchReport bench_attention(const std::vector<AttentionBenchConfig>& co
       const Timing t = time_runs(pass == 0 ? std::function<void()>(fwd) : std::function<void()>(bwd),
                                  cfg.flush_l2 ? flush.p : nullptr, flush_bytes, cfg.warmup, cfg.iters, stream);
       row.median_ms = t.median_ms, row.min_ms = t.min_ms, row.max_ms = t.max_ms;
-      const double flop = pass == 0 ? fwd_flop : 2.5 * fwd_flop;
+      const double flop = attention_flops(B, T, NH, D, pass == 1);
       row.tflops = flop / (t.median_ms * 1e-3) / 1e12;
       row.pct_peak = rep.peak_tflops > 0 ? 100.0 * row.tflops / rep.peak_tflops : 0;
       rep.rows.push_back(row);

@@ -10,6 +10,7 @@
 #include "benchmarks/cuda/device_info.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/gemm.h"
+#include "runtime/cuda_backend.h"
 
 namespace lt::bench {
 namespace {
@@ -59,26 +60,19 @@ double median(std::vector<double> v) {
 
 GpuInfo query_gpu(int device) {
   GpuInfo g;
-  cudaError_t e = cudaGetDeviceCount(&g.count);
-  if (e != cudaSuccess || g.count == 0) {
-    g.count = 0;
-    void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!driver) g.why = "no NVIDIA driver on this machine (libcuda.so.1 not found)";
-    else if (e != cudaSuccess) g.why = std::string("no usable CUDA device (") + cudaGetErrorString(e) + ")";
-    else g.why = "no CUDA device";
-    if (driver) dlclose(driver);
-    cudaGetLastError();
-    return g;
-  }
+  if (!cuda_available(&g.why)) return g;  // count 0, and why (no driver, no device, ...)
+  g.count = cuda_device_count();
   g.device = device;
-  cudaDeviceProp p{};
-  CUDA_CHECK(cudaGetDeviceProperties(&p, device));
-  g.name = p.name;
-  g.cc_major = p.major;
-  g.cc_minor = p.minor;
-  g.sm_count = p.multiProcessorCount;
-  g.mem_gib = p.totalGlobalMem / double(1ull << 30);
-  g.l2_mib = p.l2CacheSize / double(1 << 20);
+  const CudaDeviceInfo d = cuda_device_info(device);  // what the trainer checks against the lease
+  g.name = d.name;
+  g.uuid = d.uuid;
+  g.cc_major = d.cc_major;
+  g.cc_minor = d.cc_minor;
+  g.sm_count = d.sm_count;
+  g.mem_gib = d.memory_bytes / double(1ull << 30);
+  g.l2_mib = d.l2_bytes / double(1 << 20);
+  g.driver_api = d.driver_version;
+  g.runtime_api = d.runtime_version;
   int khz = 0;
   cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device);
   g.max_sm_clock_mhz = khz / 1000.0;
@@ -87,22 +81,12 @@ GpuInfo query_gpu(int device) {
   cudaDeviceGetAttribute(&g.mem_bus_width_bits, cudaDevAttrGlobalMemoryBusWidth, device);
   char pci[32] = {0};
   if (cudaDeviceGetPCIBusId(pci, sizeof pci, device) == cudaSuccess) g.pci_bus_id = pci;
-  cudaDriverGetVersion(&g.driver_api);
-  cudaRuntimeGetVersion(&g.runtime_api);
   int major = 0, minor = 0, patch = 0;
   if (cublasGetProperty(MAJOR_VERSION, &major) == CUBLAS_STATUS_SUCCESS &&
       cublasGetProperty(MINOR_VERSION, &minor) == CUBLAS_STATUS_SUCCESS &&
       cublasGetProperty(PATCH_LEVEL, &patch) == CUBLAS_STATUS_SUCCESS)
     g.cublas = major * 10000 + minor * 100 + patch;
   char buf[96] = {0};
-  for (int i = 0; i < 16; i++) {  // cudaUUID_t as NVML prints it: GPU-xxxxxxxx-xxxx-...
-    static const char* hex = "0123456789abcdef";
-    const unsigned char b = (unsigned char)p.uuid.bytes[i];
-    if (i == 0) g.uuid = "GPU-";
-    if (i == 4 || i == 6 || i == 8 || i == 10) g.uuid += '-';
-    g.uuid += hex[b >> 4];
-    g.uuid += hex[b & 15];
-  }
   if (nvml().ok && nvml().driver(buf, sizeof buf) == 0) g.driver = buf;
   return g;
 }

@@ -34,14 +34,6 @@ struct Job {
   }
 };
 
-std::vector<json> metrics(const std::string& run) {
-  std::vector<json> v;
-  std::istringstream in(read_file(run + "/metrics.jsonl"));
-  std::string line;
-  while (std::getline(in, line)) v.push_back(json::parse(line));
-  return v;
-}
-
 int count(const std::string& s, const std::string& what) {
   int n = 0;
   for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) n++;
@@ -64,7 +56,7 @@ TEST_F(DeviceCli, AutoFallsBackToTheCpuWithOneLine) {
   EXPECT_EQ(count(r.out, "device:"), 1) << r.out;
   EXPECT_NE(r.out.find("runs on the CPU"), std::string::npos) << r.out;
   EXPECT_EQ(r.err, "");
-  EXPECT_EQ(metrics(job.dir / "run").size(), 3u);
+  EXPECT_EQ(read_metrics(job.dir / "run").size(), 3u);
   // --device cpu: the same run, without the line.
   const RunResult q = run_cli("train --config " + job.config + " --out " + (job.dir / "run2") + " --device cpu",
                               "", {{"OMP_NUM_THREADS", "1"}});
@@ -112,7 +104,7 @@ TEST_F(DeviceCliGpu, TrainsCheckpointsAndResumesOnTheGpu) {
   EXPECT_NE(r.out.find("device: cuda:"), std::string::npos) << r.out;
   r = run_cli("train --config " + job.config + " --out " + run + " --resume");
   ASSERT_EQ(r.code, 0) << r.both();
-  const std::vector<json> m = metrics(run);
+  const std::vector<json> m = read_metrics(run);
   ASSERT_EQ(m.size(), 60u);
   EXPECT_EQ(m.back()["step"], 60);
   const double first = m.front()["loss"].get<double>(), last = m.back()["loss"].get<double>();
