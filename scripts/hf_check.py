@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Load a leasetrain checkpoint in Hugging Face transformers and compare its loss with ours.
+
+    python3 scripts/hf_check.py CHECKPOINT_DIR VAL_SHARD [--batch 8 --seq 128 --batches 4]
+        [--leasetrain build/leasetrain]
+
+Both directions, each compared on the same windows as `leasetrain eval` (sequential,
+non-overlapping, from the start of the shard: llm.c's validation convention):
+  ours -> transformers: GPT2LMHeadModel.from_pretrained(CHECKPOINT_DIR), as it is, against
+    `leasetrain eval` on the same checkpoint;
+  transformers -> ours: a randomly initialised GPT2LMHeadModel of the same GPT2Config, written
+    by save_pretrained into a temporary directory, evaluated by both (what `train --init`
+    reads).
+Prints one JSON line per direction. Exit 0 when every pair agrees to 1e-4 relative, 1 when
+one does not.
+
+transformers is not packaged in Debian 12, so this is a manual check, not part of `make
+test`; it needs transformers (with its tokenizers, safetensors and huggingface_hub) next to
+Debian's python3-torch. NOTES.md records the run.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+
+def read_shard(path, need):
+    with open(path, "rb") as f:
+        header = np.frombuffer(f.read(256 * 4), dtype=np.int32)
+        if len(header) != 256 or header[0] != 20240520 or header[1] != 1:
+            sys.exit(f"{path}: header: expected an llm.c token shard (magic 20240520, version 1)")
+        tokens = np.frombuffer(f.read(), dtype=np.uint16)
+    if len(tokens) < need:
+        sys.exit(f"{path}: token count: expected at least {need}, got {len(tokens)}")
+    return tokens.astype(np.int64)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("checkpoint")
+    ap.add_argument("shard")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--leasetrain", default="build/leasetrain")
+    a = ap.parse_args()
+
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    B, T = a.batch, a.seq
+    tokens = read_shard(a.shard, a.batches * B * T + 1)
+
+    def hf_loss(model):
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for b in range(a.batches):
+                # batch b: B*T tokens from b*B*T, targets shifted by one.
+                chunk = torch.from_numpy(tokens[b * B * T: (b + 1) * B * T + 1])
+                logits = model(chunk[:-1].view(B, T)).logits
+                total += torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)), chunk[1:]).item()
+        return total / a.batches
+
+    def our_loss(checkpoint):
+        out = subprocess.run(
+            [a.leasetrain, "eval", "--checkpoint", checkpoint, "--data", a.shard,
+             "--device", "cpu", "--batch", str(B), "--seq", str(T),
+             "--batches", str(a.batches)],
+            check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])["loss"]
+
+    def report(direction, checkpoint, model):
+        theirs, ours = hf_loss(model), our_loss(checkpoint)
+        rel = abs(theirs - ours) / abs(ours)
+        print(json.dumps({"direction": direction, "checkpoint": checkpoint,
+                          "transformers_loss": theirs, "leasetrain_loss": ours,
+                          "relative_difference": rel,
+                          "params": sum(p.numel() for p in model.parameters()),
+                          "agree": rel < 1e-4}))
+        return rel < 1e-4
+
+    ours_model = GPT2LMHeadModel.from_pretrained(a.checkpoint)
+    ok = report("leasetrain->transformers", a.checkpoint, ours_model)
+    torch.manual_seed(0)
+    fresh = GPT2LMHeadModel(ours_model.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh.save_pretrained(tmp)
+        ok = report("transformers->leasetrain", tmp, fresh) and ok
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
