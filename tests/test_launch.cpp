@@ -372,8 +372,9 @@ TEST(Cli, PlanJsonAndRefusals) {
 TEST(Cli, DryRunLaunchForBothTenants) {
   const std::string cli = LT_CLI;
   for (const char* lease : {"acme-2024", "globex-2024"}) {
-    RunResult r = run_cli("launch --dry-run --json --job-id j7 --manifest " + kManifest + " --lease " + lease +
-                              " --sysfs-root " + kSysfs + " -- train --steps 3",
+    // --launcher mpirun: the default would be srun where this suite runs inside an allocation.
+    RunResult r = run_cli("launch --dry-run --json --launcher mpirun --job-id j7 --manifest " + kManifest +
+                              " --lease " + lease + " --sysfs-root " + kSysfs + " -- train --steps 3",
                           "", {{"NCCL_IB_HCA", "mlx5_7"}, {"NCCL_DEBUG", "INFO"}});
     ASSERT_EQ(r.code, 0) << r.both();
     json j = json::parse(r.out);
@@ -426,7 +427,9 @@ TEST(RealMpirun, TwoRanksGetTheirOwnEnvironmentAndAUsageRecord) {
       "echo \"$OMPI_COMM_WORLD_RANK $LEASETRAIN_LEASE $NCCL_SOCKET_IFNAME [$CUDA_VISIBLE_DEVICES] [$NCCL_IB_HCA] "
       "[$SECRET_TOKEN]\" > $LEASETRAIN_JOB_DIR/seen-$OMPI_COMM_WORLD_RANK";
   const std::string cli = "timeout 120 " + std::string(LT_CLI);
-  RunResult r = run_sh(cli + " launch --manifest m.toml --lease l1 --job-id real1 -- sh -c '" + script + "'", root,
+  RunResult r = run_sh(cli + " launch --launcher mpirun --manifest m.toml --lease l1 --job-id real1 -- sh -c '" +
+                           script + "'",
+                       root,
                        {{"NCCL_IB_HCA", "mlx5_3"}, {"SECRET_TOKEN", "x"}});
   ASSERT_EQ(r.code, 0) << r.both();
   for (int rank = 0; rank < 2; ++rank) {
@@ -440,7 +443,8 @@ TEST(RealMpirun, TwoRanksGetTheirOwnEnvironmentAndAUsageRecord) {
   EXPECT_TRUE(a.ok) << a.reason;
   EXPECT_EQ(a.records, 1u);
   // A failing job's status comes back and is recorded too.
-  RunResult r2 = run_sh(cli + " launch --manifest m.toml --lease l1 --np 1 --job-id real2 -- sh -c 'exit 3'", root);
+  RunResult r2 =
+      run_sh(cli + " launch --launcher mpirun --manifest m.toml --lease l1 --np 1 --job-id real2 -- sh -c 'exit 3'", root);
   EXPECT_EQ(r2.code, 3) << r2.both();
   std::ifstream in(dir / "usage.jsonl");
   std::string l1, l2;
