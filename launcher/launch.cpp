@@ -170,7 +170,10 @@ LaunchCommand build_launch(const Plan& plan, const EnvFilter& env, const LaunchO
     }
   } else {
     // srun: SLURM_HOSTFILE + --distribution=arbitrary pins rank i to the i-th line's host;
-    // --multi-prog gives each rank its own command line, which sets its environment.
+    // --multi-prog gives each rank its own command line, which sets its environment. No
+    // --nodelist: with an arbitrary distribution srun takes it, not SLURM_HOSTFILE, as the
+    // one-host-per-task list, and a list of distinct nodes is refused ("You asked for 2
+    // tasks but hostlist specified 1 nodes").
     for (const std::string& arg : opt.command)
       if (arg.find_first_of(" \t\n'\"\\%") != std::string::npos)
         throw UserError("srun --multi-prog cannot carry the argument '" + arg +
@@ -180,8 +183,6 @@ LaunchCommand build_launch(const Plan& plan, const EnvFilter& env, const LaunchO
         if (v.find_first_of(" \t\n'\"\\%") != std::string::npos)
           throw UserError("srun --multi-prog cannot carry " + k + "='" + v + "' (spaces, quotes, backslashes or '%')");
     std::ostringstream hosts, prog;
-    std::vector<std::string> nodelist;
-    for (const NodePlan& n : plan.nodes) nodelist.push_back(n.host);
     for (size_t i = 0; i < plan.ranks.size(); ++i) {
       hosts << plan.ranks[i].host << "\n";
       prog << i << " /usr/bin/env";
@@ -197,9 +198,11 @@ LaunchCommand build_launch(const Plan& plan, const EnvFilter& env, const LaunchO
     c.argv = {opt.srun,
               "--nodes=" + std::to_string(plan.nodes.size()),
               "--ntasks=" + std::to_string(plan.np),
-              "--nodelist=" + join(nodelist, ","),
               "--distribution=arbitrary",
               "--kill-on-bad-exit=1",
+              // run_launch forwards SIGINT once: without this srun only prints the tasks'
+              // state ("one more within 1 sec to abort") and the job runs on.
+              "--quit-on-interrupt",
               "--export=NONE",
               "--multi-prog",
               opt.job_dir + "/multi-prog.conf"};

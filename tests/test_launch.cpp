@@ -1,7 +1,9 @@
 // Plans and launch commands: two tenants sharing two nodes never see each other's devices,
 // NICs or keys; P_Key indices from a fake sysfs tree; quotas and windows; the environment
-// allowlist; mpirun and srun command lines; a real local mpirun job when mpirun is present.
+// allowlist; mpirun and srun command lines; a real local mpirun job when mpirun is present,
+// and a real srun job when the suite runs inside a SLURM allocation.
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -312,6 +314,15 @@ TEST(Command, SrunInsideASlurmAllocation) {
   EXPECT_EQ(c.argv[0], "srun");
   EXPECT_NE(std::find(c.argv.begin(), c.argv.end(), "--distribution=arbitrary"), c.argv.end());
   EXPECT_NE(std::find(c.argv.begin(), c.argv.end(), "--ntasks=4"), c.argv.end());
+  EXPECT_NE(std::find(c.argv.begin(), c.argv.end(), "--nodes=2"), c.argv.end());
+  // The task layout comes from SLURM_HOSTFILE alone: srun takes a --nodelist as the
+  // one-host-per-task list instead, and node01,node02 for 4 tasks is refused.
+  for (const std::string& a : c.argv) {
+    EXPECT_FALSE(a.starts_with("--nodelist") || a == "-w") << command_line(c);
+  }
+  // One forwarded SIGINT ends the job (srun alone would only print the tasks' state).
+  EXPECT_NE(std::find(c.argv.begin(), c.argv.end(), "--quit-on-interrupt"), c.argv.end());
+  EXPECT_EQ(c.argv.back(), "/srv/tenants/globex/jobs/job1/multi-prog.conf");
   EXPECT_EQ(c.exec_env.at("SLURM_JOB_ID"), "4242");
   EXPECT_EQ(c.exec_env.at("SLURM_HOSTFILE"), "/srv/tenants/globex/jobs/job1/slurm-hostfile");
   std::string prog, hosts;
@@ -361,8 +372,9 @@ TEST(Cli, PlanJsonAndRefusals) {
 TEST(Cli, DryRunLaunchForBothTenants) {
   const std::string cli = LT_CLI;
   for (const char* lease : {"acme-2024", "globex-2024"}) {
-    RunResult r = run_cli("launch --dry-run --json --job-id j7 --manifest " + kManifest + " --lease " + lease +
-                              " --sysfs-root " + kSysfs + " -- train --steps 3",
+    // --launcher mpirun: the default would be srun where this suite runs inside an allocation.
+    RunResult r = run_cli("launch --dry-run --json --launcher mpirun --job-id j7 --manifest " + kManifest +
+                              " --lease " + lease + " --sysfs-root " + kSysfs + " -- train --steps 3",
                           "", {{"NCCL_IB_HCA", "mlx5_7"}, {"NCCL_DEBUG", "INFO"}});
     ASSERT_EQ(r.code, 0) << r.both();
     json j = json::parse(r.out);
@@ -415,7 +427,9 @@ TEST(RealMpirun, TwoRanksGetTheirOwnEnvironmentAndAUsageRecord) {
       "echo \"$OMPI_COMM_WORLD_RANK $LEASETRAIN_LEASE $NCCL_SOCKET_IFNAME [$CUDA_VISIBLE_DEVICES] [$NCCL_IB_HCA] "
       "[$SECRET_TOKEN]\" > $LEASETRAIN_JOB_DIR/seen-$OMPI_COMM_WORLD_RANK";
   const std::string cli = "timeout 120 " + std::string(LT_CLI);
-  RunResult r = run_sh(cli + " launch --manifest m.toml --lease l1 --job-id real1 -- sh -c '" + script + "'", root,
+  RunResult r = run_sh(cli + " launch --launcher mpirun --manifest m.toml --lease l1 --job-id real1 -- sh -c '" +
+                           script + "'",
+                       root,
                        {{"NCCL_IB_HCA", "mlx5_3"}, {"SECRET_TOKEN", "x"}});
   ASSERT_EQ(r.code, 0) << r.both();
   for (int rank = 0; rank < 2; ++rank) {
@@ -429,7 +443,8 @@ TEST(RealMpirun, TwoRanksGetTheirOwnEnvironmentAndAUsageRecord) {
   EXPECT_TRUE(a.ok) << a.reason;
   EXPECT_EQ(a.records, 1u);
   // A failing job's status comes back and is recorded too.
-  RunResult r2 = run_sh(cli + " launch --manifest m.toml --lease l1 --np 1 --job-id real2 -- sh -c 'exit 3'", root);
+  RunResult r2 =
+      run_sh(cli + " launch --launcher mpirun --manifest m.toml --lease l1 --np 1 --job-id real2 -- sh -c 'exit 3'", root);
   EXPECT_EQ(r2.code, 3) << r2.both();
   std::ifstream in(dir / "usage.jsonl");
   std::string l1, l2;
@@ -440,6 +455,47 @@ TEST(RealMpirun, TwoRanksGetTheirOwnEnvironmentAndAUsageRecord) {
   EXPECT_EQ(rec["job_id"], "real2");
   EXPECT_EQ(rec["lease"], "l1");
   EXPECT_EQ(rec["prev"], json::parse(l1)["hash"]);
+}
+
+// The same job through srun, where this suite runs inside a SLURM allocation of at least two
+// tasks on this host (salloc -n2 ctest ...); skipped elsewhere. Each rank's environment comes
+// from --multi-prog under --export=NONE, its rank from SLURM_PROCID, and the caller's
+// variables outside the allowlist never reach it.
+TEST(RealSrun, TwoRanksInsideAnAllocation) {
+  const char* job = std::getenv("SLURM_JOB_ID");
+  if (!job || !*job) GTEST_SKIP() << "not inside a SLURM allocation (SLURM_JOB_ID unset)";
+  if (run_sh("command -v srun").code != 0) GTEST_SKIP() << "srun not installed";
+  TempDir dir;
+  const std::string host = local_hostname(), root = dir.path.string();
+  write_file(dir / "m.toml", "[operator]\nid = \"test\"\n[[node]]\nhostname = \"" + host +
+                                 "\"\n[[tenant]]\nid = \"t\"\n[[lease]]\nid = \"l1\"\ntenant = \"t\"\n"
+                                 "not_before = 2020-01-01T00:00:00Z\nnot_after = 2200-01-01T00:00:00Z\n"
+                                 "grace_seconds = 60\nstorage_roots = [\"" +
+                                 root + "\"]\n[lease.quota]\nmax_ranks = 2\ngpu_hours = 1\nstorage_bytes = \"1GiB\"\n"
+                                 "[lease.policy]\ndevice_probe = \"warn\"\n"
+                                 "[[lease.alloc]]\nnode = \"" + host + "\"\ncpu_ranks = 2\n");
+  // --multi-prog carries no quoted arguments: the rank's script is a file.
+  write_file(dir / "seen.sh",
+             "#!/bin/sh\necho \"$SLURM_PROCID/$SLURM_STEP_NUM_TASKS $LEASETRAIN_LEASE $NCCL_SOCKET_IFNAME "
+             "[$CUDA_VISIBLE_DEVICES] [$NCCL_IB_HCA] [$SECRET_TOKEN]\" > $LEASETRAIN_JOB_DIR/seen-$SLURM_PROCID\n");
+  fs::permissions(dir / "seen.sh", fs::perms::owner_all);
+  const std::string cli = "timeout 120 " + std::string(LT_CLI);
+  RunResult r = run_sh(cli + " launch --manifest m.toml --lease l1 --job-id srun1 -- " + (dir / "seen.sh"), root,
+                       {{"NCCL_IB_HCA", "mlx5_3"}, {"SECRET_TOKEN", "x"}});
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_NE(r.err.find("leasetrain: srun "), std::string::npos) << r.both();
+  for (int rank = 0; rank < 2; ++rank) {
+    std::ifstream in(dir / ("jobs/srun1/seen-" + std::to_string(rank)));
+    std::string line;
+    std::getline(in, line);
+    EXPECT_EQ(line, std::to_string(rank) + "/2 l1 =lo [] [] []") << r.both();
+  }
+  AuditResult a = verify_log(dir / "usage.jsonl");
+  EXPECT_TRUE(a.ok) << a.reason;
+  std::ifstream in(dir / "usage.jsonl");
+  std::string l1;
+  std::getline(in, l1);
+  EXPECT_EQ(json::parse(l1)["launcher"], "srun");
 }
 
 }  // namespace
