@@ -297,23 +297,28 @@ void DataParallel::check_parameters(int64_t step) {
 std::unique_ptr<AdamW> DataParallel::gather_optimizer(const AdamW& sharded, const AdamWConfig& cfg) {
   LT_CHECK(zero_ && sharded.sharded(), "gather_optimizer is for ZeRO-1");
   Backend& be = model_->backend();
-  auto full = std::make_unique<AdamW>(cfg, *model_);
-  const int64_t cap = model_->flat_capacity(), n = model_->num_params();
+  // Bucket by bucket through one bucket-sized buffer: only rank 0 (which writes the file)
+  // holds the full state, so a model that fits thanks to ZeRO-1 still fits while it saves.
+  std::unique_ptr<AdamW> full = rank() == 0 ? std::make_unique<AdamW>(cfg, *model_) : nullptr;
+  const int64_t n = model_->num_params();
+  int64_t largest = 0;
+  for (const Bucket& b : buckets_) largest = std::max(largest, b.numel());
+  const Tensor gathered = be.empty(DType::F32, {largest});
   for (int which = 0; which < 2; which++) {
     const Tensor& local = which == 0 ? sharded.m() : sharded.v();
-    const Tensor gathered = be.zeros(DType::F32, {cap});
     int64_t at = 0;
     for (size_t k = 0; k < buckets_.size(); k++) {
       const Bucket& b = buckets_[k];
       const int64_t c = b.numel() / world();
       comm_->set_tag(std::string("optimizer ") + (which == 0 ? "m" : "v") + " bucket " + std::to_string(k + 1));
-      works_[k] = comm_->all_gather(gathered.view(b.lo, {b.numel()}), local.view(at, {c}));
+      comm_->all_gather(gathered.view(0, {b.numel()}), local.view(at, {c}))->wait();
       at += c;
+      const int64_t real = std::min(b.hi, n) - b.lo;  // the last bucket's padding is dropped
+      if (full && real > 0)
+        copy_f32(be, (which == 0 ? full->m() : full->v()).view(b.lo, {real}), gathered.view(0, {real}));
     }
-    for (const WorkPtr& w : works_) w->wait();
-    copy_f32(be, which == 0 ? full->m() : full->v(), gathered.view(0, {n}));
   }
-  full->set_steps_taken(sharded.steps_taken());
+  if (full) full->set_steps_taken(sharded.steps_taken());
   return full;
 }
 

@@ -97,7 +97,8 @@ class DataParallel {
   void check_parameters(int64_t step);
 
   // Checkpoints stay in the full format: a full optimizer with every rank's blocks gathered
-  // (collective), and the reverse (local: every rank reads the same full state).
+  // (collective; the full state is returned on rank 0 only, nullptr elsewhere), and the
+  // reverse (local: every rank reads the same full state).
   std::unique_ptr<AdamW> gather_optimizer(const AdamW& sharded, const AdamWConfig& cfg);
   void scatter_optimizer(const AdamW& full, AdamW& sharded);
 

@@ -38,7 +38,6 @@ DistEnv read_dist_env() {
     e.world = env_int("OMPI_COMM_WORLD_SIZE", 1);
     e.rank = env("OMPI_COMM_WORLD_RANK") ? env_int("OMPI_COMM_WORLD_RANK", 0) : 0;
     e.local_rank = env("OMPI_COMM_WORLD_LOCAL_RANK") ? env_int("OMPI_COMM_WORLD_LOCAL_RANK", 0) : 0;
-    e.local_world = env("OMPI_COMM_WORLD_LOCAL_SIZE") ? env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1) : 1;
     if (e.rank >= e.world)
       throw UserError("environment: OMPI_COMM_WORLD_RANK: expected less than OMPI_COMM_WORLD_SIZE (" +
                       std::to_string(e.world) + "), got " + std::to_string(e.rank));

@@ -13,7 +13,7 @@ namespace lt {
 
 struct DistEnv {
   int rank = 0, world = 1;
-  int local_rank = 0, local_world = 1;
+  int local_rank = 0;  // this host's rank: picks the GPU (the CUDA device index)
   std::string source = "none";  // "OMPI_COMM_WORLD_*", "SLURM_*" or "none"
 };
 

@@ -391,7 +391,7 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
     json st{{"step", step}, {"seed", cfg.seed}, {"total_steps", cfg.steps}, {"data", train.state()},
             {"init", init_ckpt}};
     if (world > 1) st["world"] = world;
-    // ZeRO-1: every rank sends its blocks; the checkpoint holds the full state either way.
+    // ZeRO-1: every rank sends its blocks to rank 0; the checkpoint holds the full state either way.
     std::unique_ptr<AdamW> full = optim->sharded() ? dp.gather_optimizer(*optim, cfg.optim) : nullptr;
     if (rank == 0) {
       result.last_checkpoint = save_checkpoint(o.out_dir, model, full ? *full : *optim, st);
