@@ -104,7 +104,7 @@ void add_bench_commands(CLI::App& app) {
     bool torch = false;
     // data parallel (--ranks)
     int ranks = 0, threads_per_rank = 1, zero = 0, repeat = 1;
-    std::string bucket_mb = "0.25,1,25", progress = "thread", dp_worker;
+    std::string bucket_mb = "0.25,1,25", progress = "poll", dp_worker;  // poll: as make train
     double first_bucket_mb = 1.0, worker_bucket_mb = 25;
     bool worker_overlap = true, worker_independent = false;
   };
@@ -132,7 +132,7 @@ void add_bench_commands(CLI::App& app) {
       ->capture_default_str();
   s->add_option("--first-bucket-mb", a->first_bucket_mb, "With --ranks: the first bucket's cap, MB")
       ->capture_default_str();
-  s->add_option("--progress", a->progress, "With --ranks: MPI progress, thread or poll (see runtime/comm.h)")
+  s->add_option("--progress", a->progress, "With --ranks: MPI progress, thread or poll (see runtime/comm.h; poll, as configs/tiny.toml, suits ranks that fill the cores)")
       ->check(CLI::IsMember({"thread", "poll"}))->capture_default_str();
   s->add_option("--threads-per-rank", a->threads_per_rank, "With --ranks: OpenMP threads per rank")
       ->check(CLI::PositiveNumber)->capture_default_str();
