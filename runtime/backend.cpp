@@ -48,6 +48,24 @@ void Backend::convert(const Tensor& dst, const Tensor& src) {
   from_host(dst, raw.data());
 }
 
+void Backend::matmul_forward_gelu(const Tensor& pre, const Tensor& out, const Tensor& inp, const Tensor& w,
+                                  const Tensor& bias) {
+  matmul_forward(pre, inp, w, bias);
+  gelu_forward(out, pre);
+}
+
+void Backend::matmul_forward_residual(const Tensor& out, const Tensor& inp, const Tensor& w, const Tensor& bias,
+                                      const Tensor& residual) {
+  matmul_forward(out, inp, w, bias);
+  residual_forward(out, residual, out);  // elementwise: in place is fine
+}
+
+void Backend::matmul_backward_gelu(const Tensor& dinp, const Tensor& dw, const Tensor& dbias, const Tensor& dout,
+                                   const Tensor& inp, const Tensor& w, const Tensor& pre) {
+  matmul_backward(dinp, dw, dbias, dout, inp, w);
+  gelu_backward(dinp, pre, dinp);  // elementwise: in place is fine
+}
+
 void Backend::grad_norm_clip(const Tensor& out, const Tensor& grads, float max_norm) {
   const float norm = (float)std::sqrt(sum_squares(grads));
   const float scale = max_norm > 0.f ? std::fmin(1.f, max_norm / (norm + 1e-6f)) : 1.f;

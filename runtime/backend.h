@@ -67,6 +67,20 @@ class Backend {
 
   // The dtype of activations, gradients and the weights the ops read.
   virtual DType compute_dtype() const { return DType::F32; }
+  // A linear layer with the elementwise op after it fused into the GEMM's epilogue, so the
+  // activation does not make a round trip through memory. The defaults run the two ops (what
+  // the CPU uses: fusing them into its GEMM's tiles measured slower than a separate pass over
+  // the L2-resident activation).
+  //   pre = inp W^T + bias, out = gelu(pre)   (pre is what gelu_backward reads)
+  virtual void matmul_forward_gelu(const Tensor& pre, const Tensor& out, const Tensor& inp, const Tensor& w,
+                                   const Tensor& bias);
+  //   out = residual + inp W^T + bias         (the block's residual adds)
+  virtual void matmul_forward_residual(const Tensor& out, const Tensor& inp, const Tensor& w, const Tensor& bias,
+                                       const Tensor& residual);
+  //   matmul_backward with dinp = gelu'(pre) * (dout W): the input gradient of gelu(pre) when
+  //   inp = gelu(pre) (dinp may alias nothing else)
+  virtual void matmul_backward_gelu(const Tensor& dinp, const Tensor& dw, const Tensor& dbias, const Tensor& dout,
+                                    const Tensor& inp, const Tensor& w, const Tensor& pre);
   // What attention_forward saves for backward, for a [B,T,C] input of n_head heads. Default:
   // the probabilities [B,NH,T,T] fp32 (the CUDA flash kernels keep a log-sum-exp [B,NH,T]).
   virtual Tensor attention_state(int B, int n_head, int T, int C) const {

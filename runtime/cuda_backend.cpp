@@ -258,53 +258,26 @@ class CudaBackend final : public Backend {
   }
 
   void matmul_forward(const Tensor& out, const Tensor& inp, const Tensor& w, const Tensor& bias) override {
-    same_dtype({&out, &inp, &w, bias.buf ? &bias : &out}, "matmul_forward");
-    cuda::GemmArgs a;
-    a.layout = cuda::Layout::NT;
-    a.M = rows(inp);
-    a.N = (int)w.dim(0);
-    a.K = (int)inp.dim(-1);
-    a.A = inp.raw();
-    a.B = w.raw();
-    a.C = out.raw();
-    a.in_type = a.out_type = gemm_type(out.dtype);
-    if (bias.buf) {
-      a.epilogue = cuda::Epilogue::Bias;
-      a.bias = bias.raw();
-    }
-    gemm(a);
+    linear_forward(out, inp, w, bias, cuda::Epilogue::None, Tensor{}, Tensor{});
+  }
+  void matmul_forward_gelu(const Tensor& pre, const Tensor& out, const Tensor& inp, const Tensor& w,
+                           const Tensor& bias) override {
+    same_dtype({&pre, &out}, "matmul_forward_gelu");
+    linear_forward(out, inp, w, bias, cuda::Epilogue::Gelu, pre, Tensor{});
+  }
+  void matmul_forward_residual(const Tensor& out, const Tensor& inp, const Tensor& w, const Tensor& bias,
+                               const Tensor& residual) override {
+    same_dtype({&out, &residual}, "matmul_forward_residual");
+    linear_forward(out, inp, w, bias, cuda::Epilogue::Residual, Tensor{}, residual);
   }
   void matmul_backward(const Tensor& dinp, const Tensor& dw, const Tensor& dbias, const Tensor& dout,
                        const Tensor& inp, const Tensor& w) override {
-    same_dtype({&dw, &dout, &inp, &w}, "matmul_backward");
-    const int N = rows(inp), C = (int)inp.dim(-1), OC = (int)w.dim(0);
-    const cuda::DataType dt = gemm_type(dout.dtype);
-    if (dinp.buf) {  // dinp[N,C] = dout[N,OC] @ w[OC,C]
-      same_dtype({&dinp, &dout}, "matmul_backward dinp");
-      cuda::GemmArgs a;
-      a.layout = cuda::Layout::NN;
-      a.M = N, a.N = C, a.K = OC;
-      a.A = dout.raw(), a.B = w.raw(), a.C = dinp.raw();
-      a.in_type = a.out_type = dt;
-      gemm(a);
-    }
-    {  // dw[OC,C] += dout^T @ inp
-      cuda::GemmArgs a;
-      a.layout = cuda::Layout::TN;
-      a.M = OC, a.N = C, a.K = N;
-      a.A = dout.raw(), a.B = inp.raw(), a.C = dw.raw();
-      a.in_type = a.out_type = dt;
-      a.beta = 1.f;
-      gemm(a);
-    }
-    if (dbias.buf) {
-      same_dtype({&dbias, &dout}, "matmul_backward dbias");
-      void* scratch = scratch_.get(cuda::bias_backward_scratch_bytes(N, OC), stream_);
-      dispatch(dout.dtype, [&](auto tag) {
-        using F = decltype(tag);
-        cuda::bias_backward<F>(ptr<F>(dbias), scratch, ptr<F>(dout), N, OC, stream_);
-      });
-    }
+    linear_backward(dinp, dw, dbias, dout, inp, w, Tensor{});
+  }
+  void matmul_backward_gelu(const Tensor& dinp, const Tensor& dw, const Tensor& dbias, const Tensor& dout,
+                            const Tensor& inp, const Tensor& w, const Tensor& pre) override {
+    same_dtype({&dinp, &pre}, "matmul_backward_gelu");
+    linear_backward(dinp, dw, dbias, dout, inp, w, pre);
   }
 
   Tensor attention_state(int B, int n_head, int T, int C) const override {
@@ -443,6 +416,68 @@ class CudaBackend final : public Backend {
     for (const Tensor* t : ts) {
       LT_CHECK(t->buf && t->device() == Device::CUDA, std::string(op) + ": a tensor is not on the CUDA device");
       LT_CHECK(t->dtype == dt, std::string(op) + ": mixed dtypes (" + to_string(dt) + ", " + to_string(t->dtype) + ")");
+    }
+  }
+
+  // out = inp W^T (+ bias) and then, in the GEMM's epilogue, `extra`: Gelu (out = gelu(v), the
+  // pre-activation v to `pre`) or Residual (v += residual). All [N, OC], packed.
+  void linear_forward(const Tensor& out, const Tensor& inp, const Tensor& w, const Tensor& bias,
+                      cuda::Epilogue extra, const Tensor& pre, const Tensor& residual) {
+    same_dtype({&out, &inp, &w, bias.buf ? &bias : &out}, "matmul_forward");
+    cuda::GemmArgs a;
+    a.layout = cuda::Layout::NT;
+    a.M = rows(inp);
+    a.N = (int)w.dim(0);
+    a.K = (int)inp.dim(-1);
+    a.A = inp.raw();
+    a.B = w.raw();
+    a.C = out.raw();
+    a.in_type = a.out_type = gemm_type(out.dtype);
+    a.epilogue = extra;
+    if (bias.buf) {
+      a.epilogue = a.epilogue | cuda::Epilogue::Bias;
+      a.bias = bias.raw();
+    }
+    if (pre.buf) a.aux = pre.raw();
+    if (residual.buf) a.residual = residual.raw();
+    gemm(a);
+  }
+  // dinp = dout W (times gelu'(pre) in the epilogue when `pre` is given), dw += dout^T inp,
+  // dbias += column sums of dout.
+  void linear_backward(const Tensor& dinp, const Tensor& dw, const Tensor& dbias, const Tensor& dout,
+                       const Tensor& inp, const Tensor& w, const Tensor& pre) {
+    same_dtype({&dw, &dout, &inp, &w}, "matmul_backward");
+    const int N = rows(inp), C = (int)inp.dim(-1), OC = (int)w.dim(0);
+    const cuda::DataType dt = gemm_type(dout.dtype);
+    if (dinp.buf) {  // dinp[N,C] = dout[N,OC] @ w[OC,C]
+      same_dtype({&dinp, &dout}, "matmul_backward dinp");
+      cuda::GemmArgs a;
+      a.layout = cuda::Layout::NN;
+      a.M = N, a.N = C, a.K = OC;
+      a.A = dout.raw(), a.B = w.raw(), a.C = dinp.raw();
+      a.in_type = a.out_type = dt;
+      if (pre.buf) {
+        a.epilogue = cuda::Epilogue::GeluGrad;
+        a.aux = pre.raw();
+      }
+      gemm(a);
+    }
+    {  // dw[OC,C] += dout^T @ inp
+      cuda::GemmArgs a;
+      a.layout = cuda::Layout::TN;
+      a.M = OC, a.N = C, a.K = N;
+      a.A = dout.raw(), a.B = inp.raw(), a.C = dw.raw();
+      a.in_type = a.out_type = dt;
+      a.beta = 1.f;
+      gemm(a);
+    }
+    if (dbias.buf) {
+      same_dtype({&dbias, &dout}, "matmul_backward dbias");
+      void* scratch = scratch_.get(cuda::bias_backward_scratch_bytes(N, OC), stream_);
+      dispatch(dout.dtype, [&](auto tag) {
+        using F = decltype(tag);
+        cuda::bias_backward<F>(ptr<F>(dbias), scratch, ptr<F>(dout), N, OC, stream_);
+      });
     }
   }
 

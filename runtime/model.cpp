@@ -115,8 +115,8 @@ void GPT::ensure_activations(int B, int T) {
   tokens_ = be_->empty(DType::I32, {B, T});
   targets_ = be_->empty(DType::I32, {B, T});
   encoded_ = act(C);
-  for (auto* v : {&ln1_, &ln1_mean_, &ln1_rstd_, &qkv_, &atty_, &att_, &attproj_, &res2_, &ln2_, &ln2_mean_,
-                  &ln2_rstd_, &fch_, &fch_gelu_, &fcproj_, &res3_})
+  for (auto* v : {&ln1_, &ln1_mean_, &ln1_rstd_, &qkv_, &atty_, &att_, &res2_, &ln2_, &ln2_mean_, &ln2_rstd_,
+                  &fch_, &fch_gelu_, &res3_})
     v->assign(L, Tensor{});
   for (int64_t l = 0; l < L; l++) {
     ln1_[l] = act(C);
@@ -125,14 +125,12 @@ void GPT::ensure_activations(int B, int T) {
     qkv_[l] = act(3 * C);
     atty_[l] = act(C);
     att_[l] = be_->attention_state(B, (int)NH, T, (int)C);
-    attproj_[l] = act(C);
     res2_[l] = act(C);
     ln2_[l] = act(C);
     ln2_mean_[l] = stat();
     ln2_rstd_[l] = stat();
     fch_[l] = act(4 * C);
     fch_gelu_[l] = act(4 * C);
-    fcproj_[l] = act(C);
     res3_[l] = act(C);
   }
   lnf_ = act(C);
@@ -147,7 +145,6 @@ void GPT::ensure_activations(int B, int T) {
   dqkv_ = act(3 * C);
   datty_ = act(C);
   dfch_ = act(4 * C);
-  dfch_gelu_ = act(4 * C);
   B_ = B;
   T_ = T;
 }
@@ -200,13 +197,10 @@ void GPT::run_forward(const int32_t* tokens, const int32_t* targets, int B, int 
     be.layernorm_forward(ln1_[l], ln1_mean_[l], ln1_rstd_[l], x, P(l, LN1W), P(l, LN1B));
     be.matmul_forward(qkv_[l], ln1_[l], P(l, QKVW), P(l, QKVB));
     be.attention_forward(atty_[l], att_[l], qkv_[l], NH);
-    be.matmul_forward(attproj_[l], atty_[l], P(l, PROJW), P(l, PROJB));
-    be.residual_forward(res2_[l], x, attproj_[l]);
+    be.matmul_forward_residual(res2_[l], atty_[l], P(l, PROJW), P(l, PROJB), x);
     be.layernorm_forward(ln2_[l], ln2_mean_[l], ln2_rstd_[l], res2_[l], P(l, LN2W), P(l, LN2B));
-    be.matmul_forward(fch_[l], ln2_[l], P(l, FCW), P(l, FCB));
-    be.gelu_forward(fch_gelu_[l], fch_[l]);
-    be.matmul_forward(fcproj_[l], fch_gelu_[l], P(l, FCPW), P(l, FCPB));
-    be.residual_forward(res3_[l], res2_[l], fcproj_[l]);
+    be.matmul_forward_gelu(fch_[l], fch_gelu_[l], ln2_[l], P(l, FCW), P(l, FCB));
+    be.matmul_forward_residual(res3_[l], fch_gelu_[l], P(l, FCPW), P(l, FCPB), res2_[l]);
     x = res3_[l];
   }
   be.layernorm_forward(lnf_, lnf_mean_, lnf_rstd_, x, W(lnf_w), W(lnf_b));
@@ -245,8 +239,7 @@ void GPT::backward(float loss_scale) {
   // dres_ carries the residual stream's gradient down the layers; layernorm_backward adds to it.
   for (int l = L - 1; l >= 0; l--) {
     const Tensor& x = l == 0 ? encoded_ : res3_[l - 1];
-    be.matmul_backward(dfch_gelu_, G(l, FCPW), G(l, FCPB), dres_, fch_gelu_[l], P(l, FCPW));
-    be.gelu_backward(dfch_, fch_[l], dfch_gelu_);
+    be.matmul_backward_gelu(dfch_, G(l, FCPW), G(l, FCPB), dres_, fch_gelu_[l], P(l, FCPW), fch_[l]);
     be.matmul_backward(dln_, G(l, FCW), G(l, FCB), dfch_, ln2_[l], P(l, FCW));
     be.layernorm_backward(dres_, G(l, LN2W), G(l, LN2B), dln_, res2_[l], P(l, LN2W), ln2_mean_[l], ln2_rstd_[l]);
     be.matmul_backward(datty_, G(l, PROJW), G(l, PROJB), dres_, atty_[l], P(l, PROJW));

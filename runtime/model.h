@@ -108,14 +108,14 @@ class GPT {
   int B_ = 0, T_ = 0;
   Tensor tokens_, targets_;
   Tensor encoded_;                 // [B,T,C]
-  std::vector<Tensor> ln1_, ln1_mean_, ln1_rstd_, qkv_, atty_, att_, attproj_, res2_, ln2_,
-      ln2_mean_, ln2_rstd_, fch_, fch_gelu_, fcproj_, res3_;
+  std::vector<Tensor> ln1_, ln1_mean_, ln1_rstd_, qkv_, atty_, att_, res2_, ln2_, ln2_mean_, ln2_rstd_,
+      fch_, fch_gelu_, res3_;
   Tensor lnf_, lnf_mean_, lnf_rstd_, logits_, losses_;
   Tensor sync_losses_;                 // forward()'s losses [B,T]
   std::vector<Tensor> async_losses_;   // forward_async()'s, one [B,T] per call until take_losses()
   size_t pending_losses_ = 0;
   // Gradient scratch, reused by every layer.
-  Tensor dres_, dln_, dqkv_, datty_, dfch_, dfch_gelu_;
+  Tensor dres_, dln_, dqkv_, datty_, dfch_;
   bool have_targets_ = false;
   GradReadyHook grad_hook_;
 };

@@ -409,20 +409,25 @@ TEST(Cli, EmbeddedLocalLeaseNeedsNoManifest) {
   EXPECT_EQ(j["plan"]["usage_log"], "");
 }
 
+// A manifest naming this host with lease l1 of two CPU ranks, storage under `root`.
+std::string two_cpu_rank_manifest(const std::string& host, const std::string& root) {
+  return "[operator]\nid = \"test\"\n[[node]]\nhostname = \"" + host +
+         "\"\n[[tenant]]\nid = \"t\"\n[[lease]]\nid = \"l1\"\ntenant = \"t\"\n"
+         "not_before = 2020-01-01T00:00:00Z\nnot_after = 2200-01-01T00:00:00Z\n"
+         "grace_seconds = 60\nstorage_roots = [\"" +
+         root + "\"]\n[lease.quota]\nmax_ranks = 2\ngpu_hours = 1\nstorage_bytes = \"1GiB\"\n"
+         // warn: on a GPU machine this CPU-only lease leaves the GPUs' nodes open
+         "[lease.policy]\ndevice_probe = \"warn\"\n"
+         "[[lease.alloc]]\nnode = \"" + host + "\"\ncpu_ranks = 2\n";
+}
+
 // A real job on this machine: a manifest naming this host with two CPU ranks, each rank
 // writing what it received into the job directory.
 TEST(RealMpirun, TwoRanksGetTheirOwnEnvironmentAndAUsageRecord) {
   if (run_sh("command -v mpirun").code != 0) GTEST_SKIP() << "mpirun not installed";
   TempDir dir;
   const std::string host = local_hostname(), root = dir.path.string();
-  write_file(dir / "m.toml", "[operator]\nid = \"test\"\n[[node]]\nhostname = \"" + host +
-                                 "\"\n[[tenant]]\nid = \"t\"\n[[lease]]\nid = \"l1\"\ntenant = \"t\"\n"
-                                 "not_before = 2020-01-01T00:00:00Z\nnot_after = 2200-01-01T00:00:00Z\n"
-                                 "grace_seconds = 60\nstorage_roots = [\"" +
-                                 root + "\"]\n[lease.quota]\nmax_ranks = 2\ngpu_hours = 1\nstorage_bytes = \"1GiB\"\n"
-                                 // warn: on a GPU machine this CPU-only lease leaves the GPUs' nodes open
-                                 "[lease.policy]\ndevice_probe = \"warn\"\n"
-                                 "[[lease.alloc]]\nnode = \"" + host + "\"\ncpu_ranks = 2\n");
+  write_file(dir / "m.toml", two_cpu_rank_manifest(host, root));
   const std::string script =
       "echo \"$OMPI_COMM_WORLD_RANK $LEASETRAIN_LEASE $NCCL_SOCKET_IFNAME [$CUDA_VISIBLE_DEVICES] [$NCCL_IB_HCA] "
       "[$SECRET_TOKEN]\" > $LEASETRAIN_JOB_DIR/seen-$OMPI_COMM_WORLD_RANK";
@@ -467,13 +472,7 @@ TEST(RealSrun, TwoRanksInsideAnAllocation) {
   if (run_sh("command -v srun").code != 0) GTEST_SKIP() << "srun not installed";
   TempDir dir;
   const std::string host = local_hostname(), root = dir.path.string();
-  write_file(dir / "m.toml", "[operator]\nid = \"test\"\n[[node]]\nhostname = \"" + host +
-                                 "\"\n[[tenant]]\nid = \"t\"\n[[lease]]\nid = \"l1\"\ntenant = \"t\"\n"
-                                 "not_before = 2020-01-01T00:00:00Z\nnot_after = 2200-01-01T00:00:00Z\n"
-                                 "grace_seconds = 60\nstorage_roots = [\"" +
-                                 root + "\"]\n[lease.quota]\nmax_ranks = 2\ngpu_hours = 1\nstorage_bytes = \"1GiB\"\n"
-                                 "[lease.policy]\ndevice_probe = \"warn\"\n"
-                                 "[[lease.alloc]]\nnode = \"" + host + "\"\ncpu_ranks = 2\n");
+  write_file(dir / "m.toml", two_cpu_rank_manifest(host, root));
   // --multi-prog carries no quoted arguments: the rank's script is a file.
   write_file(dir / "seen.sh",
              "#!/bin/sh\necho \"$SLURM_PROCID/$SLURM_STEP_NUM_TASKS $LEASETRAIN_LEASE $NCCL_SOCKET_IFNAME "
