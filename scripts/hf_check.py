@@ -12,7 +12,7 @@ non-overlapping, from the start of the shard: llm.c's validation convention):
     by save_pretrained into a temporary directory, evaluated by both (what `train --init`
     reads).
 Prints one JSON line per direction. Exit 0 when every pair agrees to 1e-4 relative, 1 when
-one does not.
+one does not, 2 on bad input (one line naming the file and what was expected).
 
 transformers is not packaged in Debian 12, so this is a manual check, not part of `make
 test`; it needs transformers (with its tokenizers, safetensors and huggingface_hub) next to
@@ -20,6 +20,7 @@ Debian's python3-torch. NOTES.md records the run.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,14 +28,23 @@ import tempfile
 import numpy as np
 
 
+def bad_input(msg):
+    print(msg, file=sys.stderr)
+    sys.exit(2)
+
+
 def read_shard(path, need):
-    with open(path, "rb") as f:
-        header = np.frombuffer(f.read(256 * 4), dtype=np.int32)
-        if len(header) != 256 or header[0] != 20240520 or header[1] != 1:
-            sys.exit(f"{path}: header: expected an llm.c token shard (magic 20240520, version 1)")
-        tokens = np.frombuffer(f.read(), dtype=np.uint16)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        bad_input(f"{path}: cannot read: {e.strerror}")
+    header = np.frombuffer(raw[:1024], dtype=np.int32) if len(raw) >= 1024 else None
+    if header is None or header[0] != 20240520 or header[1] != 1 or (len(raw) - 1024) % 2:
+        bad_input(f"{path}: header: expected an llm.c token shard (magic 20240520, version 1)")
+    tokens = np.frombuffer(raw[1024:], dtype=np.uint16)
     if len(tokens) < need:
-        sys.exit(f"{path}: token count: expected at least {need}, got {len(tokens)}")
+        bad_input(f"{path}: token count: expected at least {need}, got {len(tokens)}")
     return tokens.astype(np.int64)
 
 
@@ -84,6 +94,9 @@ def main():
                           "agree": rel < 1e-4}))
         return rel < 1e-4
 
+    for f in ("config.json", "model.safetensors"):
+        if not os.path.isfile(os.path.join(a.checkpoint, f)):
+            bad_input(f"{a.checkpoint}: {f}: expected a checkpoint directory holding it")
     ours_model = GPT2LMHeadModel.from_pretrained(a.checkpoint)
     ok = report("leasetrain->transformers", a.checkpoint, ours_model)
     torch.manual_seed(0)
