@@ -184,10 +184,20 @@ void DataParallel::finish_gradients() {
   LT_CHECK(sync_, "finish_gradients() without begin_micro_step(true)");
   const auto t0 = Clock::now();  // this rank's backward is over
   while (next_ < buckets_.size()) launch(next_++);
+  // The wall time during which at least one bucket's collective ran with every rank present
+  // (the union of their intervals: with poll progress several are in flight at once), and
+  // the part of it before this rank's backward ended.
+  std::vector<std::pair<Clock::time_point, Clock::time_point>> ran;
   for (const WorkPtr& w : works_) {
     w->wait();
-    stats_.comm_ms += ms_between(w->all_arrived(), w->finished());
-    stats_.hidden_ms += std::max(0.0, ms_between(w->all_arrived(), std::min(w->finished(), t0)));
+    if (w->finished() > w->all_arrived()) ran.emplace_back(w->all_arrived(), w->finished());
+  }
+  std::sort(ran.begin(), ran.end());
+  for (size_t i = 0; i < ran.size();) {
+    auto [lo, hi] = ran[i];
+    for (i++; i < ran.size() && ran[i].first <= hi; i++) hi = std::max(hi, ran[i].second);
+    stats_.comm_ms += ms_between(lo, hi);
+    stats_.hidden_ms += std::max(0.0, ms_between(lo, std::min(hi, t0)));
   }
   const auto t1 = Clock::now();
   stats_.exposed_ms = ms_between(t0, t1);

@@ -48,8 +48,9 @@ struct ReduceStats {
   // finish_gradients(): waiting after this rank's backward ended, for reductions to run and
   // for slower ranks to arrive (skew).
   double exposed_ms = 0;
-  // Sum over buckets of the time each collective ran with every rank present, and the part
-  // of it before this rank's backward ended (hidden behind compute).
+  // Wall time during which some bucket's collective ran with every rank present (the union
+  // of their intervals), and the part of it before this rank's backward ended (hidden
+  // behind compute).
   double comm_ms = 0, hidden_ms = 0;
   double step_comm_ms = 0;  // optimizer step's collectives (ZeRO-1 norm and all-gather)
 };
