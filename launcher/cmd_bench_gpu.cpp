@@ -3,13 +3,13 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "launcher/commands.h"
+#include "launcher/manifest.h"
 #include "runtime/backend.h"
 #include "runtime/error.h"
 
@@ -36,26 +36,6 @@ void require_gpu(const char* what) {
                "configured)\n", what);
 #endif
   std::exit(1);
-}
-
-[[maybe_unused]] void write_json(const std::string& path, const json& j) {
-  if (path.empty()) return;
-  if (path == "-") {
-    std::printf("%s\n", j.dump(2).c_str());
-    return;
-  }
-  std::ofstream f(path);
-  f << j.dump(2) << "\n";
-  if (!f) throw UserError(path + ": cannot write");
-}
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, sep))
-    if (!item.empty()) out.push_back(item);
-  return out;
 }
 
 int parse_positive(const std::string& flag, const std::string& v) {
@@ -110,12 +90,12 @@ void add_gpu_bench_commands(CLI::App* bench) {
     };
     std::vector<Shape> shapes;
     for (const std::string& s : g->shapes) {
-      const std::vector<std::string> d = split(s, 'x');
+      const std::vector<std::string> d = lease::split(s, 'x');
       if (d.size() != 3) throw UserError("--shape: expected MxNxK such as 4096x4096x4096, got '" + s + "'");
       shapes.push_back({parse_positive("--shape", d[0]), parse_positive("--shape", d[1]),
                         parse_positive("--shape", d[2])});
     }
-    const std::vector<std::string> layouts = split(g->layouts, ',');
+    const std::vector<std::string> layouts = lease::split(g->layouts, ',');
     for (const std::string& l : layouts)
       if (l != "NT" && l != "NN" && l != "TN") throw UserError("--layouts: expected NT, NN or TN, got '" + l + "'");
     if (layouts.empty()) throw UserError("--layouts: expected at least one of NT, NN, TN");
@@ -146,7 +126,8 @@ void add_gpu_bench_commands(CLI::App* bench) {
                       {"max_ms", x.max_ms}, {"tflops", x.tflops}, {"pct_peak", x.pct_peak},
                       {"vs_cublas", x.vs_cublas}, {"rel_err", x.rel_err}, {"correct", x.correct}});
     }
-    write_json(g->json_out, json{{"bench", "gemm"}, {"device", r.device}, {"sm_count", r.sm_count},
+    if (!g->json_out.empty())
+      write_json_output(g->json_out, json{{"bench", "gemm"}, {"device", r.device}, {"sm_count", r.sm_count},
                                  {"clock_mhz", r.clock_mhz}, {"flops_per_clk_sm", r.flops_per_clk_sm},
                                  {"peak_tflops", r.peak_tflops}, {"dtype", "bf16"}, {"warmup", g->warmup},
                                  {"iters", g->iters}, {"l2_flushed", !g->no_flush}, {"rows", rows}});
@@ -176,7 +157,7 @@ void add_gpu_bench_commands(CLI::App* bench) {
   ac->add_option("--json", a->json_out, "Also write the results as JSON to this file ('-' for stdout)");
   ac->callback([a] {
     std::vector<int> dims;
-    for (const std::string& d : split(a->head_dims, ',')) {
+    for (const std::string& d : lease::split(a->head_dims, ',')) {
       const int v = parse_positive("--head-dim", d);
       if (v != 64 && v != 128) throw UserError("--head-dim: the flash kernels take 64 or 128, got " + d);
       dims.push_back(v);
@@ -203,8 +184,8 @@ void add_gpu_bench_commands(CLI::App* bench) {
                       {"pct_peak", x.pct_peak}, {"rel_err", x.rel_err}, {"check_T", x.check_T},
                       {"check_NH", x.check_NH}, {"correct", x.correct}});
     }
-    write_json(a->json_out,
-               json{{"bench", "attention"}, {"device", r.device}, {"sm_count", r.sm_count}, {"clock_mhz", r.clock_mhz},
+    if (!a->json_out.empty())
+      write_json_output(a->json_out, json{{"bench", "attention"}, {"device", r.device}, {"sm_count", r.sm_count}, {"clock_mhz", r.clock_mhz},
                     {"flops_per_clk_sm", r.flops_per_clk_sm}, {"peak_tflops", r.peak_tflops},
                     {"flops_convention", "FlashAttention-2: fwd 4*B*T^2*NH*D / 2 (causal), bwd 2.5x fwd"},
                     {"warmup", a->warmup}, {"iters", a->iters}, {"l2_flushed", !a->no_flush}, {"rows", rows}});

@@ -471,6 +471,15 @@ bool is_lease_controlled_env(std::string_view n) {
   return names.count(n) > 0 || n.rfind("LEASETRAIN_", 0) == 0;
 }
 
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string part;
+  while (std::getline(ss, part, sep))
+    if (!part.empty()) out.push_back(part);
+  return out;
+}
+
 std::string format_time(TimePoint t) {
   using namespace std::chrono;
   sys_days d = floor<days>(t);

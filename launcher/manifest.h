@@ -145,6 +145,9 @@ bool is_mig_uuid(std::string_view s);
 // for the same device compare equal.
 std::string uuid_key(std::string_view s);
 
+// The non-empty pieces of s between separators: "a,,b," -> {"a", "b"}.
+std::vector<std::string> split(const std::string& s, char sep);
+
 std::string format_time(TimePoint t);  // 2025-06-01T00:00:00Z
 // Accepts YYYY-MM-DDTHH:MM:SSZ (or an explicit +HH:MM offset); UserError otherwise.
 TimePoint parse_time(std::string_view s);

@@ -31,15 +31,6 @@ std::string get(const EnvMap& vars, const std::string& k) {
   return it == vars.end() ? std::string() : it->second;
 }
 
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string part;
-  while (std::getline(ss, part, sep))
-    if (!part.empty()) out.push_back(part);
-  return out;
-}
-
 std::string short_host(const std::string& h) { return h.substr(0, h.find('.')); }
 
 bool opens(const std::string& path) {

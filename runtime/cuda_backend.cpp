@@ -179,16 +179,7 @@ class CudaBackend final : public Backend {
   }
   void from_host(const Tensor& dst, const void* src) override {
     check_device(dst, "from_host");
-    const size_t n = dst.nbytes();
-    if (n == 0) return;
-    if (n <= Staging::kMaxBytes) {
-      staging_.copy(dst.raw(), src, n, stream_);
-      return;
-    }
-    // Large (weights at load time): straight from pageable memory, then wait, so `src` may
-    // be freed when this returns.
-    ck(cudaMemcpyAsync(dst.raw(), src, n, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync to device");
-    ck(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    copy_to_device(dst.raw(), src, dst.nbytes());
   }
   void synchronize() override { ck(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
 
@@ -201,13 +192,7 @@ class CudaBackend final : public Backend {
                         std::to_string(vocab_size) + ")");
     const cuda::EncoderBackwardPlan plan = cuda::encoder_backward_plan(host, B, T, vocab_size);
     const size_t bytes = plan.data.size() * sizeof(int32_t);
-    void* d = plan_dev_.get(bytes, stream_);
-    if (bytes <= Staging::kMaxBytes) {
-      staging_.copy(d, plan.data.data(), bytes, stream_);
-    } else {
-      ck(cudaMemcpyAsync(d, plan.data.data(), bytes, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
-      ck(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
-    }
+    copy_to_device(plan_dev_.get(bytes, stream_), plan.data.data(), bytes);
     plan_for_ = dst.raw();
     plan_buckets_ = plan.num_buckets;
   }
@@ -407,6 +392,15 @@ class CudaBackend final : public Backend {
   bool use_flash(int head_dim) const { return opt_.precision == DType::BF16 && cuda::attention_supported(head_dim); }
   static bool is_lse(const Tensor& att, int B, int NH, int T) {
     return att.shape == std::vector<int64_t>{B, NH, T};
+  }
+  // Host to device on the stream; `src` may be reused when this returns. Small copies go
+  // through pinned staging without waiting; large ones (weights at load time) straight from
+  // pageable memory, then a wait.
+  void copy_to_device(void* dst, const void* src, size_t n) {
+    if (n == 0) return;
+    if (n <= Staging::kMaxBytes) return staging_.copy(dst, src, n, stream_);
+    ck(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync to device");
+    ck(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
   static void check_device(const Tensor& t, const char* op) {
     LT_CHECK(t.buf && t.device() == Device::CUDA, std::string(op) + ": not a CUDA tensor");
