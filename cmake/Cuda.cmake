@@ -64,16 +64,17 @@ if(NOT LEASETRAIN_BUILD_TESTS)
 endif()
 enable_testing()
 
-# cuda-compile: PTX of the tensor-core sources (compute_80: mma.sync is the same on every arch
-# built), then a script that fails unless every named kernel contains mma.sync, ldmatrix and
-# cp.async. Costs one front-end pass per file; no ptxas.
+# cuda-compile: PTX of the kernel sources (compute_80: mma.sync is the same on every arch built),
+# then two scripts: one fails unless every named tensor-core kernel contains mma.sync, ldmatrix
+# and cp.async; the other assembles the PTX with ptxas for every architecture built and fails if
+# any kernel spills registers or needs a stack frame (slow, and invisible to numeric tests).
 set(LT_PTX_DIR ${CMAKE_CURRENT_BINARY_DIR}/ptx)
 set(LT_PTX_FILES "")
 set(LT_PTX_HOST_FLAGS "")
 if(CMAKE_CUDA_HOST_COMPILER)
   set(LT_PTX_HOST_FLAGS -ccbin ${CMAKE_CUDA_HOST_COMPILER})
 endif()
-foreach(name gemm attention)
+foreach(name gemm attention ops)
   set(ptx ${LT_PTX_DIR}/${name}.compute_80.ptx)
   add_custom_command(OUTPUT ${ptx}
     COMMAND ${CMAKE_COMMAND} -E make_directory ${LT_PTX_DIR}
@@ -90,6 +91,28 @@ add_test(NAME cuda_ptx_uses_mma_sync
           "-DPATTERNS=mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32;ldmatrix.sync.aligned.m8n8.x4;cp.async.cg.shared.global"
           -P ${PROJECT_SOURCE_DIR}/tests/cuda/check_ptx_mma.cmake)
 set_tests_properties(cuda_ptx_uses_mma_sync PROPERTIES LABELS cuda-compile)
+find_program(LT_PTXAS ptxas HINTS ${CUDAToolkit_BIN_DIR} NO_CACHE)
+if(LT_PTXAS)
+  add_test(NAME cuda_kernels_do_not_spill
+    COMMAND ${CMAKE_COMMAND} -DPTXAS=${LT_PTXAS} "-DPTX_FILES=${LT_PTX_FILES}" "-DARCHS=${CMAKE_CUDA_ARCHITECTURES}"
+            -P ${PROJECT_SOURCE_DIR}/tests/cuda/check_ptxas_resources.cmake)
+  # The check can fail: a fixture kernel that needs local memory must be reported.
+  set(lm_ptx ${LT_PTX_DIR}/local_memory.compute_80.ptx)
+  add_custom_command(OUTPUT ${lm_ptx}
+    COMMAND ${CMAKE_COMMAND} -E make_directory ${LT_PTX_DIR}
+    COMMAND ${CMAKE_CUDA_COMPILER} ${LT_PTX_HOST_FLAGS} -O3 -arch=compute_80 -ptx
+            ${PROJECT_SOURCE_DIR}/tests/cuda/fixtures/local_memory.cu -o ${lm_ptx}
+    DEPENDS ${PROJECT_SOURCE_DIR}/tests/cuda/fixtures/local_memory.cu VERBATIM)
+  add_custom_target(leasetrain_cuda_ptx_fixture ALL DEPENDS ${lm_ptx})
+  add_test(NAME cuda_kernels_spill_check_catches_local_memory
+    COMMAND ${CMAKE_COMMAND} -DPTXAS=${LT_PTXAS} -DPTX_FILES=${lm_ptx} -DARCHS=80
+            -P ${PROJECT_SOURCE_DIR}/tests/cuda/check_ptxas_resources.cmake)
+  set_tests_properties(cuda_kernels_do_not_spill PROPERTIES LABELS cuda-compile)
+  set_tests_properties(cuda_kernels_spill_check_catches_local_memory PROPERTIES LABELS cuda-compile
+    PASS_REGULAR_EXPRESSION "FAILED, kernels use local memory.*local_memory_kernel.*256 B stack")
+else()
+  message(STATUS "leasetrain: no ptxas next to nvcc: the register-spill check is not run")
+endif()
 
 find_package(GTest REQUIRED)
 include(GoogleTest)
