@@ -275,6 +275,9 @@ fi
 bench_has() { "$LT" bench --help 2>/dev/null | grep -q "^  $1 "; }  # listed among bench's subcommands
 if [ -x "$LT" ] && bench_has gemm; then
   stage bench-gemm 90 15 "$LT" bench gemm --iters 20 --warmup 3 --json "$OUTDIR/bench_gemm.json"
+  # Every CTA tile at the 4096^3 target, to set gemm()'s Auto rule from measurements.
+  stage bench-gemm-tiles 60 15 "$LT" bench gemm --tiles --shape 4096x4096x4096 --iters 20 --warmup 3 \
+    --json "$OUTDIR/bench_gemm_tiles.json"
 else
   note "bench-gemm: this leasetrain has no 'bench gemm' (launcher/cmd_bench.cpp must call add_gpu_bench_commands)"
   printf 'bench-gemm\tmissing\t0\t0\n' >>"$STAGES_TSV"
@@ -358,7 +361,7 @@ for run in ("gpt2-124m", "gpt2-124m-cublas", "tiny", "tiny-fp32"):
         "steps": rows[-1]["step"], "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
         "median_tokens_per_s_second_half": tps[len(tps) // 2], "median_ms_second_half": ms[len(ms) // 2],
         "val_loss": next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None)}
-for b in ("bench_gemm", "bench_attention"):
+for b in ("bench_gemm", "bench_gemm_tiles", "bench_attention"):
     p = os.path.join(outdir, b + ".json")
     if os.path.exists(p):
         try:
@@ -367,7 +370,7 @@ for b in ("bench_gemm", "bench_attention"):
             out[b] = "unreadable"
 out["all_passed"] = all(s["exit"] == 0 for s in stages)
 json.dump(out, open(os.path.join(outdir, "summary.json"), "w"), indent=1)
-print(json.dumps({k: out[k] for k in out if k not in ("bench_gemm", "bench_attention")}, indent=1)[:6000])
+print(json.dumps({k: out[k] for k in out if k not in ("bench_gemm", "bench_gemm_tiles", "bench_attention")}, indent=1)[:6000])
 PY
 }
 if command -v python3 >/dev/null 2>&1 && summarize; then

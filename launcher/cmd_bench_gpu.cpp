@@ -56,7 +56,7 @@ struct GemmCli {
                                      "8192x50304x768"};
   std::string layouts = "NT,NN,TN", json_out;
   int warmup = 5, iters = 50;
-  bool simt = false, no_flush = false;
+  bool simt = false, tiles = false, no_flush = false;
 };
 
 struct AttnCli {
@@ -82,6 +82,9 @@ void add_gpu_bench_commands(CLI::App* bench) {
   gc->add_option("--warmup", g->warmup, "Untimed runs first")->check(CLI::NonNegativeNumber)->capture_default_str();
   gc->add_option("--iters", g->iters, "Timed runs (median reported)")->check(CLI::PositiveNumber)->capture_default_str();
   gc->add_flag("--simt", g->simt, "Also time the SIMT fallback (slow)");
+  gc->add_flag("--tiles", g->tiles,
+               "Also time the mma.sync kernel forced to each CTA tile (rows mma.sync/<tile>); the plain mma.sync row "
+               "is the tile gemm() picks, which the trainer runs");
   gc->add_flag("--no-flush", g->no_flush, "Keep the L2 cache warm between timed runs");
   gc->add_option("--json", g->json_out, "Also write the results as JSON to this file ('-' for stdout)");
   gc->callback([g] {
@@ -111,6 +114,7 @@ void add_gpu_bench_commands(CLI::App* bench) {
         c.iters = g->iters;
         c.flush_l2 = !g->no_flush;
         c.include_simt = g->simt;
+        c.all_tiles = g->tiles;
         cfgs.push_back(c);
       }
     const bench::GemmBenchReport r = bench::bench_gemm(cfgs);
@@ -120,7 +124,7 @@ void add_gpu_bench_commands(CLI::App* bench) {
     bool all_ok = true;
     for (const bench::GemmBenchRow& x : r.rows) {
       all_ok = all_ok && x.correct;
-      rows.push_back({{"kernel", x.kernel},
+      rows.push_back({{"kernel", x.kernel}, {"tile", x.tile},
                       {"layout", x.layout == cuda::Layout::NT ? "NT" : x.layout == cuda::Layout::NN ? "NN" : "TN"},
                       {"M", x.M}, {"N", x.N}, {"K", x.K}, {"median_ms", x.median_ms}, {"min_ms", x.min_ms},
                       {"max_ms", x.max_ms}, {"tflops", x.tflops}, {"pct_peak", x.pct_peak},

@@ -58,23 +58,31 @@ GemmBenchReport bench_gemm(const std::vector<GemmBenchConfig>& configs) {
     const std::vector<float> ref = download_bf16(Cref.p, nC);
 
     struct Variant {
-      std::string name;
+      std::string name, tile;
       std::function<void()> run;
     };
     std::vector<Variant> variants;
     args.C = C.p;
-    GemmArgs mma = args;
-    mma.path = GemmPath::MmaSync;
-    variants.push_back({"mma.sync", [mma, stream] {
-                          if (lt::cuda::gemm(mma, stream) != GemmPath::MmaSync)
-                            throw std::runtime_error("bench gemm: mma.sync path not taken");
-                        }});
+    auto add_mma = [&](lt::cuda::GemmTile tile) {
+      GemmArgs mma = args;
+      mma.path = GemmPath::MmaSync;
+      mma.tile = tile;
+      const std::string name = tile == lt::cuda::GemmTile::Auto ? "mma.sync" : std::string("mma.sync/") + to_string(tile);
+      variants.push_back({name, to_string(lt::cuda::gemm_tile(mma)), [mma, stream] {
+                            if (lt::cuda::gemm(mma, stream) != GemmPath::MmaSync)
+                              throw std::runtime_error("bench gemm: mma.sync path not taken");
+                          }});
+    };
+    add_mma(lt::cuda::GemmTile::Auto);  // what the trainer runs
+    if (cfg.all_tiles)
+      for (lt::cuda::GemmTile t : lt::cuda::kGemmTiles) add_mma(t);
     if (cfg.include_simt) {
       GemmArgs simt = args;
       simt.path = GemmPath::Simt;
-      variants.push_back({"simt", [simt, stream] { lt::cuda::gemm(simt, stream); }});
+      variants.push_back({"simt", "", [simt, stream] { lt::cuda::gemm(simt, stream); }});
     }
-    variants.push_back({"cublas", [args, handle, stream] { lt::cuda::gemm_cublas(args, handle, nullptr, 0, stream); }});
+    variants.push_back(
+        {"cublas", "", [args, handle, stream] { lt::cuda::gemm_cublas(args, handle, nullptr, 0, stream); }});
 
     const double flop = 2.0 * cfg.M * cfg.N * cfg.K;
     const size_t first = rep.rows.size();
@@ -82,6 +90,7 @@ GemmBenchReport bench_gemm(const std::vector<GemmBenchConfig>& configs) {
     for (const Variant& v : variants) {
       GemmBenchRow row;
       row.kernel = v.name;
+      row.tile = v.tile;
       row.layout = cfg.layout;
       row.M = cfg.M, row.N = cfg.N, row.K = cfg.K;
       CUDA_CHECK(cudaMemsetAsync(C.p, 0xFF, nC * sizeof(bf16), stream));  // poison: NaN
@@ -107,11 +116,11 @@ void print_gemm_bench(const GemmBenchReport& r, std::FILE* out) {
   std::fprintf(out, "# %s: %d SMs, clock %d MHz, dense bf16 peak %.1f TFLOP/s (%d FLOP/clk/SM%s)\n",
                r.device.c_str(), r.sm_count, r.clock_mhz, r.peak_tflops, r.flops_per_clk_sm,
                r.flops_per_clk_sm ? "" : ": unknown arch, no % of peak");
-  std::fprintf(out, "%-9s %-3s %6s %6s %6s %10s %9s %7s %9s %9s %s\n", "kernel", "lay", "M", "N", "K", "median_ms",
-               "TFLOP/s", "%peak", "x_cublas", "rel_err", "ok");
+  std::fprintf(out, "%-19s %-10s %-3s %6s %6s %6s %10s %9s %7s %9s %9s %s\n", "kernel", "tile", "lay", "M", "N", "K",
+               "median_ms", "TFLOP/s", "%peak", "x_cublas", "rel_err", "ok");
   for (const GemmBenchRow& x : r.rows)
-    std::fprintf(out, "%-9s %-3s %6d %6d %6d %10.4f %9.1f %7.1f %9.3f %9.2e %s\n", x.kernel.c_str(),
-                 layout_name(x.layout), x.M, x.N, x.K, x.median_ms, x.tflops, x.pct_peak, x.vs_cublas, x.rel_err,
+    std::fprintf(out, "%-19s %-10s %-3s %6d %6d %6d %10.4f %9.1f %7.1f %9.3f %9.2e %s\n", x.kernel.c_str(),
+                 x.tile.empty() ? "-" : x.tile.c_str(), layout_name(x.layout), x.M, x.N, x.K, x.median_ms, x.tflops, x.pct_peak, x.vs_cublas, x.rel_err,
                  x.correct ? "yes" : "NO");
 }
 

@@ -19,10 +19,12 @@ struct GemmBenchConfig {
   int iters = 50;         // timed runs; the median is reported
   bool flush_l2 = true;   // overwrite a buffer of 2x the L2 size before every timed run
   bool include_simt = false;  // the SIMT fallback is ~10-20x slower; off for big shapes
+  bool all_tiles = false;     // also time the mma.sync kernel forced to each CTA tile (GemmTile)
 };
 
 struct GemmBenchRow {
-  std::string kernel;  // "mma.sync", "simt", "cublas"
+  std::string kernel;  // "mma.sync" (the tile gemm() picks), "mma.sync/<tile>" (forced), "simt", "cublas"
+  std::string tile;    // the mma.sync rows' CTA tile, e.g. "128x128x32"; "" otherwise
   lt::cuda::Layout layout;
   int M, N, K;
   double median_ms = 0, min_ms = 0, max_ms = 0;
@@ -42,7 +44,7 @@ struct GemmBenchReport : DevicePeak {  // the device and its peak (peak.h), then
 // stream, L2 flushed before each). Throws std::runtime_error when there is no device.
 GemmBenchReport bench_gemm(const std::vector<GemmBenchConfig>& configs);
 
-// One line per row: kernel layout M N K median_ms TFLOP/s %peak x_cublas rel_err.
+// One line per row: kernel tile layout M N K median_ms TFLOP/s %peak x_cublas rel_err.
 void print_gemm_bench(const GemmBenchReport& report, std::FILE* out);
 
 }  // namespace lt::bench

@@ -1,9 +1,14 @@
 // The hand-written GEMM (see gemm.h): the tensor-core kernel gemm_mma_kernel (mma.sync
-// m16n8k16 bf16, ldmatrix, 4-stage cp.async pipeline, XOR-swizzled shared memory, 8 warps of
-// 64x32 on a 128x128x32 CTA tile) and the SIMT fallback gemm_simt_kernel.
+// m16n8k16 bf16, ldmatrix, multi-stage cp.async pipeline, XOR-swizzled shared memory, 8 warps
+// on a CTA tile) and the SIMT fallback gemm_simt_kernel.
 //
-// Versions (what changed): v1 the two kernels above; three instantiations of the tensor-core
-// kernel, one per Layout, with the epilogue chosen at run time (it is off the inner loop).
+// Versions (what changed): v1 the two kernels above, 128x128x32 tile, 4 stages, 64x32 warp
+// tiles; three instantiations of the tensor-core kernel, one per Layout, with the epilogue
+// chosen at run time (it is off the inner loop). v2 the tile is a template parameter
+// (TileShape): 128x128x32 (v1, Auto's choice), 128x256x32 and 256x128x32 (4 stages, 64x64 warp
+// tiles) and 128x128x64 (3 stages), each selectable through GemmArgs::tile, so `bench gemm
+// --tiles` can time them all on a device before Auto's rule is set from measurements. (A
+// 128x256x64 tile spilled registers on sm_90a in the TN layout; the ptxas check refused it.)
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +18,17 @@
 #include "kernels/cuda/gemm_epilogue.cuh"
 
 namespace lt::cuda {
+
+const char* to_string(GemmTile t) {
+  switch (t) {
+    case GemmTile::Auto: return "auto";
+    case GemmTile::T128x128x32: return "128x128x32";
+    case GemmTile::T128x256x32: return "128x256x32";
+    case GemmTile::T256x128x32: return "256x128x32";
+    case GemmTile::T128x128x64: return "128x128x64";
+  }
+  return "?";
+}
 
 const char* to_string(GemmPath p) {
   switch (p) {
@@ -29,23 +45,37 @@ namespace detail {
 // Tensor-core kernel
 // ---------------------------------------------------------------------------------------------
 
-constexpr int kBM = 128, kBN = 128, kBK = 32;  // CTA tile
-constexpr int kStages = 4;                       // cp.async pipeline depth
-constexpr int kWarpsM = 2, kWarpsN = 4;
-constexpr int kThreads = 32 * kWarpsM * kWarpsN;          // 256
-constexpr int kWM = kBM / kWarpsM, kWN = kBN / kWarpsN;  // 64 x 32 warp tile
-constexpr int kMT = kWM / 16, kNT = kWN / 8;              // 4 x 4 mma tiles per warp
-constexpr int kATile = kBM * kBK, kBTile = kBN * kBK;     // elements per stage
-constexpr size_t kSmemBytes = size_t(kStages) * (kATile + kBTile) * sizeof(bf16);  // 64 KiB
-constexpr int kGroupM = 8;  // CTA rasterisation: 8 row-tiles sweep the columns together (L2 reuse)
+// A CTA tile shape: BM x BN outputs, BK of the reduction per pipeline stage, Stages stages in
+// flight, WarpsM x WarpsN warps each owning a (BM/WarpsM) x (BN/WarpsN) warp tile.
+template <int BM, int BN, int BK, int Stages, int WarpsM, int WarpsN>
+struct TileShape {
+  static constexpr int kBM = BM, kBN = BN, kBK = BK, kStages = Stages;
+  static constexpr int kWarpsM = WarpsM, kWarpsN = WarpsN;
+  static constexpr int kThreads = 32 * WarpsM * WarpsN;
+  static constexpr int kWM = BM / WarpsM, kWN = BN / WarpsN;  // warp tile
+  static constexpr int kMT = kWM / 16, kNT = kWN / 8;         // mma tiles per warp
+  static constexpr int kATile = BM * BK, kBTile = BN * BK;    // elements per stage
+  static constexpr size_t kSmemBytes = size_t(Stages) * (kATile + kBTile) * sizeof(bf16);
 
-static_assert(kBK % 16 == 0, "BK: whole k16 mma steps");
-static_assert(kWM % 16 == 0 && kWN % 16 == 0, "warp tile: whole m16 tiles and n-tile pairs");
-static_assert(kBK / 8 == 4 || kBK / 8 >= 8, "K-major tile rows: 4 chunks or a power of 2 >= 8");
-static_assert((kBM / 8) % 8 == 0 && (kBN / 8) % 8 == 0, "MN-major tile rows: >= 8 chunks");
-static_assert((kBM * kBK / 8) % kThreads == 0 && (kBN * kBK / 8) % kThreads == 0,
-              "each thread copies whole 16-byte chunks of every stage");
-static_assert(kStages >= 2, "pipeline");
+  static_assert(BK % 16 == 0, "BK: whole k16 mma steps");
+  static_assert(kWM % 16 == 0 && kWN % 16 == 0, "warp tile: whole m16 tiles and n-tile pairs");
+  static_assert(BK / 8 == 4 || BK / 8 >= 8, "K-major tile rows: 4 chunks or a power of 2 >= 8");
+  static_assert((BM / 8) % 8 == 0 && (BN / 8) % 8 == 0, "MN-major tile rows: >= 8 chunks");
+  static_assert((BM * BK / 8) % kThreads == 0 && (BN * BK / 8) % kThreads == 0,
+                "each thread copies whole 16-byte chunks of every stage");
+  static_assert(Stages >= 2, "pipeline");
+  static_assert(kSmemBytes <= 160 * 1024, "shared memory: must fit sm_80's 163 KiB per block");
+};
+
+// The shapes gemm() can run (GemmTile in gemm.h). 128x128x32 has 64x32 warp tiles and leaves
+// room for two CTAs per SM; 128x128x64 halves the barriers per K; 128x256 and 256x128 have
+// 64x64 warp tiles (more mma per ldmatrix) and run one CTA per SM.
+using Tile128x128x32 = TileShape<128, 128, 32, 4, 2, 4>;  // 64 KiB
+using Tile128x256x32 = TileShape<128, 256, 32, 4, 2, 4>;  // 96 KiB
+using Tile256x128x32 = TileShape<256, 128, 32, 4, 4, 2>;  // 96 KiB
+using Tile128x128x64 = TileShape<128, 128, 64, 3, 2, 4>;  // 96 KiB
+
+constexpr int kGroupM = 8;  // CTA rasterisation: 8 row-tiles sweep the columns together (L2 reuse)
 
 struct MmaParams {
   const bf16* A;
@@ -63,17 +93,17 @@ __device__ __forceinline__ int chunk_bytes(int start, int len) {
 }
 
 // Copies one operand tile of a stage. Rows of the operand (m for A, n for B) are r0..r0+BR-1
-// of R, reduction indices k0..k0+kBK-1 of K. Out-of-range parts arrive as zeros.
-//   kKMajor:  global [R][K] (ld), shared [BR][kBK]   (W = kBK/8 chunks per row)
-//   !kKMajor: global [K][R] (ld), shared [kBK][BR]   (W = BR/8 chunks per row)
-template <int BR, bool kKMajor>
+// of R, reduction indices k0..k0+BK-1 of K. Out-of-range parts arrive as zeros.
+//   kKMajor:  global [R][K] (ld), shared [BR][BK]   (W = BK/8 chunks per row)
+//   !kKMajor: global [K][R] (ld), shared [BK][BR]   (W = BR/8 chunks per row)
+template <class T, int BR, bool kKMajor>
 __device__ __forceinline__ void load_tile_async(bf16* sT, const bf16* g, int64_t ld, int r0, int R, int k0,
                                                 int K, int tid) {
-  constexpr int W = kKMajor ? kBK / 8 : BR / 8;
-  constexpr int kPerThread = BR * kBK / 8 / kThreads;
+  constexpr int W = kKMajor ? T::kBK / 8 : BR / 8;
+  constexpr int kPerThread = BR * T::kBK / 8 / T::kThreads;
 #pragma unroll
   for (int it = 0; it < kPerThread; ++it) {
-    const int i = tid + it * kThreads;
+    const int i = tid + it * T::kThreads;
     const int r = i / W, c = i % W;
     int bytes;
     const bf16* src;
@@ -90,13 +120,15 @@ __device__ __forceinline__ void load_tile_async(bf16* sT, const bf16* g, int64_t
   }
 }
 
-// One CTA computes a kBM x kBN tile of C. A is K-major ([M][K]) or M-major ([K][M]); B is
+// One CTA computes a T::kBM x T::kBN tile of C. A is K-major ([M][K]) or M-major ([K][M]); B is
 // K-major ([N][K]) or N-major ([K][N]). NT = <true,true>, NN = <true,false>, TN = <false,false>.
-template <bool kAKMajor, bool kBKMajor>
-__global__ void __launch_bounds__(kThreads) gemm_mma_kernel(const MmaParams p) {
+template <class T, bool kAKMajor, bool kBKMajor>
+__global__ void __launch_bounds__(T::kThreads) gemm_mma_kernel(const MmaParams p) {
+  constexpr int kBM = T::kBM, kBN = T::kBN, kBK = T::kBK, kStages = T::kStages;
+  constexpr int kMT = T::kMT, kNT = T::kNT;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sA = reinterpret_cast<bf16*>(smem_raw);  // (kStages, kATile): [BM][BK] or [BK][BM]
-  bf16* sB = sA + kStages * kATile;              // (kStages, kBTile): [BN][BK] or [BK][BN]
+  bf16* sB = sA + kStages * T::kATile;           // (kStages, kBTile): [BN][BK] or [BK][BN]
   constexpr int kWA = kAKMajor ? kBK / 8 : kBM / 8;  // chunks per shared row
   constexpr int kWB = kBKMajor ? kBK / 8 : kBN / 8;
 
@@ -111,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(const MmaParams p) {
   const int tile_m = first_m + (pid % per_group) % group_rows;
   const int tile_n = (pid % per_group) / group_rows;
   const int m_blk = tile_m * kBM, n_blk = tile_n * kBN;
-  const int wm0 = (warp % kWarpsM) * kWM, wn0 = (warp / kWarpsM) * kWN;  // warp tile in CTA tile
+  const int wm0 = (warp % T::kWarpsM) * T::kWM, wn0 = (warp / T::kWarpsM) * T::kWN;  // warp tile in CTA tile
 
   float acc[kMT][kNT][4];  // (m16 tile, n8 tile, C fragment)
 #pragma unroll
@@ -124,8 +156,8 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(const MmaParams p) {
   const int ktiles = (p.K + kBK - 1) / kBK;
   auto load_stage = [&](int stage, int kt) {
     const int k0 = kt * kBK;
-    load_tile_async<kBM, kAKMajor>(sA + stage * kATile, p.A, p.lda, m_blk, p.M, k0, p.K, tid);
-    load_tile_async<kBN, kBKMajor>(sB + stage * kBTile, p.B, p.ldb, n_blk, p.N, k0, p.K, tid);
+    load_tile_async<T, kBM, kAKMajor>(sA + stage * T::kATile, p.A, p.lda, m_blk, p.M, k0, p.K, tid);
+    load_tile_async<T, kBN, kBKMajor>(sB + stage * T::kBTile, p.B, p.ldb, n_blk, p.N, k0, p.K, tid);
   };
 
   // Prologue: stages 0..kStages-2 in flight. One commit per stage even when empty, so the
@@ -145,8 +177,8 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(const MmaParams p) {
     if (next < ktiles) load_stage(next % kStages, next);
     cp_async_commit();
 
-    bf16* a_st = sA + (kt % kStages) * kATile;
-    bf16* b_st = sB + (kt % kStages) * kBTile;
+    bf16* a_st = sA + (kt % kStages) * T::kATile;
+    bf16* b_st = sB + (kt % kStages) * T::kBTile;
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
       uint32_t af[kMT][4];       // A fragments, one per m16 tile
@@ -295,11 +327,16 @@ static bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 1
 static bool mma_eligible(const GemmArgs& a) {
   if (a.in_type != DataType::BF16) return false;
   if (!aligned16(a.A) || !aligned16(a.B) || a.lda % 8 != 0 || a.ldb % 8 != 0) return false;
-  const int64_t tiles = (int64_t)((a.M + kBM - 1) / kBM) * ((a.N + kBN - 1) / kBN);
-  return tiles <= INT_MAX;
+  // Tiles are 1-D grid indices (int): the smallest tile bounds the count.
+  const int64_t tiles = (int64_t)((a.M + 127) / 128) * ((a.N + 127) / 128);
+  return tiles <= INT_MAX / 2;
 }
 
-template <bool kAKMajor, bool kBKMajor>
+// Auto's choice. Until a device has measured the variants (bench gemm --tiles), every shape
+// takes the 128x128 tile: it keeps two CTAs per SM and wastes least on GPT-2's narrow shapes.
+static GemmTile choose_tile(const GemmArgs& a) { return a.tile != GemmTile::Auto ? a.tile : GemmTile::T128x128x32; }
+
+template <class T, bool kAKMajor, bool kBKMajor>
 void launch_mma(const GemmArgs& a, cudaStream_t stream) {
   MmaParams p;
   p.A = static_cast<const bf16*>(a.A);
@@ -310,13 +347,32 @@ void launch_mma(const GemmArgs& a, cudaStream_t stream) {
   p.N = a.N;
   p.K = a.K;
   p.epi = make_epilogue_params(a);
-  auto* kernel = gemm_mma_kernel<kAKMajor, kBKMajor>;
+  auto* kernel = gemm_mma_kernel<T, kAKMajor, kBKMajor>;
   // Above the 48 KiB default: must be raised before each launch's first use on a device;
   // cheap enough to do every time, which also covers several devices per process.
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
-  const int64_t tiles = (int64_t)((a.M + kBM - 1) / kBM) * ((a.N + kBN - 1) / kBN);
-  kernel<<<(unsigned)tiles, kThreads, kSmemBytes, stream>>>(p);
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)T::kSmemBytes));
+  const int64_t tiles = (int64_t)((a.M + T::kBM - 1) / T::kBM) * ((a.N + T::kBN - 1) / T::kBN);
+  kernel<<<(unsigned)tiles, T::kThreads, T::kSmemBytes, stream>>>(p);
   CUDA_CHECK_LAST();
+}
+
+template <class T>
+void launch_mma_layout(const GemmArgs& a, cudaStream_t stream) {
+  switch (a.layout) {
+    case Layout::NT: launch_mma<T, true, true>(a, stream); break;
+    case Layout::NN: launch_mma<T, true, false>(a, stream); break;
+    case Layout::TN: launch_mma<T, false, false>(a, stream); break;
+  }
+}
+
+static void launch_mma_tile(const GemmArgs& a, cudaStream_t stream) {
+  switch (choose_tile(a)) {
+    case GemmTile::Auto:
+    case GemmTile::T128x128x32: launch_mma_layout<Tile128x128x32>(a, stream); break;
+    case GemmTile::T128x256x32: launch_mma_layout<Tile128x256x32>(a, stream); break;
+    case GemmTile::T256x128x32: launch_mma_layout<Tile256x128x32>(a, stream); break;
+    case GemmTile::T128x128x64: launch_mma_layout<Tile128x128x64>(a, stream); break;
+  }
 }
 
 static void launch_simt(const GemmArgs& a, cudaStream_t stream) {
@@ -346,6 +402,8 @@ static void launch_simt(const GemmArgs& a, cudaStream_t stream) {
 
 bool gemm_mma_eligible(const GemmArgs& args) { return detail::mma_eligible(detail::resolve(args)); }
 
+GemmTile gemm_tile(const GemmArgs& args) { return detail::choose_tile(args); }
+
 GemmPath gemm(const GemmArgs& args, cudaStream_t stream) {
   const GemmArgs a = detail::resolve(args);
   GemmPath path = a.path;
@@ -353,11 +411,7 @@ GemmPath gemm(const GemmArgs& args, cudaStream_t stream) {
     path = detail::mma_eligible(a) ? GemmPath::MmaSync : GemmPath::Simt;
   if (a.M == 0 || a.N == 0) return path;
   if (path == GemmPath::MmaSync) {
-    switch (a.layout) {
-      case Layout::NT: detail::launch_mma<true, true>(a, stream); break;
-      case Layout::NN: detail::launch_mma<true, false>(a, stream); break;
-      case Layout::TN: detail::launch_mma<false, false>(a, stream); break;
-    }
+    detail::launch_mma_tile(a, stream);
   } else {
     detail::launch_simt(a, stream);
   }

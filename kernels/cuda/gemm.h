@@ -48,6 +48,14 @@ enum class GemmPath {
 };
 const char* to_string(GemmPath p);
 
+// The MmaSync path's CTA tile, BM x BN x BK (kernels/cuda/gemm.cu lists each one's warps and
+// pipeline depth). Auto picks one from the shape (gemm_tile); the others force it, so a
+// benchmark can time every variant the trainer could run.
+enum class GemmTile { Auto, T128x128x32, T128x256x32, T256x128x32, T128x128x64 };
+const char* to_string(GemmTile t);  // "128x128x32", ...
+inline constexpr GemmTile kGemmTiles[] = {GemmTile::T128x128x32, GemmTile::T128x256x32, GemmTile::T256x128x32,
+                                          GemmTile::T128x128x64};
+
 struct GemmArgs {
   Layout layout = Layout::NT;
   int M = 0, N = 0, K = 0;  // C is [M,N]; K is the reduction length (may be 0)
@@ -69,6 +77,7 @@ struct GemmArgs {
   void* aux = nullptr;
   int64_t ld_aux = 0;
   GemmPath path = GemmPath::Auto;
+  GemmTile tile = GemmTile::Auto;  // MmaSync only
 };
 
 // Enqueues C = epilogue(op(A) op(B)) + beta*C on `stream`; any M, N, K >= 0. Returns the path
@@ -78,6 +87,9 @@ GemmPath gemm(const GemmArgs& args, cudaStream_t stream);
 
 // True when `args` can take the MmaSync path (dtype and alignment).
 bool gemm_mma_eligible(const GemmArgs& args);
+
+// The tile the MmaSync path runs for `args`: args.tile, or for Auto the one chosen by shape.
+GemmTile gemm_tile(const GemmArgs& args);
 
 // The same product through cuBLAS (cublasGemmEx, fp32 compute: no TF32), for every GemmArgs.
 // Without an epilogue it is one cuBLAS call (beta included). With one, cuBLAS writes the fp32

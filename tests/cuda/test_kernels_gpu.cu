@@ -242,6 +242,7 @@ struct GemmCase {
   float beta = 0.f;
   DataType in = DataType::BF16, out = DataType::BF16;
   GemmPath path = GemmPath::Auto;
+  gpu::GemmTile tile = gpu::GemmTile::Auto;
   bool with_aux = false;       // Gelu: also store the pre-activation
   bool residual_is_c = false;  // Residual: residual aliases C (in-place residual stream)
   bool cublas = false;         // run gemm_cublas instead of gemm
@@ -251,10 +252,10 @@ const char* name(Layout l) { return l == Layout::NT ? "NT" : l == Layout::NN ? "
 
 std::string describe(const GemmCase& c) {
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%s M=%d N=%d K=%d lda=%lld ldb=%lld epi=%u beta=%g in=%s out=%s path=%s%s%s%s",
+  std::snprintf(buf, sizeof buf, "%s M=%d N=%d K=%d lda=%lld ldb=%lld epi=%u beta=%g in=%s out=%s path=%s tile=%s%s%s%s",
                 name(c.layout), c.M, c.N, c.K, (long long)c.lda, (long long)c.ldb, (unsigned)c.epi, c.beta,
                 c.in == DataType::BF16 ? "bf16" : "f32", c.out == DataType::BF16 ? "bf16" : "f32",
-                gpu::to_string(c.path), c.with_aux ? " aux" : "", c.residual_is_c ? " residual=C" : "",
+                gpu::to_string(c.path), gpu::to_string(c.tile), c.with_aux ? " aux" : "", c.residual_is_c ? " residual=C" : "",
                 c.cublas ? " cublas" : "");
   return buf;
 }
@@ -344,6 +345,7 @@ void run_gemm_case(const GemmCase& c) {
   args.residual = c.residual_is_c ? static_cast<const void*>(dC.get()) : dres.get();
   args.aux = (c.with_aux || gpu::has(c.epi, Epilogue::GeluGrad)) ? daux.get() : nullptr;
   args.path = c.path;
+  args.tile = c.tile;
   if (c.cublas) {
     DevBuf<char> ws(std::max<size_t>(1, gpu::gemm_cublas_workspace_bytes(args)));
     gpu::gemm_cublas(args, g_cublas, ws.get(), ws.bytes(), 0);
@@ -397,6 +399,22 @@ void run_layout(Layout l) {
 TEST_F(Gpu, GemmForwardNT) { run_layout(Layout::NT); }
 TEST_F(Gpu, GemmInputGradNN) { run_layout(Layout::NN); }
 TEST_F(Gpu, GemmWeightGradTN) { run_layout(Layout::TN); }
+
+// Every CTA tile gemm() can run (GemmTile), each layout: tails in M and N for the largest tile,
+// more k-tiles than pipeline stages for the deepest one; a fused epilogue on one layout.
+TEST_F(Gpu, GemmTiles) {
+  for (gpu::GemmTile tile : gpu::kGemmTiles)
+    for (Layout l : {Layout::NT, Layout::NN, Layout::TN}) {
+      GemmCase c{l, 260, 136, 200};
+      c.tile = tile;
+      run_gemm(c);
+      if (l != Layout::NT) continue;
+      c.epi = Epilogue::Bias | Epilogue::Gelu;
+      c.with_aux = true;
+      c.out = DataType::F32;
+      run_gemm(c);
+    }
+}
 
 TEST_F(Gpu, GemmEpilogues) {
   const Epilogue bias_gelu = Epilogue::Bias | Epilogue::Gelu;
