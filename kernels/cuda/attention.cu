@@ -540,7 +540,8 @@ bool attention_supported(int head_dim) { return head_dim == 64 || head_dim == 12
 
 void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
   detail::check_shapes(B, T, C, NH);
-  if (!detail::aligned16(qkv)) detail::attn_fail("qkv not 16-byte aligned", 0);
+  // Loads are 16-byte chunks, stores 4-byte pairs: a misaligned view faults only on a device.
+  if (!detail::aligned16(qkv) || !detail::aligned16(out)) detail::attn_fail("qkv/out not 16-byte aligned", 0);
   detail::AttnParams p = detail::make_params(T, C, NH);
   p.qkv = qkv;
   p.out = out;
@@ -556,7 +557,8 @@ size_t attention_backward_scratch_bytes(int B, int T, int NH) { return (size_t)B
 void attention_backward(bf16* dqkv, void* scratch, const bf16* dout, const bf16* out, const float* lse,
                         const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
   detail::check_shapes(B, T, C, NH);
-  if (!detail::aligned16(qkv) || !detail::aligned16(dout)) detail::attn_fail("qkv/dout not 16-byte aligned", 0);
+  if (!detail::aligned16(qkv) || !detail::aligned16(dout) || !detail::aligned16(out) || !detail::aligned16(dqkv))
+    detail::attn_fail("qkv/dout/out/dqkv not 16-byte aligned", 0);
   detail::AttnParams p = detail::make_params(T, C, NH);
   p.qkv = qkv;
   p.lse = const_cast<float*>(lse);
