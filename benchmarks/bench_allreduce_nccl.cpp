@@ -22,19 +22,13 @@ float input_value(int64_t i, int r) { return (float)(1 + (i * 7 + r * 3) % 13); 
 std::vector<AllReduceRow> bench_allreduce_nccl(Communicator* bootstrap, int rank, int world, int local_rank,
                                                const AllReduceArgs& a) {
   const ReduceOp op = parse_redop(a.op);
-  CUDA_CHECK(cudaSetDevice(local_rank));
-  ncclUniqueId id;
-  std::memset(&id, 0, sizeof id);
-  if (rank == 0) NCCL_CHECK(ncclGetUniqueId(&id));
-  if (world > 1) {
-    if (!bootstrap) throw UserError("bench allreduce --backend nccl: several ranks need MPI to send the ncclUniqueId");
-    Tensor idbuf = Tensor::empty(Device::CPU, DType::I32, {NCCL_UNIQUE_ID_BYTES / 4});
-    std::memcpy(idbuf.raw(), &id, sizeof id);
-    bootstrap->broadcast(idbuf, 0)->wait();  // MPI_Bcast
-    std::memcpy(&id, idbuf.raw(), sizeof id);
-  }
-  ncclComm_t comm;
-  NCCL_CHECK(ncclCommInitRank(&comm, world, id, rank));
+  if (world > 1 && !bootstrap)
+    throw UserError("bench allreduce --backend nccl: several ranks need MPI to send the ncclUniqueId");
+  // As the trainer picks it: under a lease each rank sees only its own device(s).
+  int devices = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&devices));
+  if (devices < 1) throw UserError("bench allreduce --backend nccl: no CUDA device is visible");
+  ncclComm_t comm = nccl_init_rank(world > 1 ? bootstrap : nullptr, rank, world, local_rank % devices);
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cudaEvent_t start, stop;
@@ -51,10 +45,16 @@ std::vector<AllReduceRow> bench_allreduce_nccl(Communicator* bootstrap, int rank
     }
     float* d = nullptr;
     CUDA_CHECK(cudaMalloc(&d, bytes));
-    CUDA_CHECK(cudaMemcpy(d, tiny.data(), bytes, cudaMemcpyHostToDevice));
+    // Copies go through `stream` and are waited for: a plain cudaMemcpy from pageable memory
+    // may return before the data lands, and NCCL's non-blocking stream is not ordered after it.
+    auto upload = [&](const std::vector<float>& v) {
+      CUDA_CHECK(cudaMemcpyAsync(d, v.data(), bytes, cudaMemcpyHostToDevice, stream));
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+    };
+    upload(tiny);
     for (int i = 0; i < a.warmup; i++) NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat32, nccl_op(op), comm, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    CUDA_CHECK(cudaMemcpy(d, tiny.data(), bytes, cudaMemcpyHostToDevice));
+    upload(tiny);
     // nccl-tests times the whole batch of iterations between two events.
     CUDA_CHECK(cudaEventRecord(start, stream));
     for (int i = 0; i < a.iters; i++) NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat32, nccl_op(op), comm, stream));
@@ -78,7 +78,7 @@ std::vector<AllReduceRow> bench_allreduce_nccl(Communicator* bootstrap, int rank
     int64_t wrong = 0;
     std::vector<float> got((size_t)n);
     for (int c = 0; c < a.check; c++) {
-      CUDA_CHECK(cudaMemcpy(d, host.data(), bytes, cudaMemcpyHostToDevice));
+      upload(host);
       NCCL_CHECK(ncclAllReduce(d, d, n, ncclFloat32, nccl_op(op), comm, stream));
       CUDA_CHECK(cudaStreamSynchronize(stream));
       CUDA_CHECK(cudaMemcpy(got.data(), d, bytes, cudaMemcpyDeviceToHost));

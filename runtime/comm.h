@@ -135,7 +135,8 @@ class Communicator {
 
  private:
   void check_tensor(const char* op, const Tensor& t) const;
-  void issue(const WorkPtr& w);
+  template <class F>
+  WorkPtr issue(WorkPtr w, F&& run);
   int rank_, world_;
   int64_t step_ = -1;
   int64_t seq_ = 0;
@@ -171,14 +172,14 @@ bool mpi_init_if_needed();
 #ifdef LEASETRAIN_HAVE_NCCL
 // NCCL over device buffers on its own CUDA stream. Each collective waits (by event) for the
 // work already queued on `compute_stream` (a cudaStream_t; nullptr: the legacy default
-// stream), and Work::wait() makes the compute stream wait for it (and the host, if
-// `host_wait`). The ncclUniqueId travels from rank 0 by `bootstrap.broadcast` (an MpiComm
-// in a multi-rank job; with world 1 no bootstrap is needed and nullptr is fine). Selects
-// CUDA device `device_index` (the local rank) first.
+// stream), and Work::wait() makes the compute stream wait for it and the host poll it (so an
+// asynchronous NCCL error ends the wait: the communicator is aborted and wait() throws). The
+// ncclUniqueId travels from rank 0 by `bootstrap.broadcast` (an MpiComm in a multi-rank job;
+// with world 1 no bootstrap is needed and nullptr is fine). Selects CUDA device
+// `device_index` first.
 struct NcclCommOptions {
   int device_index = 0;
   void* compute_stream = nullptr;
-  bool host_wait = true;
 };
 std::unique_ptr<Communicator> make_nccl_comm(Communicator* bootstrap, int rank, int world,
                                              const NcclCommOptions& opt = {});

@@ -84,18 +84,25 @@ void Communicator::check_tensor(const char* op, const Tensor& t) const {
                     to_string(device()) + " buffers");
 }
 
-// Watched only once the backend has taken it: a collective refused by the backend (it threw)
-// is not pending anywhere.
-void Communicator::issue(const WorkPtr& w) {
+// Watched from before the backend takes it, so a backend call that blocks (NCCL connecting to
+// a dead peer, a blocking MPI call) is covered too. One the backend refuses (it threw) is
+// finished as failed, so it is not pending anywhere.
+template <class F>
+WorkPtr Communicator::issue(WorkPtr w, F&& run) {
   if (watchdog_) watchdog_->watch(w);
+  try {
+    run();
+  } catch (const std::exception& e) {
+    w->finish(std::string("not issued: ") + e.what());
+    throw;
+  }
+  return w;
 }
 
 WorkPtr Communicator::all_reduce(const Tensor& t, ReduceOp op) {
   check_tensor("all_reduce", t);
   WorkPtr w = make_work("all_reduce", t.nbytes());
-  do_all_reduce(w, t, op);
-  issue(w);
-  return w;
+  return issue(w, [&] { do_all_reduce(w, t, op); });
 }
 
 WorkPtr Communicator::reduce_scatter(const Tensor& out, const Tensor& in, ReduceOp op) {
@@ -106,9 +113,7 @@ WorkPtr Communicator::reduce_scatter(const Tensor& out, const Tensor& in, Reduce
                     " elements, expected world (" + std::to_string(world_) + ") x output (" +
                     std::to_string(out.numel()) + ") of the same dtype");
   WorkPtr w = make_work("reduce_scatter", in.nbytes());
-  do_reduce_scatter(w, out, in, op);
-  issue(w);
-  return w;
+  return issue(w, [&] { do_reduce_scatter(w, out, in, op); });
 }
 
 WorkPtr Communicator::all_gather(const Tensor& out, const Tensor& in) {
@@ -119,9 +124,7 @@ WorkPtr Communicator::all_gather(const Tensor& out, const Tensor& in) {
                     " elements, expected world (" + std::to_string(world_) + ") x input (" +
                     std::to_string(in.numel()) + ") of the same dtype");
   WorkPtr w = make_work("all_gather", out.nbytes());
-  do_all_gather(w, out, in);
-  issue(w);
-  return w;
+  return issue(w, [&] { do_all_gather(w, out, in); });
 }
 
 WorkPtr Communicator::broadcast(const Tensor& t, int root) {
@@ -130,16 +133,12 @@ WorkPtr Communicator::broadcast(const Tensor& t, int root) {
     throw CommError(backend() + ": broadcast: root " + std::to_string(root) + " is not a rank of " +
                     std::to_string(world_));
   WorkPtr w = make_work("broadcast", t.nbytes());
-  do_broadcast(w, t, root);
-  issue(w);
-  return w;
+  return issue(w, [&] { do_broadcast(w, t, root); });
 }
 
 WorkPtr Communicator::barrier() {
   WorkPtr w = make_work("barrier", 0);
-  do_barrier(w);
-  issue(w);
-  return w;
+  return issue(w, [&] { do_barrier(w); });
 }
 
 void Communicator::do_all_reduce(const WorkPtr&, const Tensor&, ReduceOp) {

@@ -24,7 +24,22 @@
                             ncclGetErrorString(r_));                                              \
   } while (0)
 
+// The same, for calls on a communicator: adds ncclGetLastError's detail (e.g. which GPU was
+// duplicated), which the result code alone hides.
+#define NCCL_CHECK_COMM(comm, call)                                                               \
+  do {                                                                                            \
+    ncclResult_t r_ = (call);                                                                     \
+    if (r_ != ncclSuccess)                                                                        \
+      throw ::lt::CommError(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " #call ": " + \
+                            ncclGetErrorString(r_) + " (" + ncclGetLastError(comm) + ")");        \
+  } while (0)
+
 namespace lt {
+
+// Selects `device`, checks the NCCL version, sends rank 0's ncclUniqueId over `bootstrap`
+// (MPI_Bcast; not needed for world 1) and initialises this rank's NCCL communicator. Shared by
+// NcclComm and the NCCL all-reduce benchmark.
+ncclComm_t nccl_init_rank(Communicator* bootstrap, int rank, int world, int device);
 
 // Avg is NCCL's own ncclAvg: identical on every rank like the MPI path's x / N, though NCCL
 // may round differently (it can pre-scale floating-point inputs by 1/N).

@@ -221,9 +221,14 @@ TrainResult run_train(const TrainOptions& o) {
     comm = make_cpu_communicator(env, cfg.dist);
     backend = make_backend(o.backend);
     device_comm = make_device_comm(*backend, *comm, o.backend.device_index);
-  } catch (const std::exception& e) {  // every rank fails alike here; say which is which
+  } catch (const std::exception& e) {
     if (env.world == 1) throw;
-    throw UserError("rank " + std::to_string(env.rank) + "/" + std::to_string(env.world) + ": " + e.what());
+    // Before the host communicator exists every rank fails alike (the same config): each says
+    // so and exits. After it, a failure can be this rank's alone (its GPU, NCCL's set-up)
+    // while the others wait in a collective: take the whole job down.
+    if (!comm) throw UserError("rank " + std::to_string(env.rank) + "/" + std::to_string(env.world) + ": " + e.what());
+    std::fprintf(stderr, "leasetrain: %s: error: %s\n", comm->who().c_str(), e.what());
+    comm->abort(dynamic_cast<const UserError*>(&e) ? 2 : 1);
   }
   Communicator& run_comm = device_comm ? *device_comm : *comm;
   if (comm->world() == 1) return train_with(o, cfg, run_comm, *backend);
