@@ -241,6 +241,42 @@ TEST_F(MpiTest, WatchdogNamesTheStalledCollective) {
   EXPECT_EQ(what, "all_reduce #41 (grad bucket 2/3, 1.23 MB, step 7)");
 }
 
+// Collectives are watched from before the backend takes them: a backend call that itself
+// blocks (NCCL connecting to a dead peer) is reported, and one the backend refuses (it threw)
+// is not left pending.
+TEST_F(MpiTest, WatchdogCoversBlockingBackendCallsAndForgetsRefusedOnes) {
+  struct Slow final : Communicator {
+    Slow() : Communicator(0, 1) {}
+    std::string backend() const override { return "slow"; }
+    Device device() const override { return Device::CPU; }
+    [[noreturn]] void abort(int code) noexcept override { std::_Exit(code); }
+    void do_all_reduce(const WorkPtr& w, const Tensor&, ReduceOp) override {
+      std::this_thread::sleep_for(std::chrono::milliseconds(900));  // blocks inside the backend
+      w->finish();
+    }
+  } c;
+  std::atomic<int> fired{0};
+  std::string what;
+  std::mutex mu;
+  auto dog = std::make_shared<Watchdog>(0.2, [&](const Work& w, double) {
+    std::lock_guard<std::mutex> lock(mu);
+    what = w.describe();
+    fired++;
+  });
+  c.set_watchdog(dog);
+  c.set_tag("blocking call");
+  Tensor t = Tensor::empty(Device::CPU, DType::F32, {4});
+  c.all_reduce(t)->wait();
+  EXPECT_GE(fired.load(), 1) << "a collective stuck inside the backend call must be reported";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_NE(what.find("all_reduce #0 (blocking call"), std::string::npos) << what;
+  }
+  EXPECT_THROW(c.broadcast(t, 0), CommError);  // "slow: broadcast is not implemented"
+  EXPECT_EQ(dog->pending(), 0u) << "a refused collective is not pending";
+  c.set_watchdog(nullptr);
+}
+
 // ---- buckets ----
 
 TEST_F(MpiTest, BucketsCoverTheBufferInBackwardOrder) {
