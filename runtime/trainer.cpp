@@ -151,8 +151,9 @@ namespace {
 
 // Test-only faults, from LEASETRAIN_TEST_FAULT="KIND:RANK:STEP": at the start of step STEP
 // (1-based) rank RANK stalls forever ("stall": its peers wait in a collective until the
-// watchdog fires), kills itself with SIGKILL ("kill"), or throws ("throw"); "perturb" changes
-// one of its parameters after that step (the checksum must notice).
+// watchdog fires), kills itself with SIGKILL ("kill"), or throws ("throw"; STEP 0: while
+// setting up its device, after MPI is up); "perturb" changes one of its parameters after that
+// step (the checksum must notice).
 struct Fault {
   std::string kind;
   int rank = -1;
@@ -220,6 +221,9 @@ TrainResult run_train(const TrainOptions& o) {
     cfg = load();
     comm = make_cpu_communicator(env, cfg.dist);
     backend = make_backend(o.backend);
+    const Fault fault = test_fault();  // "throw" at step 0: one rank's device set-up fails
+    if (fault.kind == "throw" && fault.step == 0 && fault.rank == env.rank)
+      throw UserError("LEASETRAIN_TEST_FAULT: injected set-up failure");
     device_comm = make_device_comm(*backend, *comm, o.backend.device_index);
   } catch (const std::exception& e) {
     if (env.world == 1) throw;

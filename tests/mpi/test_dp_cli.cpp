@@ -101,6 +101,19 @@ TEST(DpJob, FailingRankPrintsItsRankAndEndsTheJob) {
       << t.r.err;
 }
 
+// One rank failing while it sets up its device (NCCL on a GPU), after MPI is up: its peer is
+// already waiting in the start-up barrier. The job ends at once with that rank's error, not
+// when the (here 300 s) watchdog fires.
+TEST(DpJob, RankFailingAtSetUpEndsTheJob) {
+  Job job("watchdog_timeout = 300\n");
+  Timed t = mpirun(2, job.train("run"), {"LEASETRAIN_TEST_FAULT=throw:1:0"}, 90);
+  EXPECT_NE(t.r.code, 0);
+  EXPECT_LT(t.seconds, 60) << "the job must end, not wait for the watchdog";
+  EXPECT_NE(t.r.err.find("leasetrain: rank 1/2: error: LEASETRAIN_TEST_FAULT: injected set-up failure"),
+            std::string::npos)
+      << t.r.err;
+}
+
 // The MPI test main: a failure on one rank fails every rank; a skip must be agreed.
 TEST(MpiTestMain, AgreesOnFailuresAndSkipsAcrossRanks) {
   const std::string bin = std::string(LT_MPI_TEST_BIN) + " --gtest_filter=*MpiMainInject*";
