@@ -34,9 +34,9 @@ struct AttentionBenchRow {
   double tflops = 0;    // FA2 FLOPs (causal) / median
   double pct_peak = 0;  // of the dense bf16 peak (0 when unknown)
   // Checked before timing against the fallback kernels (attention_naive.h, fp32 arithmetic on
-  // the same bf16 inputs) on B=1 and min(NH, 4) heads at min(T, 2048): the same kernel
+  // the same bf16 inputs) on min(B, 2) sequences of min(NH, 4) heads at min(T, 2048): the same kernel
   // instantiation. rel_err is the worst relative L2 error over the outputs (out; dq, dk, dv).
-  int check_T = 0, check_NH = 0;
+  int check_B = 0, check_T = 0, check_NH = 0;
   double rel_err = 0;
   bool correct = false;  // rel_err within the bf16 tolerance (2e-2)
 };

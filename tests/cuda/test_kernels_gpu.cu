@@ -585,7 +585,8 @@ void run_attention(int B, int T, int NH, int hs) {
 // T: below, at and across the 64-row tiles, and across the dkdv kernel's 32-row query tiles.
 TEST_F(Gpu, AttentionHeadDim64) {
 #ifndef LT_EMULATED
-  const int cases[][3] = {{1, 1, 1}, {2, 17, 3}, {1, 64, 2}, {2, 100, 2}, {1, 257, 2}, {1, 128, 1}};
+  // The last is GPT-2's context: many kv tiles per query tile, both batch entries.
+  const int cases[][3] = {{1, 1, 1}, {2, 17, 3}, {1, 64, 2}, {2, 100, 2}, {1, 257, 2}, {1, 128, 1}, {2, 1024, 2}};
 #else
   const int cases[][3] = {{1, 1, 1}, {2, 17, 2}, {1, 130, 1}};
 #endif
@@ -593,7 +594,7 @@ TEST_F(Gpu, AttentionHeadDim64) {
 }
 TEST_F(Gpu, AttentionHeadDim128) {
 #ifndef LT_EMULATED
-  const int cases[][3] = {{1, 1, 1}, {2, 33, 2}, {1, 64, 1}, {1, 130, 2}, {2, 200, 1}};
+  const int cases[][3] = {{1, 1, 1}, {2, 33, 2}, {1, 64, 1}, {1, 130, 2}, {2, 200, 1}, {2, 1024, 1}};
 #else
   const int cases[][3] = {{2, 33, 1}, {1, 130, 1}};
 #endif
