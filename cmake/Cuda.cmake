@@ -201,4 +201,22 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
     TEST_PREFIX "emulated."
     PROPERTIES LABELS cuda-emulated SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" TIMEOUT 900
                DISCOVERY_TIMEOUT 60 ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1")
+  # The NCCL path on the emulator: NcclComm, the data-parallel layer and the trainer on --device
+  # cuda, with tests/cuda/fake_nccl.cpp standing in for libnccl (NCCL's calls over MPI). The
+  # whole runtime is compiled against the emulator here; tests/CMakeLists.txt runs the binary
+  # under mpirun -np 2.
+  if(MPI_CXX_FOUND AND NCCL_FOUND)
+    file(GLOB LT_EMU_RUNTIME_SRC CONFIGURE_DEPENDS ${LT_RT}/*.cpp)
+    add_executable(test_nccl_emulated ${LT_EMU_KERNELS} ${LT_EMU_RUNTIME_SRC}
+      ${PROJECT_SOURCE_DIR}/tests/cuda/emulator_stubs.cpp ${PROJECT_SOURCE_DIR}/tests/cuda/fake_nccl.cpp
+      ${PROJECT_SOURCE_DIR}/tests/cuda/test_nccl_emulated.cpp ${PROJECT_SOURCE_DIR}/tests/mpi/mpi_main.cpp)
+    target_include_directories(test_nccl_emulated PRIVATE ${CUDAToolkit_INCLUDE_DIRS} ${NCCL_INCLUDE_DIR})
+    target_compile_options(test_nccl_emulated PRIVATE
+      -include ${PROJECT_SOURCE_DIR}/tests/cuda/emulator.h -fno-strict-aliasing -Wno-unknown-pragmas
+      -Wno-unused-variable -Wno-unused-but-set-variable -Wno-unused-function)
+    target_compile_definitions(test_nccl_emulated PRIVATE LT_EMULATED=1 LEASETRAIN_HAVE_CUDA=1
+      LEASETRAIN_HAVE_NCCL=1 LEASETRAIN_HAVE_MPI=1 LT_CLI="$<TARGET_FILE:leasetrain>")
+    target_link_libraries(test_nccl_emulated PRIVATE leasetrain_flags leasetrain_kernels_cpu nlohmann_json::nlohmann_json
+      tomlplusplus::tomlplusplus GTest::gtest MPI::MPI_CXX Threads::Threads)
+  endif()
 endif()

@@ -407,6 +407,8 @@ inline cublasStatus_t cublas_ok_() { return CUBLAS_STATUS_SUCCESS; }
 #define cudaEventCreateWithFlags(e, f) ::emu::set_null_(e)
 #define cudaEventRecord(e, s) ::emu::ok_()
 #define cudaEventSynchronize(e) ::emu::ok_()
+#define cudaEventQuery(e) ::emu::ok_()
+#define cudaStreamWaitEvent(s, e, f) ::emu::ok_()
 #define cudaEventDestroy(e) ::emu::ok_()
 #define cudaDriverGetVersion(v) ::emu::version_(v)
 #define cudaRuntimeGetVersion(v) ::emu::version_(v)

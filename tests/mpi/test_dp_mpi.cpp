@@ -16,6 +16,7 @@
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
 #include "runtime/watchdog.h"
+#include "tests/mpi/dp_checks.h"
 #include "tests/mpi/dp_job.h"
 #include "tests/mpi/mpi_test.h"
 
@@ -47,21 +48,6 @@ struct SubComm {
     if (mpi != MPI_COMM_NULL) MPI_Comm_free(&mpi);
   }
   bool member() const { return comm != nullptr; }
-};
-
-// A directory every rank sees (rank 0 creates it and removes it at the end).
-struct SharedDir {
-  std::unique_ptr<TempDir> owner;
-  std::string path;
-  SharedDir() {
-    if (mpi_rank() == 0) {
-      owner = std::make_unique<TempDir>();
-      path = owner->path.string();
-    }
-    path = mpi_bcast_string(path);
-  }
-  ~SharedDir() { MPI_Barrier(MPI_COMM_WORLD); }  // nobody still reads it when rank 0 removes it
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
 };
 
 uint64_t fnv(const float* p, int64_t n) {
@@ -377,25 +363,6 @@ TEST_F(MpiTest, NRanksMatchOneRankWithAccumulation) {
     EXPECT_LE(std::fabs(got.result.last_val_loss - ref.result.last_val_loss), 1e-5f * ref.result.last_val_loss)
         << what;
   }
-}
-
-// The moments of a checkpoint's optimizer.safetensors.
-std::vector<float> moments(const std::string& ckpt, const char* name) {
-  SafetensorsReader r(ckpt + "/optimizer.safetensors");
-  const StTensorInfo& t = r.at(name);
-  std::vector<float> v((size_t)t.numel());
-  r.read_f32(t, v.data());
-  return v;
-}
-
-void expect_all_near(const std::vector<float>& a, const std::vector<float>& b, float rel, const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  float scale = 0;
-  for (float x : b) scale = std::max(scale, std::fabs(x));
-  size_t bad = 0, first = 0;
-  for (size_t i = 0; i < a.size(); i++)
-    if (std::fabs(a[i] - b[i]) > rel * scale && bad++ == 0) first = i;
-  EXPECT_EQ(bad, 0u) << what << ": first at " << first << ": " << a[first] << " vs " << b[first];
 }
 
 TEST_F(MpiTest, ZeroOneEqualsPlainDataParallel) {

@@ -1,0 +1,187 @@
+// The NCCL path without a GPU: NcclComm (runtime/comm_nccl.cpp), the data-parallel layer and
+// the trainer on --device cuda, built against tests/cuda/emulator.h (the CUDA kernels on the CPU
+// emulator; device memory is host memory) and tests/cuda/fake_nccl.cpp (NCCL's calls over MPI,
+// refusing NCCL's undefined cases). Run under mpirun -np 2 (label cuda-emulated). What this
+// proves: the communicator's counts, dtypes, in-place offsets and bootstrap, and that the
+// trainer's device path (bucket views, ZeRO-1 shards and their padding, the checkpoint's
+// gathered optimizer state) computes what the CPU path computes. What it cannot: NCCL itself,
+// streams running concurrently, a real device's rounding.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/backend.h"
+#include "runtime/comm.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/model.h"
+#include "runtime/trainer.h"
+#include "tests/mpi/dp_checks.h"
+#include "tests/mpi/dp_job.h"
+
+namespace lt::test {
+namespace {
+
+struct DeviceRanks {
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<Communicator> boot, nccl;
+  DeviceRanks() {
+    CudaBackendOptions o;
+    o.precision = DType::F32;
+    be = make_cuda_backend(o);
+    MpiCommOptions mo;
+    mo.progress = "poll";
+    boot = make_mpi_comm(mo);
+    NcclCommOptions no;
+    no.compute_stream = cuda_backend_stream(*be);
+    nccl = make_nccl_comm(boot.get(), boot->rank(), boot->world(), no);
+  }
+};
+
+float value(int64_t i, int r) { return (float)(1 + (i * 7 + r * 3) % 13); }
+
+TEST_F(MpiTest, NcclCollectivesOnDeviceBuffers) {
+  DeviceRanks d;
+  Backend& be = *d.be;
+  Communicator& c = *d.nccl;
+  const int W = c.world(), r = c.rank();
+  ASSERT_EQ(c.backend(), "nccl");
+  ASSERT_EQ(c.device(), Device::CUDA);
+  const int64_t n = 37;  // odd: no size divides nicely
+
+  // all_reduce, Sum and Avg, fp32.
+  for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg}) {
+    std::vector<float> h(n);
+    for (int64_t i = 0; i < n; i++) h[i] = value(i, r);
+    Tensor t = be.empty(DType::F32, {n});
+    be.from_host(t, h.data());
+    c.all_reduce(t, op)->wait();
+    const std::vector<float> got = be.to_host_f32(t);
+    for (int64_t i = 0; i < n; i++) {
+      float sum = 0;
+      for (int q = 0; q < W; q++) sum += value(i, q);
+      ASSERT_EQ(got[i], op == ReduceOp::Sum ? sum : sum / (float)W) << to_string(op) << " element " << i;
+    }
+  }
+
+  // reduce_scatter in place (this rank's block of the input) and into a separate buffer.
+  std::vector<float> in((size_t)(n * W));
+  for (int64_t i = 0; i < n * W; i++) in[i] = value(i, r);
+  Tensor whole = be.empty(DType::F32, {n * W});
+  be.from_host(whole, in.data());
+  Tensor separate = be.empty(DType::F32, {n});
+  c.reduce_scatter(separate, whole, ReduceOp::Avg)->wait();  // ZeRO-1's gradient reduction
+  Tensor block = whole.view(r * n, {n});
+  c.reduce_scatter(block, whole)->wait();
+  for (const Tensor* out : {&separate, &block}) {
+    const std::vector<float> got = be.to_host_f32(*out);
+    for (int64_t i = 0; i < n; i++) {
+      float sum = 0;
+      for (int q = 0; q < W; q++) sum += value(r * n + i, q);
+      ASSERT_EQ(got[i], out == &separate ? sum / (float)W : sum) << "reduce_scatter element " << i;
+    }
+  }
+
+  // all_gather in place: each rank's block of the output is its input.
+  Tensor gathered = be.empty(DType::F32, {n * W});
+  std::vector<float> mine(n);
+  for (int64_t i = 0; i < n; i++) mine[i] = value(i, r) * 10;
+  be.from_host(gathered.view(r * n, {n}), mine.data());
+  c.all_gather(gathered, gathered.view(r * n, {n}))->wait();
+  const std::vector<float> all = be.to_host_f32(gathered);
+  for (int q = 0; q < W; q++)
+    for (int64_t i = 0; i < n; i++) ASSERT_EQ(all[q * n + i], value(i, q) * 10) << "rank " << q << " element " << i;
+
+  // An overlap that is not NCCL's in-place form is refused, not run.
+  EXPECT_THROW(c.reduce_scatter(whole.view(1, {n}), whole), CommError);
+
+  // broadcast from the last rank, int32 (ncclInt32); barrier.
+  std::vector<int32_t> b(n, r + 1), got_b(n);
+  Tensor tb = be.empty(DType::I32, {n});
+  be.from_host(tb, b.data());
+  c.broadcast(tb, W - 1)->wait();
+  be.to_host(got_b.data(), tb);
+  for (int32_t x : got_b) ASSERT_EQ(x, W);
+  c.barrier()->wait();
+}
+
+// The trainer on --device cuda over NCCL against the CPU trainer on one rank: the same samples
+// per step (W ranks x B = 1 rank x W*B), small buckets so every parameter kind is split, then
+// ZeRO-1 against plain data parallelism with its checkpointed optimizer state.
+struct RunOut {
+  TrainResult result;
+  std::vector<float> final_params;
+  int steps_with_differing_params = 0;
+};
+
+RunOut train(const std::string& config, const std::string& out, Communicator* comm, bool cuda) {
+  RunOut r;
+  TrainOptions o;
+  o.config_path = config;
+  o.out_dir = out;
+  o.quiet = true;
+  o.comm = comm;
+  if (cuda) {
+    o.backend.device = Device::CUDA;
+    o.backend.precision = DType::F32;
+  }
+  o.on_step = [&](int64_t, const GPT& model) {
+    r.final_params = model.backend().to_host_f32(model.params());
+    if (comm && comm->world() > 1) {
+      std::vector<float> root = r.final_params;
+      MPI_Bcast(root.data(), (int)root.size(), MPI_FLOAT, 0, MPI_COMM_WORLD);
+      if (root != r.final_params) r.steps_with_differing_params++;
+    }
+  };
+  r.result = run_train(o);
+  return r;
+}
+
+TEST_F(MpiTest, NcclTrainerMatchesTheCpuAndZeroOneMatchesPlain) {
+  const int W = mpi_world(), B = 2, steps = 3;
+  SharedDir dir;
+  if (mpi_rank() == 0) {
+    write_corpus_shards(dir.path);
+    // n_embd 24: no size divides by 16 x world, so ZeRO-1's shards are padded.
+    DpJobSpec ref{.n_embd = 24, .n_head = 1, .n_layer = 1, .T = 16, .micro_batch = W * B, .steps = steps,
+                  .checkpoint_interval = steps};
+    dp_write_config(dir.path, "ref", ref);
+    DpJobSpec dp = ref;
+    dp.micro_batch = B;
+    dp.dist = "bucket_mb = 0.002\nfirst_bucket_mb = 0.001\nchecksum_interval = 1\n";
+    dp_write_config(dir.path, "plain", dp);
+    dp.dist += "zero = 1\n";
+    dp_write_config(dir.path, "zero", dp);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+
+  auto self = make_self_comm();  // the reference: every rank alone on the CPU backend
+  RunOut ref = train(dir / "ref.toml", dir / ("ref" + std::to_string(mpi_rank())), self.get(), false);
+  ASSERT_EQ(ref.result.losses.size(), (size_t)steps);
+
+  RunOut plain, zero;
+  {
+    DeviceRanks d;  // the trainer makes its own backend; this one only hosts the NCCL stream
+    plain = train(dir / "plain.toml", dir / "plain", d.nccl.get(), true);
+    zero = train(dir / "zero.toml", dir / "zero", d.nccl.get(), true);
+  }
+  ASSERT_EQ(plain.result.losses.size(), (size_t)steps);
+  ASSERT_EQ(zero.result.losses.size(), (size_t)steps);
+  for (int i = 0; i < steps; i++) {
+    EXPECT_NEAR(plain.result.losses[i], ref.result.losses[i], 1e-4f * ref.result.losses[i]) << "step " << i + 1;
+    EXPECT_NEAR(zero.result.losses[i], plain.result.losses[i], 1e-5f * plain.result.losses[i]) << "step " << i + 1;
+  }
+  EXPECT_EQ(plain.steps_with_differing_params, 0);
+  EXPECT_EQ(zero.steps_with_differing_params, 0) << "ZeRO-1's all-gather must leave every rank the same parameters";
+  expect_all_near(plain.final_params, ref.final_params, 1e-4f, "CUDA + NCCL vs CPU parameters");
+  expect_all_near(zero.final_params, plain.final_params, 1e-5f, "zero=1 vs zero=0 parameters");
+  if (mpi_rank() == 0)  // the checkpoint holds the full optimizer state, gathered on the device
+    for (const char* m : {"adamw.m", "adamw.v"})
+      expect_all_near(moments(zero.result.last_checkpoint, m), moments(plain.result.last_checkpoint, m), 1e-4f, m);
+}
+
+}  // namespace
+}  // namespace lt::test
