@@ -111,35 +111,6 @@ TEST_F(MpiTest, NcclCollectivesOnDeviceBuffers) {
 // The trainer on --device cuda over NCCL against the CPU trainer on one rank: the same samples
 // per step (W ranks x B = 1 rank x W*B), small buckets so every parameter kind is split, then
 // ZeRO-1 against plain data parallelism with its checkpointed optimizer state.
-struct RunOut {
-  TrainResult result;
-  std::vector<float> final_params;
-  int steps_with_differing_params = 0;
-};
-
-RunOut train(const std::string& config, const std::string& out, Communicator* comm, bool cuda) {
-  RunOut r;
-  TrainOptions o;
-  o.config_path = config;
-  o.out_dir = out;
-  o.quiet = true;
-  o.comm = comm;
-  if (cuda) {
-    o.backend.device = Device::CUDA;
-    o.backend.precision = DType::F32;
-  }
-  o.on_step = [&](int64_t, const GPT& model) {
-    r.final_params = model.backend().to_host_f32(model.params());
-    if (comm && comm->world() > 1) {
-      std::vector<float> root = r.final_params;
-      MPI_Bcast(root.data(), (int)root.size(), MPI_FLOAT, 0, MPI_COMM_WORLD);
-      if (root != r.final_params) r.steps_with_differing_params++;
-    }
-  };
-  r.result = run_train(o);
-  return r;
-}
-
 TEST_F(MpiTest, NcclTrainerMatchesTheCpuAndZeroOneMatchesPlain) {
   const int W = mpi_world(), B = 2, steps = 3;
   SharedDir dir;
@@ -159,14 +130,19 @@ TEST_F(MpiTest, NcclTrainerMatchesTheCpuAndZeroOneMatchesPlain) {
   MPI_Barrier(MPI_COMM_WORLD);
 
   auto self = make_self_comm();  // the reference: every rank alone on the CPU backend
-  RunOut ref = train(dir / "ref.toml", dir / ("ref" + std::to_string(mpi_rank())), self.get(), false);
+  RunOut ref = train(*self, MPI_COMM_NULL, dir / "ref.toml", dir / ("ref" + std::to_string(mpi_rank())));
   ASSERT_EQ(ref.result.losses.size(), (size_t)steps);
 
+  BackendOptions cuda;
+  cuda.device = Device::CUDA;
+  cuda.precision = DType::F32;
   RunOut plain, zero;
   {
-    DeviceRanks d;  // the trainer makes its own backend; this one only hosts the NCCL stream
-    plain = train(dir / "plain.toml", dir / "plain", d.nccl.get(), true);
-    zero = train(dir / "zero.toml", dir / "zero", d.nccl.get(), true);
+    // The trainer makes its own backend; this one only lends NcclComm a stream (on the
+    // emulator every stream operation has finished when it returns).
+    DeviceRanks d;
+    plain = train(*d.nccl, MPI_COMM_WORLD, dir / "plain.toml", dir / "plain", false, cuda);
+    zero = train(*d.nccl, MPI_COMM_WORLD, dir / "zero.toml", dir / "zero", false, cuda);
   }
   ASSERT_EQ(plain.result.losses.size(), (size_t)steps);
   ASSERT_EQ(zero.result.losses.size(), (size_t)steps);

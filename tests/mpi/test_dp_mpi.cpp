@@ -50,47 +50,6 @@ struct SubComm {
   bool member() const { return comm != nullptr; }
 };
 
-uint64_t fnv(const float* p, int64_t n) {
-  const uint8_t* b = reinterpret_cast<const uint8_t*>(p);
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (int64_t i = 0; i < n * 4; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-  return h;
-}
-
-// The hash of the parameters on every rank of `c` (an independent check, not the checksum
-// under test); the number of ranks that differ from rank 0.
-int ranks_differing(const GPT& model, MPI_Comm c) {
-  unsigned long long mine = fnv(model.params().f32(), model.num_params());
-  std::vector<unsigned long long> all(mpi_world(c));
-  MPI_Allgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all.data(), 1, MPI_UNSIGNED_LONG_LONG, c);
-  int bad = 0;
-  for (auto h : all) bad += h != all[0];
-  return bad;
-}
-
-struct RunOut {
-  TrainResult result;
-  int steps_with_differing_params = 0;
-  std::vector<float> final_params;
-};
-
-RunOut train(Communicator& comm, MPI_Comm check_comm, const std::string& config, const std::string& out,
-             bool resume = false) {
-  RunOut r;
-  TrainOptions o;
-  o.config_path = config;
-  o.out_dir = out;
-  o.quiet = true;
-  o.resume = resume;
-  o.comm = &comm;
-  o.on_step = [&](int64_t, const GPT& model) {
-    if (check_comm != MPI_COMM_NULL && ranks_differing(model, check_comm) != 0) r.steps_with_differing_params++;
-    r.final_params.assign(model.params().f32(), model.params().f32() + model.num_params());
-  };
-  r.result = run_train(o);
-  return r;
-}
-
 void expect_losses_near(const std::vector<float>& got, const std::vector<float>& want, size_t from, size_t to,
                         const std::string& what) {
   ASSERT_GE(got.size(), to - from) << what;
@@ -323,7 +282,7 @@ TEST_F(MpiTest, BroadcastAndHookLaunchedReduction) {
     // With overlap every bucket is started by the backward hook, the last by its final call.
     EXPECT_EQ(dp.last_stats().launched_during_backward, overlap ? (int)dp.buckets().size() : 0);
     dp.finish_gradients();
-    EXPECT_EQ(ranks_differing(model, MPI_COMM_WORLD), 0);
+    EXPECT_EQ(ranks_differing(model.backend().to_host_f32(model.params()), MPI_COMM_WORLD), 0);
     be->fill_zero(model.grads());
   }
 }
