@@ -110,7 +110,8 @@ TEST_F(MpiTest, NcclCollectivesOnDeviceBuffers) {
 
 // The trainer on --device cuda over NCCL against the CPU trainer on one rank: the same samples
 // per step (W ranks x B = 1 rank x W*B), small buckets so every parameter kind is split, then
-// ZeRO-1 against plain data parallelism with its checkpointed optimizer state.
+// ZeRO-1 against plain data parallelism with its checkpointed optimizer state; fp32, then bf16
+// mixed precision.
 TEST_F(MpiTest, NcclTrainerMatchesTheCpuAndZeroOneMatchesPlain) {
   const int W = mpi_world(), B = 2, steps = 3;
   SharedDir dir;
@@ -157,6 +158,21 @@ TEST_F(MpiTest, NcclTrainerMatchesTheCpuAndZeroOneMatchesPlain) {
   if (mpi_rank() == 0)  // the checkpoint holds the full optimizer state, gathered on the device
     for (const char* m : {"adamw.m", "adamw.v"})
       expect_all_near(moments(zero.result.last_checkpoint, m), moments(plain.result.last_checkpoint, m), 1e-4f, m);
+
+  // Mixed precision, the production setting: bf16 gradient buckets go through ncclBfloat16.
+  cuda.precision = DType::BF16;
+  RunOut plain16, zero16;
+  {
+    DeviceRanks d;
+    plain16 = train(*d.nccl, MPI_COMM_WORLD, dir / "plain.toml", dir / "plain16", false, cuda);
+    zero16 = train(*d.nccl, MPI_COMM_WORLD, dir / "zero.toml", dir / "zero16", false, cuda);
+  }
+  ASSERT_EQ(plain16.result.losses.size(), (size_t)steps);
+  for (int i = 0; i < steps; i++)
+    EXPECT_NEAR(plain16.result.losses[i], ref.result.losses[i], 2e-2f * ref.result.losses[i]) << "bf16 step " << i + 1;
+  EXPECT_EQ(plain16.steps_with_differing_params, 0);
+  EXPECT_EQ(zero16.steps_with_differing_params, 0);
+  expect_all_near(zero16.final_params, plain16.final_params, 1e-3f, "bf16: zero=1 vs zero=0 parameters");
 }
 
 }  // namespace
