@@ -350,6 +350,10 @@ inline cudaError_t device_count_(int* n) {
   return cudaSuccess;
 }
 inline cudaError_t ok_() { return cudaSuccess; }
+// Every event has completed, unless a test double says otherwise (tests/cuda/fake_nccl.cpp
+// keeps a "stuck" collective's event pending until its communicator is aborted).
+inline cudaError_t (*event_query_hook)() = nullptr;
+inline cudaError_t event_query_() { return event_query_hook ? event_query_hook() : cudaSuccess; }
 inline cudaError_t malloc_host_(void** p, size_t n) { return malloc_(p, n); }
 inline cudaError_t set_null_(void* handle_ptr) {  // streams, events: any handle will do
   std::memset(handle_ptr, 0, sizeof(void*));
@@ -407,7 +411,7 @@ inline cublasStatus_t cublas_ok_() { return CUBLAS_STATUS_SUCCESS; }
 #define cudaEventCreateWithFlags(e, f) ::emu::set_null_(e)
 #define cudaEventRecord(e, s) ::emu::ok_()
 #define cudaEventSynchronize(e) ::emu::ok_()
-#define cudaEventQuery(e) ::emu::ok_()
+#define cudaEventQuery(e) ::emu::event_query_()
 #define cudaStreamWaitEvent(s, e, f) ::emu::ok_()
 #define cudaEventDestroy(e) ::emu::ok_()
 #define cudaDriverGetVersion(v) ::emu::version_(v)

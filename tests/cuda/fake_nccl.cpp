@@ -11,7 +11,9 @@
 //     the send and receive buffers is ncclInvalidUsage;
 //   - bfloat16 is reduced in fp32 and rounded once (NCCL's kernels round per step: the
 //     emulated results can differ from a device's in the last bit).
-// What it does not model: asynchrony, streams, timing, NCCL's own reduction order.
+// What it does not model: asynchrony, streams, timing, NCCL's own reduction order. One failure
+// can be injected (fake_nccl.h): the next collective hangs on the "device" (its event stays
+// pending) and the communicator reports an asynchronous error until it is aborted.
 #include <mpi.h>
 #include <nccl.h>
 
@@ -22,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/cuda/fake_nccl.h"
+
 struct ncclComm {
   MPI_Comm mpi = MPI_COMM_NULL;
   int rank = 0, nranks = 1;
@@ -29,6 +33,22 @@ struct ncclComm {
 };
 
 namespace {
+
+// The injected failure (fake_nccl_fail_next): armed, then the communicator it struck.
+ncclResult_t g_fail = ncclSuccess;
+bool g_armed = false;
+ncclComm* g_stuck = nullptr;
+
+cudaError_t stuck_event_query() { return g_stuck ? cudaErrorNotReady : cudaSuccess; }
+
+// True when the injected failure takes this collective: it does nothing and never completes.
+bool strike(ncclComm* c) {
+  if (!g_armed) return false;
+  g_armed = false;
+  g_stuck = c;
+  ::emu::event_query_hook = stuck_event_query;
+  return true;
+}
 
 size_t type_size(ncclDataType_t t) {
   switch (t) {
@@ -142,10 +162,21 @@ ncclResult_t ncclCommDestroy(ncclComm_t c) {
   delete c;
   return ncclSuccess;
 }
-ncclResult_t ncclCommAbort(ncclComm_t c) { return ncclCommDestroy(c); }
+ncclResult_t ncclCommAbort(ncclComm_t c) {
+  if (c && c == g_stuck) {  // the stuck kernel ends with its communicator
+    g_stuck = nullptr;
+    ::emu::event_query_hook = nullptr;
+  }
+  return ncclCommDestroy(c);
+}
 ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t* e) {
-  *e = ncclSuccess;
+  *e = c && c == g_stuck ? g_fail : ncclSuccess;
   return c ? ncclSuccess : ncclInvalidArgument;
+}
+
+void fake_nccl_fail_next(ncclResult_t async_error) {
+  g_fail = async_error;
+  g_armed = true;
 }
 
 const char* ncclGetErrorString(ncclResult_t r) {
@@ -154,6 +185,7 @@ const char* ncclGetErrorString(ncclResult_t r) {
     case ncclInvalidArgument: return "invalid argument";
     case ncclInvalidUsage: return "invalid usage";
     case ncclSystemError: return "unhandled system error";
+    case ncclRemoteError: return "remote process exited or there was a network error";
     default: return "fake NCCL error";
   }
 }
@@ -162,6 +194,7 @@ const char* ncclGetLastError(ncclComm_t c) { return c ? c->last_error.c_str() : 
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t t, ncclRedOp_t op, ncclComm_t c,
                            cudaStream_t) {
   if (ncclResult_t r = check(c, t)) return r;
+  if (strike(c)) return ncclSuccess;
   const size_t bytes = count * type_size(t);
   if (send != recv && overlap(send, bytes, recv, bytes))
     return fail(c, ncclInvalidUsage, "fake NCCL: all_reduce buffers overlap without being the same");
@@ -174,6 +207,7 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
 ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recvcount, ncclDataType_t t, ncclRedOp_t op,
                                ncclComm_t c, cudaStream_t) {
   if (ncclResult_t r = check(c, t)) return r;
+  if (strike(c)) return ncclSuccess;
   const size_t es = type_size(t), in_bytes = recvcount * c->nranks * es, out_bytes = recvcount * es;
   const bool in_place = recv == static_cast<const char*>(send) + c->rank * out_bytes;
   if (!in_place && overlap(send, in_bytes, recv, out_bytes))
@@ -187,6 +221,7 @@ ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recvcount, n
 ncclResult_t ncclAllGather(const void* send, void* recv, size_t sendcount, ncclDataType_t t, ncclComm_t c,
                            cudaStream_t) {
   if (ncclResult_t r = check(c, t)) return r;
+  if (strike(c)) return ncclSuccess;
   const size_t es = type_size(t), in_bytes = sendcount * es;
   const bool in_place = send == static_cast<const char*>(recv) + c->rank * in_bytes;
   if (!in_place && overlap(send, in_bytes, recv, in_bytes * c->nranks))
@@ -200,6 +235,7 @@ ncclResult_t ncclAllGather(const void* send, void* recv, size_t sendcount, ncclD
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t t, int root, ncclComm_t c,
                            cudaStream_t) {
   if (ncclResult_t r = check(c, t)) return r;
+  if (strike(c)) return ncclSuccess;
   if (root < 0 || root >= c->nranks) return fail(c, ncclInvalidArgument, "fake NCCL: broadcast root out of range");
   const size_t bytes = count * type_size(t);
   if (c->rank == root && send != recv) std::memmove(recv, send, bytes);

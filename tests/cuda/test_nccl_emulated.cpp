@@ -19,6 +19,7 @@
 #include "runtime/cuda_backend.h"
 #include "runtime/model.h"
 #include "runtime/trainer.h"
+#include "tests/cuda/fake_nccl.h"
 #include "tests/mpi/dp_checks.h"
 #include "tests/mpi/dp_job.h"
 
@@ -107,6 +108,33 @@ TEST_F(MpiTest, NcclCollectivesOnDeviceBuffers) {
   for (int32_t x : got_b) ASSERT_EQ(x, W);
   c.barrier()->wait();
 }
+
+// An asynchronous NCCL error (a peer gone, a network failure) while the host waits: NCCL's
+// documentation says the operation will never complete and the communicator must be aborted.
+// The wait ends with the error, the communicator is aborted (its stuck kernel ends, so the
+// unwinding run cannot hang in a device synchronisation), and later collectives are refused.
+TEST_F(MpiTest, NcclAsyncErrorFailsTheWaitAndAbortsTheCommunicator) {
+  DeviceRanks d;
+  Tensor t = d.be->empty(DType::F32, {8});
+  d.nccl->set_tag("grad bucket 1/1");
+  fake_nccl_fail_next(ncclRemoteError);
+  WorkPtr w = d.nccl->all_reduce(t);
+  EXPECT_FALSE(w->query()) << "the stuck collective must not look finished";
+  try {
+    w->wait();
+    ADD_FAILURE() << "wait() returned";
+  } catch (const CommError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("all_reduce #0 (grad bucket 1/1"), std::string::npos) << what;
+    EXPECT_NE(what.find("NCCL: remote process exited or there was a network error"), std::string::npos) << what;
+  }
+  try {
+    d.nccl->all_reduce(t);
+    ADD_FAILURE() << "a collective on an aborted communicator was issued";
+  } catch (const CommError& e) {
+    EXPECT_NE(std::string(e.what()).find("aborted"), std::string::npos) << e.what();
+  }
+}  // ~NcclComm must not finalize or destroy what the abort already freed
 
 // The trainer on --device cuda over NCCL against the CPU trainer on one rank: the same samples
 // per step (W ranks x B = 1 rank x W*B), small buckets so every parameter kind is split, then
