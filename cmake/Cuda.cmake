@@ -209,6 +209,7 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
     file(GLOB LT_EMU_RUNTIME_SRC CONFIGURE_DEPENDS ${LT_RT}/*.cpp)
     add_executable(test_nccl_emulated ${LT_EMU_KERNELS} ${LT_EMU_RUNTIME_SRC}
       ${PROJECT_SOURCE_DIR}/tests/cuda/emulator_stubs.cpp ${PROJECT_SOURCE_DIR}/tests/cuda/fake_nccl.cpp
+      ${PROJECT_SOURCE_DIR}/benchmarks/bench_allreduce.cpp ${PROJECT_SOURCE_DIR}/benchmarks/bench_allreduce_nccl.cpp
       ${PROJECT_SOURCE_DIR}/tests/cuda/test_nccl_emulated.cpp ${PROJECT_SOURCE_DIR}/tests/mpi/mpi_main.cpp)
     target_include_directories(test_nccl_emulated PRIVATE ${CUDAToolkit_INCLUDE_DIRS} ${NCCL_INCLUDE_DIR})
     target_compile_options(test_nccl_emulated PRIVATE

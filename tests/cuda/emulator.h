@@ -412,6 +412,7 @@ inline cublasStatus_t cublas_ok_() { return CUBLAS_STATUS_SUCCESS; }
 #define cudaEventRecord(e, s) ::emu::ok_()
 #define cudaEventSynchronize(e) ::emu::ok_()
 #define cudaEventQuery(e) ::emu::event_query_()
+#define cudaEventElapsedTime(ms, a, b) (*(ms) = 0.f, cudaSuccess)
 #define cudaStreamWaitEvent(s, e, f) ::emu::ok_()
 #define cudaEventDestroy(e) ::emu::ok_()
 #define cudaDriverGetVersion(v) ::emu::version_(v)

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/bench_allreduce.h"
 #include "runtime/backend.h"
 #include "runtime/comm.h"
 #include "runtime/cuda_backend.h"
@@ -107,6 +108,26 @@ TEST_F(MpiTest, NcclCollectivesOnDeviceBuffers) {
   be.to_host(got_b.data(), tb);
   for (int32_t x : got_b) ASSERT_EQ(x, W);
   c.barrier()->wait();
+}
+
+// bench allreduce --backend nccl: its own communicator (the trainer's nccl_init_rank), every
+// size checked against the exact integer result (nccl-tests' #wrong), for every reduction.
+TEST_F(MpiTest, NcclAllReduceBenchmarkChecksEveryElement) {
+  MpiCommOptions mo;
+  mo.progress = "poll";
+  auto boot = make_mpi_comm(mo);
+  for (const char* op : {"sum", "avg", "max", "min"}) {
+    bench::AllReduceArgs a;
+    a.min_bytes = 4;
+    a.max_bytes = 4 << 10;
+    a.factor = 4;
+    a.iters = 2;
+    a.warmup = 1;
+    a.op = op;
+    const auto rows = bench::bench_allreduce_nccl(boot.get(), boot->rank(), boot->world(), 0, a);
+    ASSERT_EQ(rows.size(), 6u) << op;  // 4 B .. 4 KiB by 4x
+    for (const auto& r : rows) EXPECT_EQ(r.wrong, 0) << op << " at " << r.bytes << " bytes";
+  }
 }
 
 // An asynchronous NCCL error (a peer gone, a network failure) while the host waits: NCCL's
