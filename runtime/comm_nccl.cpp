@@ -3,6 +3,7 @@
 // wait for the result by Work::wait() (c10d's ProcessGroupNCCL semantics). Built only when
 // the CUDA toolkit and NCCL are found. NOTE: compiled and linked on the CI machine, which has
 // no GPU; it has not been run there.
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -57,10 +58,18 @@ class NcclWork final : public Work {
     cudaSetDevice(h_->device);
     cudaEventDestroy(done_);
   }
-  cudaEvent_t event() const { return done_; }
+  // Records the collective's end on `stream`, after NCCL has taken it.
+  void record(cudaStream_t stream) {
+    CUDA_CHECK(cudaEventRecord(done_, stream));
+    recorded_.store(true, std::memory_order_release);
+  }
 
+  // The watchdog sees the work from before the NCCL call returns (the call itself may block on
+  // a dead peer); until the event is recorded it is pending, not done (an event never recorded
+  // reads as complete to cudaEventQuery).
   bool query() const noexcept override {
     if (completed()) return true;
+    if (!recorded_.load(std::memory_order_acquire)) return false;
     cudaSetDevice(h_->device);  // the watchdog's thread (see the destructor)
     return cudaEventQuery(done_) == cudaSuccess;
   }
@@ -97,6 +106,7 @@ class NcclWork final : public Work {
   std::shared_ptr<NcclHandle> h_;
   cudaStream_t compute_;
   cudaEvent_t done_{};
+  std::atomic<bool> recorded_{false};
 };
 
 class NcclComm final : public Communicator {
@@ -201,7 +211,7 @@ class NcclComm final : public Communicator {
       if (h_->aborted) throw CommError("nccl: the communicator was aborted after an earlier error");
       call(h_->comm);
     }
-    CUDA_CHECK(cudaEventRecord(nw->event(), stream_));
+    nw->record(stream_);
   }
 
   std::shared_ptr<NcclHandle> h_;

@@ -11,17 +11,20 @@
 //     the send and receive buffers is ncclInvalidUsage;
 //   - bfloat16 is reduced in fp32 and rounded once (NCCL's kernels round per step: the
 //     emulated results can differ from a device's in the last bit).
-// What it does not model: asynchrony, streams, timing, NCCL's own reduction order. One failure
+// What it does not model: asynchrony, streams, timing, NCCL's own reduction order. Two faults
 // can be injected (fake_nccl.h): the next collective hangs on the "device" (its event stays
-// pending) and the communicator reports an asynchronous error until it is aborted.
+// pending) and the communicator reports an asynchronous error until it is aborted; or the next
+// call blocks on the host before it runs.
 #include <mpi.h>
 #include <nccl.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/cuda/fake_nccl.h"
@@ -39,10 +42,17 @@ ncclResult_t g_fail = ncclSuccess;
 bool g_armed = false;
 ncclComm* g_stuck = nullptr;
 
+double g_delay_s = 0;  // fake_nccl_delay_next
+
 cudaError_t stuck_event_query() { return g_stuck ? cudaErrorNotReady : cudaSuccess; }
 
-// True when the injected failure takes this collective: it does nothing and never completes.
+// Applies the injected faults to this collective: a host-side delay; true when the injected
+// failure takes it (it does nothing and never completes).
 bool strike(ncclComm* c) {
+  if (g_delay_s > 0) {
+    std::this_thread::sleep_for(std::chrono::duration<double>(g_delay_s));
+    g_delay_s = 0;
+  }
   if (!g_armed) return false;
   g_armed = false;
   g_stuck = c;
@@ -178,6 +188,8 @@ void fake_nccl_fail_next(ncclResult_t async_error) {
   g_fail = async_error;
   g_armed = true;
 }
+
+void fake_nccl_delay_next(double seconds) { g_delay_s = seconds; }
 
 const char* ncclGetErrorString(ncclResult_t r) {
   switch (r) {

@@ -6,3 +6,7 @@
 // nothing, its event never completes, and ncclCommGetAsyncError reports `async_error` for its
 // communicator until ncclCommAbort, which ends the stuck collective. Call it on every rank.
 void fake_nccl_fail_next(ncclResult_t async_error);
+
+// The next collective blocks inside the NCCL call for `seconds` before it runs (as a call
+// setting up connections to a slow or dead peer does), then completes normally.
+void fake_nccl_delay_next(double seconds);

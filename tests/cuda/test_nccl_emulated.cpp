@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <atomic>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -20,6 +21,7 @@
 #include "runtime/cuda_backend.h"
 #include "runtime/model.h"
 #include "runtime/trainer.h"
+#include "runtime/watchdog.h"
 #include "tests/cuda/fake_nccl.h"
 #include "tests/mpi/dp_checks.h"
 #include "tests/mpi/dp_job.h"
@@ -128,6 +130,22 @@ TEST_F(MpiTest, NcclAllReduceBenchmarkChecksEveryElement) {
     ASSERT_EQ(rows.size(), 6u) << op;  // 4 B .. 4 KiB by 4x
     for (const auto& r : rows) EXPECT_EQ(r.wrong, 0) << op << " at " << r.bytes << " bytes";
   }
+}
+
+// A collective whose NCCL call itself blocks (connecting to a dead peer) is reported by the
+// watchdog: it is watched from before the call, and its never-recorded event does not pass
+// for a finished one.
+TEST_F(MpiTest, NcclWatchdogSeesACollectiveBlockedInsideTheNcclCall) {
+  DeviceRanks d;
+  Tensor t = d.be->zeros(DType::F32, {8});
+  std::atomic<int> fired{0};
+  auto dog = std::make_shared<Watchdog>(0.2, [&](const Work&, double) { fired++; });
+  d.nccl->set_watchdog(dog);
+  fake_nccl_delay_next(0.9);
+  d.nccl->all_reduce(t)->wait();
+  EXPECT_GE(fired.load(), 1) << "a collective blocked inside ncclAllReduce must be reported";
+  EXPECT_EQ(dog->pending(), 0u);
+  d.nccl->set_watchdog(nullptr);
 }
 
 // An asynchronous NCCL error (a peer gone, a network failure) while the host waits: NCCL's
