@@ -16,25 +16,24 @@
                             cudaGetErrorString(e_));                                              \
   } while (0)
 
-#define NCCL_CHECK(call)                                                                          \
-  do {                                                                                            \
-    ncclResult_t r_ = (call);                                                                     \
-    if (r_ != ncclSuccess)                                                                        \
-      throw ::lt::CommError(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " #call ": " + \
-                            ncclGetErrorString(r_));                                              \
-  } while (0)
-
-// The same, for calls on a communicator: adds ncclGetLastError's detail (e.g. which GPU was
-// duplicated), which the result code alone hides.
-#define NCCL_CHECK_COMM(comm, call)                                                               \
-  do {                                                                                            \
-    ncclResult_t r_ = (call);                                                                     \
-    if (r_ != ncclSuccess)                                                                        \
-      throw ::lt::CommError(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " #call ": " + \
-                            ncclGetErrorString(r_) + " (" + ncclGetLastError(comm) + ")");        \
+// NCCL_CHECK(call); NCCL_CHECK_COMM(comm, call) for calls on a communicator adds
+// ncclGetLastError's detail (e.g. which GPU was duplicated), which the result code alone hides.
+#define NCCL_CHECK(call) NCCL_CHECK_COMM(nullptr, call)
+#define NCCL_CHECK_COMM(comm, call)                                                        \
+  do {                                                                                     \
+    ncclResult_t r_ = (call);                                                              \
+    if (r_ != ncclSuccess) ::lt::nccl_fail(r_, __FILE__, __LINE__, #call, (comm));          \
   } while (0)
 
 namespace lt {
+
+// Throws CommError naming file, line, call and NCCL's message (and, with a communicator, its
+// last error).
+[[noreturn]] inline void nccl_fail(ncclResult_t r, const char* file, int line, const char* call, ncclComm_t comm) {
+  std::string msg = std::string(file) + ":" + std::to_string(line) + ": " + call + ": " + ncclGetErrorString(r);
+  if (comm) msg += std::string(" (") + ncclGetLastError(comm) + ")";
+  throw CommError(msg);
+}
 
 // Selects `device`, checks the NCCL version, sends rank 0's ncclUniqueId over `bootstrap`
 // (MPI_Bcast; not needed for world 1) and initialises this rank's NCCL communicator. Shared by

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "benchmarks/bench_allreduce.h"
@@ -201,17 +202,19 @@ TEST_F(MpiTest, NcclTrainerMatchesTheCpuAndZeroOneMatchesPlain) {
   RunOut ref = train(*self, MPI_COMM_NULL, dir / "ref.toml", dir / ("ref" + std::to_string(mpi_rank())));
   ASSERT_EQ(ref.result.losses.size(), (size_t)steps);
 
-  BackendOptions cuda;
-  cuda.device = Device::CUDA;
-  cuda.precision = DType::F32;
-  RunOut plain, zero;
-  {
-    // The trainer makes its own backend; this one only lends NcclComm a stream (on the
-    // emulator every stream operation has finished when it returns).
+  // Plain and ZeRO-1 runs on --device cuda at `precision`, over one NcclComm. The trainer makes
+  // its own backend; the DeviceRanks here only lends NcclComm a stream (on the emulator every stream
+  // operation has finished when it returns).
+  auto run_pair = [&](DType precision, const std::string& suffix) {
+    BackendOptions cuda;
+    cuda.device = Device::CUDA;
+    cuda.precision = precision;
     DeviceRanks d;
-    plain = train(*d.nccl, MPI_COMM_WORLD, dir / "plain.toml", dir / "plain", false, cuda);
-    zero = train(*d.nccl, MPI_COMM_WORLD, dir / "zero.toml", dir / "zero", false, cuda);
-  }
+    RunOut p = train(*d.nccl, MPI_COMM_WORLD, dir / "plain.toml", dir / ("plain" + suffix), false, cuda);
+    RunOut z = train(*d.nccl, MPI_COMM_WORLD, dir / "zero.toml", dir / ("zero" + suffix), false, cuda);
+    return std::pair<RunOut, RunOut>(std::move(p), std::move(z));
+  };
+  auto [plain, zero] = run_pair(DType::F32, "");
   ASSERT_EQ(plain.result.losses.size(), (size_t)steps);
   ASSERT_EQ(zero.result.losses.size(), (size_t)steps);
   for (int i = 0; i < steps; i++) {
@@ -227,13 +230,7 @@ TEST_F(MpiTest, NcclTrainerMatchesTheCpuAndZeroOneMatchesPlain) {
       expect_all_near(moments(zero.result.last_checkpoint, m), moments(plain.result.last_checkpoint, m), 1e-4f, m);
 
   // Mixed precision, the production setting: bf16 gradient buckets go through ncclBfloat16.
-  cuda.precision = DType::BF16;
-  RunOut plain16, zero16;
-  {
-    DeviceRanks d;
-    plain16 = train(*d.nccl, MPI_COMM_WORLD, dir / "plain.toml", dir / "plain16", false, cuda);
-    zero16 = train(*d.nccl, MPI_COMM_WORLD, dir / "zero.toml", dir / "zero16", false, cuda);
-  }
+  auto [plain16, zero16] = run_pair(DType::BF16, "16");
   ASSERT_EQ(plain16.result.losses.size(), (size_t)steps);
   for (int i = 0; i < steps; i++)
     EXPECT_NEAR(plain16.result.losses[i], ref.result.losses[i], 2e-2f * ref.result.losses[i]) << "bf16 step " << i + 1;
