@@ -165,14 +165,24 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
       COMMENT "Rewriting ${name}.cu for the CPU emulator" VERBATIM)
     list(APPEND LT_EMU_SRC ${out})
   endforeach()
-  add_executable(test_kernels_emulated ${LT_EMU_SRC} ${PROJECT_SOURCE_DIR}/tests/cuda/emulator_stubs.cpp)
-  target_include_directories(test_kernels_emulated PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
-  target_compile_options(test_kernels_emulated PRIVATE
+  # What every emulated binary shares: the emulator force-included ahead of each source, and
+  # the kernels (with the emulator's stubs) compiled once for all of them.
+  add_library(leasetrain_emulated INTERFACE)
+  target_include_directories(leasetrain_emulated INTERFACE ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_options(leasetrain_emulated INTERFACE
     -include ${PROJECT_SOURCE_DIR}/tests/cuda/emulator.h -fno-strict-aliasing -Wno-unknown-pragmas
     -Wno-unused-variable -Wno-unused-but-set-variable -Wno-unused-function)
-  target_compile_definitions(test_kernels_emulated PRIVATE LT_EMULATED=1)
-  target_link_libraries(test_kernels_emulated PRIVATE leasetrain_flags leasetrain_kernels_cpu GTest::gtest
-    Threads::Threads)
+  target_compile_definitions(leasetrain_emulated INTERFACE LT_EMULATED=1)
+  target_link_libraries(leasetrain_emulated INTERFACE leasetrain_flags leasetrain_kernels_cpu Threads::Threads)
+  set(LT_EMU_KERNELS "")
+  foreach(name gemm attention ops attention_naive)
+    list(APPEND LT_EMU_KERNELS ${LT_EMU_DIR}/${name}.cpp)
+  endforeach()
+  add_library(leasetrain_emulated_kernels OBJECT ${LT_EMU_KERNELS} ${PROJECT_SOURCE_DIR}/tests/cuda/emulator_stubs.cpp)
+  target_link_libraries(leasetrain_emulated_kernels PUBLIC leasetrain_emulated)
+
+  add_executable(test_kernels_emulated ${LT_EMU_DIR}/test_kernels_gpu.cpp)
+  target_link_libraries(test_kernels_emulated PRIVATE leasetrain_emulated_kernels GTest::gtest)
   gtest_discover_tests(test_kernels_emulated
     TEST_PREFIX "emulated."
     TEST_FILTER "-*Cublas*"
@@ -182,21 +192,13 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
   # The CUDA backend itself on the emulator: tests/cuda/test_model_gpu.cpp with the runtime's
   # tensors (CUDA buffers become host memory), the backend's host code and the kernels all
   # compiled against the emulator, the CPU backend as the reference (LT_EMULATED: small shapes).
-  set(LT_EMU_KERNELS "")
-  foreach(name gemm attention ops attention_naive)
-    list(APPEND LT_EMU_KERNELS ${LT_EMU_DIR}/${name}.cpp)
-  endforeach()
   set(LT_RT ${PROJECT_SOURCE_DIR}/runtime)
-  add_executable(test_model_emulated ${LT_EMU_KERNELS} ${PROJECT_SOURCE_DIR}/tests/cuda/emulator_stubs.cpp
+  add_executable(test_model_emulated
     ${LT_RT}/tensor.cpp ${LT_RT}/backend.cpp ${LT_RT}/cuda_backend.cpp ${LT_RT}/cpu_backend.cpp ${LT_RT}/model.cpp
     ${LT_RT}/optim.cpp ${LT_RT}/safetensors.cpp ${PROJECT_SOURCE_DIR}/tests/cuda/test_model_gpu.cpp)
-  target_include_directories(test_model_emulated PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
-  target_compile_options(test_model_emulated PRIVATE
-    -include ${PROJECT_SOURCE_DIR}/tests/cuda/emulator.h -fno-strict-aliasing -Wno-unknown-pragmas
-    -Wno-unused-variable -Wno-unused-but-set-variable -Wno-unused-function)
-  target_compile_definitions(test_model_emulated PRIVATE LT_EMULATED=1 LEASETRAIN_HAVE_CUDA=1)
-  target_link_libraries(test_model_emulated PRIVATE leasetrain_flags leasetrain_kernels_cpu nlohmann_json::nlohmann_json GTest::gtest_main
-    Threads::Threads)
+  target_compile_definitions(test_model_emulated PRIVATE LEASETRAIN_HAVE_CUDA=1)
+  target_link_libraries(test_model_emulated PRIVATE leasetrain_emulated_kernels nlohmann_json::nlohmann_json
+    GTest::gtest_main)
   gtest_discover_tests(test_model_emulated
     TEST_PREFIX "emulated."
     PROPERTIES LABELS cuda-emulated SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" TIMEOUT 900
@@ -207,17 +209,13 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
   # under mpirun -np 2.
   if(MPI_CXX_FOUND AND NCCL_FOUND)
     file(GLOB LT_EMU_RUNTIME_SRC CONFIGURE_DEPENDS ${LT_RT}/*.cpp)
-    add_executable(test_nccl_emulated ${LT_EMU_KERNELS} ${LT_EMU_RUNTIME_SRC}
-      ${PROJECT_SOURCE_DIR}/tests/cuda/emulator_stubs.cpp ${PROJECT_SOURCE_DIR}/tests/cuda/fake_nccl.cpp
+    add_executable(test_nccl_emulated ${LT_EMU_RUNTIME_SRC} ${PROJECT_SOURCE_DIR}/tests/cuda/fake_nccl.cpp
       ${PROJECT_SOURCE_DIR}/benchmarks/bench_allreduce.cpp ${PROJECT_SOURCE_DIR}/benchmarks/bench_allreduce_nccl.cpp
       ${PROJECT_SOURCE_DIR}/tests/cuda/test_nccl_emulated.cpp ${PROJECT_SOURCE_DIR}/tests/mpi/mpi_main.cpp)
-    target_include_directories(test_nccl_emulated PRIVATE ${CUDAToolkit_INCLUDE_DIRS} ${NCCL_INCLUDE_DIR})
-    target_compile_options(test_nccl_emulated PRIVATE
-      -include ${PROJECT_SOURCE_DIR}/tests/cuda/emulator.h -fno-strict-aliasing -Wno-unknown-pragmas
-      -Wno-unused-variable -Wno-unused-but-set-variable -Wno-unused-function)
-    target_compile_definitions(test_nccl_emulated PRIVATE LT_EMULATED=1 LEASETRAIN_HAVE_CUDA=1
-      LEASETRAIN_HAVE_NCCL=1 LEASETRAIN_HAVE_MPI=1 LT_CLI="$<TARGET_FILE:leasetrain>")
-    target_link_libraries(test_nccl_emulated PRIVATE leasetrain_flags leasetrain_kernels_cpu nlohmann_json::nlohmann_json
-      tomlplusplus::tomlplusplus GTest::gtest MPI::MPI_CXX Threads::Threads)
+    target_include_directories(test_nccl_emulated PRIVATE ${NCCL_INCLUDE_DIR})
+    target_compile_definitions(test_nccl_emulated PRIVATE LEASETRAIN_HAVE_CUDA=1 LEASETRAIN_HAVE_NCCL=1
+      LEASETRAIN_HAVE_MPI=1 LT_CLI="$<TARGET_FILE:leasetrain>")
+    target_link_libraries(test_nccl_emulated PRIVATE leasetrain_emulated_kernels nlohmann_json::nlohmann_json
+      tomlplusplus::tomlplusplus GTest::gtest MPI::MPI_CXX)
   endif()
 endif()
