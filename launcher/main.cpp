@@ -2,6 +2,8 @@
 // and exit code 2; --help on every subcommand explains it.
 #include <cstdio>
 #include <exception>
+#include <filesystem>
+#include <new>
 
 #include "launcher/commands.h"
 #include "runtime/error.h"
@@ -35,6 +37,21 @@ int main(int argc, char** argv) {
   } catch (const lt::cli::CommandFailed& e) {
     if (*e.what()) std::fprintf(stderr, "leasetrain: %s\n", e.what());
     return e.code;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A path the user named could not be created, read or renamed (an --out that is a file, a
+    // read-only or pseudo filesystem): the user's to fix.
+    std::fprintf(stderr, "leasetrain: error: %s\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "leasetrain: error: out of host memory (a size in the config or a file is larger "
+                         "than this machine can hold)\n");
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "leasetrain: internal error: %s\n", e.what());
+    return 1;
+  } catch (...) {
+    std::fprintf(stderr, "leasetrain: internal error: unknown exception\n");
+    return 1;
   }
   return 0;
 }

@@ -1,0 +1,247 @@
+// Validated reading of untrusted files (see input.h).
+#include "runtime/input.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include "runtime/error.h"
+
+namespace lt {
+
+namespace {
+
+const char* file_kind(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  return "not a regular file";
+}
+
+// Depth of the deepest array/object nesting, stopping as soon as it passes `limit`. Strings are
+// skipped (with their escapes) so brackets inside them do not count.
+int json_depth_exceeds(const std::string& s, int limit, size_t* at) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    else if (c == '[' || c == '{') {
+      if (++depth > limit) {
+        *at = i;
+        return depth;
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int open_regular_file(const std::string& path, const char* what) {
+  if (path.empty()) throw UserError(std::string(what) + ": empty path");
+  // O_NONBLOCK: opening a FIFO with no writer would otherwise block forever.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) throw UserError(path + ": cannot open " + what + " (" + std::strerror(errno) + ")");
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw UserError(path + ": cannot stat " + what + " (" + std::strerror(err) + ")");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw UserError(path + ": " + what + " must be a regular file, this is " + file_kind(st.st_mode));
+  }
+  // Reads of a regular file never block; clear the flag so nothing downstream sees EAGAIN.
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  return fd;
+}
+
+std::string read_regular_file(const std::string& path, const char* what, uint64_t max_bytes) {
+  const int fd = open_regular_file(path, what);
+  struct stat st;
+  ::fstat(fd, &st);
+  if ((uint64_t)st.st_size > max_bytes) {
+    ::close(fd);
+    throw UserError(path + ": " + what + " is " + std::to_string((uint64_t)st.st_size) +
+                    " bytes, more than the " + std::to_string(max_bytes) + " accepted");
+  }
+  std::string out;
+  out.reserve((size_t)st.st_size);
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      throw UserError(path + ": reading " + what + " failed (" + std::strerror(err) + ")");
+    }
+    if (n == 0) break;
+    out.append(buf, (size_t)n);
+    if (out.size() > max_bytes) {  // the file grew while we read it
+      ::close(fd);
+      throw UserError(path + ": " + what + " is more than the " + std::to_string(max_bytes) + " bytes accepted");
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+void require_directory(const std::string& path, const char* what) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0)
+    throw UserError(path + ": " + what + ": " + std::strerror(errno));
+  if (!S_ISDIR(st.st_mode)) throw UserError(path + ": " + what + " must be a directory, this is " + file_kind(st.st_mode));
+}
+
+nlohmann::json parse_json(const std::string& text, const std::string& source) {
+  size_t at = 0;
+  if (json_depth_exceeds(text, kMaxJsonDepth, &at))
+    throw UserError(source + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels (at byte " +
+                    std::to_string(at) + ")");
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw UserError(source + ": not valid JSON (parse error at byte " + std::to_string(e.byte) + ")");
+  } catch (const nlohmann::json::exception& e) {
+    throw UserError(source + ": not valid JSON (" + e.what() + ")");
+  }
+}
+
+nlohmann::json read_json_file(const std::string& path, const char* what) {
+  return parse_json(read_regular_file(path, what), path);
+}
+
+std::string json_excerpt(const nlohmann::json& v) {
+  std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (s.size() > 60) s = s.substr(0, 57) + "...";
+  return s;
+}
+
+JsonFields::JsonFields(const nlohmann::json& j, std::string source, std::string prefix)
+    : j_(j), source_(std::move(source)), prefix_(std::move(prefix)) {
+  if (!j_.is_object()) {
+    if (prefix_.empty()) throw UserError(source_ + ": expected a JSON object, got " + json_excerpt(j_));
+    throw UserError(source_ + ": field '" + prefix_.substr(0, prefix_.size() - 1) + "' must be an object, got " +
+                    json_excerpt(j_));
+  }
+}
+
+void JsonFields::fail(const std::string& key, const std::string& expected) const {
+  auto it = j_.find(key);
+  const std::string got = it == j_.end() ? std::string("nothing (missing)") : json_excerpt(*it);
+  throw UserError(source_ + ": field '" + prefix_ + key + "' must be " + expected + ", got " + got);
+}
+
+bool JsonFields::has(const std::string& key) const {
+  auto it = j_.find(key);
+  return it != j_.end() && !it->is_null();
+}
+
+const nlohmann::json& JsonFields::raw(const std::string& key) const {
+  auto it = j_.find(key);
+  if (it == j_.end()) fail(key, "present");
+  return *it;
+}
+
+int64_t JsonFields::integer(const std::string& key, int64_t lo, int64_t hi) const {
+  auto it = j_.find(key);
+  const std::string range = "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  if (it == j_.end()) fail(key, range);
+  int64_t v = 0;
+  if (it->is_number_unsigned()) {
+    const uint64_t u = it->get<uint64_t>();
+    if (u > (uint64_t)std::numeric_limits<int64_t>::max()) fail(key, range);
+    v = (int64_t)u;
+  } else if (it->is_number_integer()) {
+    v = it->get<int64_t>();
+  } else {
+    fail(key, range);
+  }
+  if (v < lo || v > hi) fail(key, range);
+  return v;
+}
+
+uint64_t JsonFields::unsigned_integer(const std::string& key, uint64_t hi) const {
+  auto it = j_.find(key);
+  const std::string range = "an integer in [0, " + std::to_string(hi) + "]";
+  if (it == j_.end()) fail(key, range);
+  if (it->is_number_unsigned()) {
+    const uint64_t u = it->get<uint64_t>();
+    if (u > hi) fail(key, range);
+    return u;
+  }
+  if (it->is_number_integer() && it->get<int64_t>() >= 0 && (uint64_t)it->get<int64_t>() <= hi)
+    return (uint64_t)it->get<int64_t>();
+  fail(key, range);
+}
+
+double JsonFields::number(const std::string& key, double lo, double hi) const {
+  auto it = j_.find(key);
+  auto expected = [&] {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "a finite number in [%g, %g]", lo, hi);
+    return std::string(buf);
+  };
+  if (it == j_.end() || !it->is_number()) fail(key, expected());
+  const double d = it->get<double>();
+  if (!std::isfinite(d) || d < lo || d > hi) fail(key, expected());
+  return d;
+}
+
+std::string JsonFields::string(const std::string& key) const {
+  auto it = j_.find(key);
+  if (it == j_.end() || !it->is_string()) fail(key, "a string");
+  return it->get<std::string>();
+}
+
+bool JsonFields::boolean(const std::string& key) const {
+  auto it = j_.find(key);
+  if (it == j_.end() || !it->is_boolean()) fail(key, "true or false");
+  return it->get<bool>();
+}
+
+JsonFields JsonFields::object(const std::string& key) const {
+  auto it = j_.find(key);
+  if (it == j_.end() || !it->is_object()) fail(key, "an object");
+  return JsonFields(*it, source_, prefix_ + key + ".");
+}
+
+const nlohmann::json& JsonFields::array(const std::string& key) const {
+  auto it = j_.find(key);
+  if (it == j_.end() || !it->is_array()) fail(key, "an array");
+  return *it;
+}
+
+std::optional<int64_t> JsonFields::opt_integer(const std::string& key, int64_t lo, int64_t hi) const {
+  if (!has(key)) return std::nullopt;
+  return integer(key, lo, hi);
+}
+
+std::optional<double> JsonFields::opt_number(const std::string& key, double lo, double hi) const {
+  if (!has(key)) return std::nullopt;
+  return number(key, lo, hi);
+}
+
+std::optional<std::string> JsonFields::opt_string(const std::string& key) const {
+  if (!has(key)) return std::nullopt;
+  return string(key);
+}
+
+}  // namespace lt
