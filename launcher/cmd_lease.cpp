@@ -21,6 +21,7 @@
 #include "launcher/manifest_sign.h"
 #include "launcher/tenancy.h"
 #include "runtime/error.h"
+#include "runtime/input.h"
 
 namespace lt::cli {
 namespace {
@@ -195,15 +196,23 @@ void add_launch(CLI::App& app) {
       int device_ranks = 0;
       for (const RankPlan& r : p.ranks) {
         nlohmann::json jr = {{"rank", r.rank}, {"host", r.host}, {"devices", r.devices}};
-        std::ifstream in(o.job_dir + "/rank-" + std::to_string(r.rank) + ".json");
-        if (in) {
+        // Written by the rank, so the tenant's: read like any untrusted file, and a bad one
+        // must never cost the usage record (that would make a job unaccounted).
+        const std::string rank_file = o.job_dir + "/rank-" + std::to_string(r.rank) + ".json";
+        std::error_code ec;
+        if (fs::symlink_status(rank_file, ec).type() != fs::file_type::not_found) {
           try {
-            nlohmann::json seen = nlohmann::json::parse(in);
-            jr["devices_seen"] = seen.value("devices", nlohmann::json::array());
-            nccl = seen.value("nccl_version", nccl);
-            cuda = seen.value("cuda_version", cuda);
-          } catch (const std::exception&) {
+            nlohmann::json seen = parse_json(read_regular_file(rank_file, "rank record", 1 << 20), rank_file);
+            JsonFields f(seen, rank_file);
+            const nlohmann::json& devices = f.array("devices");
+            for (const auto& d : devices)
+              if (!d.is_string()) f.fail("devices", "an array of strings");
+            jr["devices_seen"] = devices;
+            nccl = f.opt_string("nccl_version").value_or(nccl);
+            cuda = f.opt_string("cuda_version").value_or(cuda);
+          } catch (const UserError& e) {
             jr["devices_seen"] = "unreadable";
+            std::fprintf(stderr, "leasetrain: %s\n", e.what());
           }
         }
         device_ranks += r.devices.empty() ? 0 : 1;
@@ -238,31 +247,44 @@ void add_launch(CLI::App& app) {
 void add_audit(CLI::App& app) {
   CLI::App* audit = app.add_subcommand("audit", "Usage records: check the hash chain of a usage log");
   audit->require_subcommand(1);
-  struct Args {
-    std::string file, head;
-    bool json = false;
-  };
-  auto a = std::make_shared<Args>();
+  auto a = std::make_shared<VerifyOptions>();
+  auto file = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
   CLI::App* verify = audit->add_subcommand(
       "verify",
       "Check every record of a usage log (JSONL hash chain) in order; report the first altered, "
-      "missing, reordered or truncated record and exit 1. --head HASH (the last hash you kept "
-      "elsewhere) also catches records cut off the end.");
-  verify->add_option("file", a->file, "Usage log (JSONL)")->required();
-  verify->add_option("--head", a->head, "A record hash that must be in the chain");
-  verify->add_flag("--json", a->json, "Print the result as JSON");
-  verify->callback([a] {
-    AuditResult r = verify_log(a->file, a->head);
-    if (a->json) {
-      nlohmann::json j = {{"file", a->file}, {"ok", r.ok}, {"records", r.records}, {"head", r.head}};
+      "missing, reordered or half-written record and exit 1. The chain alone cannot show records cut "
+      "off the end or appended by whoever can write the file: --head or --anchors can. A malformed "
+      "record (a field of the wrong type or range), an empty log, or anything but a regular file "
+      "exits 2 naming file, line and field.");
+  verify->add_option("file", *file, "Usage log (JSONL)")->required();
+  verify->add_option("--head", a->head,
+                     "The hash the LAST record must have (kept elsewhere after the last append): fails "
+                     "when the log ends anywhere else, naming how many records follow it");
+  verify->add_option("--anchors", a->anchors,
+                     "Exported syslog lines holding the anchors each append sends (journalctl -t " +
+                         std::string(kAnchorIdent) + " -o cat, /var/log/auth.log, ...; other lines are ignored): "
+                         "every anchor of this log must match its record, in order, and the last record must be "
+                         "anchored");
+  verify->add_option("--anchored-as", a->anchored_as,
+                     "The path the log had where it was appended to, when verifying a copy (default: FILE's "
+                     "absolute path)");
+  verify->add_flag("--json", *json, "Print the result as JSON");
+  verify->callback([a, file, json] {
+    AuditResult r = verify_log(*file, *a);
+    if (*json) {
+      nlohmann::json j = {{"file", *file}, {"ok", r.ok}, {"records", r.records}, {"head", r.head}};
+      if (!a->anchors.empty()) j["anchors"] = r.anchors;
       if (!r.ok) j["bad_line"] = r.bad_line, j["reason"] = r.reason;
       std::cout << j.dump(2) << "\n";
     } else if (r.ok) {
-      std::cout << a->file << ": " << r.records << " record(s), chain intact, head " << r.head << "\n";
+      std::cout << *file << ": " << r.records << " record(s), chain intact, head " << r.head;
+      if (!a->head.empty()) std::cout << " (the expected head)";
+      if (!a->anchors.empty()) std::cout << "; " << r.anchors << " anchor(s) match, the last record is anchored";
+      std::cout << "\n";
     }
     if (!r.ok) {
-      std::fprintf(stderr, "leasetrain: %s: %s (%zu record(s) before it verified)\n", a->file.c_str(),
-                   r.reason.c_str(), r.records);
+      std::fprintf(stderr, "leasetrain: %s: %s\n", file->c_str(), r.reason.c_str());
       std::fflush(nullptr);
       std::exit(1);
     }

@@ -74,32 +74,33 @@ int open_regular_file(const std::string& path, const char* what) {
 
 std::string read_regular_file(const std::string& path, const char* what, uint64_t max_bytes) {
   const int fd = open_regular_file(path, what);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  return read_regular_fd(fd, path, what, max_bytes);
+}
+
+std::string read_regular_fd(int fd, const std::string& path, const char* what, uint64_t max_bytes) {
   struct stat st;
-  ::fstat(fd, &st);
-  if ((uint64_t)st.st_size > max_bytes) {
-    ::close(fd);
+  if (::fstat(fd, &st) != 0) throw UserError(path + ": cannot stat " + what + " (" + std::strerror(errno) + ")");
+  if (!S_ISREG(st.st_mode))
+    throw UserError(path + ": " + what + " must be a regular file, this is " + file_kind(st.st_mode));
+  if ((uint64_t)st.st_size > max_bytes)
     throw UserError(path + ": " + what + " is " + std::to_string((uint64_t)st.st_size) +
                     " bytes, more than the " + std::to_string(max_bytes) + " accepted");
-  }
   std::string out;
   out.reserve((size_t)st.st_size);
   char buf[1 << 16];
   for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
+    const ssize_t n = ::pread(fd, buf, sizeof buf, (off_t)out.size());
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      throw UserError(path + ": reading " + what + " failed (" + std::strerror(err) + ")");
-    }
+    if (n < 0) throw UserError(path + ": reading " + what + " failed (" + std::strerror(errno) + ")");
     if (n == 0) break;
     out.append(buf, (size_t)n);
-    if (out.size() > max_bytes) {  // the file grew while we read it
-      ::close(fd);
+    if (out.size() > max_bytes)  // the file grew while we read it
       throw UserError(path + ": " + what + " is more than the " + std::to_string(max_bytes) + " bytes accepted");
-    }
   }
-  ::close(fd);
   return out;
 }
 

@@ -25,6 +25,12 @@ int open_regular_file(const std::string& path, const char* what);
 std::string read_regular_file(const std::string& path, const char* what,
                               uint64_t max_bytes = kMaxTextInputBytes);
 
+// The same for a file the caller opened itself (to lock it, or to append to it afterwards):
+// refuses anything but a regular file, then reads it from offset 0 (the fd's position is left
+// alone). `path` only names it in errors; the caller keeps the fd.
+std::string read_regular_fd(int fd, const std::string& path, const char* what,
+                            uint64_t max_bytes = kMaxTextInputBytes);
+
 // Throws UserError unless `path` is an existing directory (not following a final symlink is
 // not required here: directories a job writes are resolved by the write path).
 void require_directory(const std::string& path, const char* what);
