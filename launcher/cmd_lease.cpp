@@ -261,14 +261,15 @@ void add_audit(CLI::App& app) {
   verify->add_option("--head", a->head,
                      "The hash the LAST record must have (kept elsewhere after the last append): fails "
                      "when the log ends anywhere else, naming how many records follow it");
-  verify->add_option("--anchors", a->anchors,
+  CLI::Option* anchors = verify->add_option("--anchors", a->anchors,
                      "Exported syslog lines holding the anchors each append sends (journalctl -t " +
                          std::string(kAnchorIdent) + " -o cat, /var/log/auth.log, ...; other lines are ignored): "
                          "every anchor of this log must match its record, in order, and the last record must be "
                          "anchored");
   verify->add_option("--anchored-as", a->anchored_as,
                      "The path the log had where it was appended to, when verifying a copy (default: FILE's "
-                     "absolute path)");
+                     "absolute path)")
+      ->needs(anchors);
   verify->add_flag("--json", *json, "Print the result as JSON");
   verify->callback([a, file, json] {
     AuditResult r = verify_log(*file, *a);

@@ -1,9 +1,17 @@
 // Issue #12, the usage log: every record field typed and ranged (file:line and field named,
 // exit 2), no chain claimed for an empty log or a non-file, --head meaning the exact last
 // record, and anchors sent to syslog on append that `audit verify --anchors` checks.
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <syslog.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -350,6 +358,67 @@ TEST_F(UsageLog, ACopyIsVerifiedUnderTheNameItWasAnchoredAs) {
   RunResult c = run_cli("audit verify " + shell_quote(copy) + " --anchors " + shell_quote(anchors) +
                         " --anchored-as " + shell_quote(log));
   EXPECT_EQ(c.code, 0) << c.both();
+}
+
+// Without the test seam the anchor goes to syslog: checked in a child with its own mount
+// namespace, where a tmpfs on /dev holds our socket as /dev/log (skipped where namespaces are
+// not allowed).
+TEST(UsageLogSyslog, WithoutTheSeamTheAnchorGoesToSyslogAsAuthprivNotice) {
+  TempDir dir;
+  const std::string log = dir / "usage.jsonl";
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(pipefd[0]);
+    auto finish = [&](int code, const std::string& msg) {
+      (void)!::write(pipefd[1], msg.data(), msg.size());
+      ::_exit(code);
+    };
+    ::unsetenv(kAnchorFileEnv);
+    if (::unshare(CLONE_NEWNS) != 0 && ::unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) finish(77, "no mount namespace");
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        ::mount("none", "/dev", "tmpfs", 0, nullptr) != 0)
+      finish(77, "cannot mount a tmpfs on /dev");
+    const int s = ::socket(AF_UNIX, SOCK_DGRAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strcpy(addr.sun_path, "/dev/log");
+    if (s < 0 || ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) finish(77, "cannot bind /dev/log");
+    std::string hash;
+    try {
+      hash = append_record(log, job(0));
+    } catch (const std::exception& e) {
+      finish(1, std::string("append failed: ") + e.what());
+    }
+    char buf[4096];
+    timeval tv{5, 0};
+    ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const ssize_t n = ::recv(s, buf, sizeof buf, 0);
+    if (n <= 0) finish(1, "nothing arrived at /dev/log");
+    finish(0, hash + "\n" + std::string(buf, size_t(n)));
+  }
+  ::close(pipefd[1]);
+  std::string got;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;) got.append(buf, size_t(n));
+  ::close(pipefd[0]);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st));
+  if (WEXITSTATUS(st) == 77) GTEST_SKIP() << got;
+  ASSERT_EQ(WEXITSTATUS(st), 0) << got;
+  const std::string hash = got.substr(0, got.find('\n')), datagram = got.substr(got.find('\n') + 1);
+  // <85>: facility authpriv (10), severity notice (5); then the ident with the pid, then ours.
+  char pri[16];
+  std::snprintf(pri, sizeof pri, "<%d>", LOG_AUTHPRIV | LOG_NOTICE);
+  EXPECT_EQ(datagram.rfind(pri, 0), 0u) << datagram;
+  EXPECT_NE(datagram.find(std::string(kAnchorIdent) + "["), std::string::npos) << datagram;
+  EXPECT_NE(datagram.find(anchor_message(0, hash, "acme-2024", anchor_log_name(log))), std::string::npos) << datagram;
+  // What syslog received is an anchors file `audit verify --anchors` accepts.
+  write_file(dir / "anchors.log", datagram + "\n");
+  AuditResult r = verify_log(log, {.anchors = dir / "anchors.log"});
+  EXPECT_TRUE(r.ok) << r.reason;
 }
 
 // The launcher's own append: a rank's record file is the tenant's, so a FIFO in its place must
