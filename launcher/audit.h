@@ -12,11 +12,12 @@
 // through it, and every field is typed and range-checked (a wrong one is a UserError naming
 // file:line and field).
 //
-// What the chain proves (docs/leases.md, "What the usage log proves"): no record in the middle
-// was altered, removed, inserted or reordered. It cannot show records cut off the end, or
-// records appended with recomputed hashes by whoever can write the file: for that, compare
-// the last record with a hash kept elsewhere (VerifyOptions::head) or with the anchors each
-// append also sends to syslog (VerifyOptions::anchors).
+// What the chain proves (docs/leases.md, "What the usage log proves"): a record altered,
+// removed, inserted or reordered is seen unless every later hash was recomputed, which anyone
+// who can write the file can do (the hash is not keyed), and records cut off the end or
+// appended are not seen at all. Fixing the end outside the file closes that: the exact last
+// hash kept elsewhere (VerifyOptions::head), or the anchors each append also sends to syslog
+// (VerifyOptions::anchors).
 #pragma once
 #include <cstddef>
 #include <cstdint>
