@@ -63,10 +63,9 @@ void string_array(const JsonFields& f, const std::string& key) {
     if (!a[i].is_string()) f.fail(key, "an array of strings (element " + std::to_string(i) + " is not)");
 }
 
-const std::set<std::string> kJobFields = {"seq",     "prev",         "hash",         "kind",       "lease",
-                                          "tenant",  "operator",     "manifest_sha256", "job_id", "ranks",
-                                          "start",   "end",          "gpu_seconds",  "nccl_version", "cuda_version",
-                                          "env_sha256", "launcher",  "exit_status"};
+const std::set<std::string> kJobFields = {"seq", "prev", "hash", "kind", "lease", "tenant", "operator",
+                                          "manifest_sha256", "job_id", "ranks", "start", "end", "gpu_seconds",
+                                          "nccl_version", "cuda_version", "env_sha256", "launcher", "exit_status"};
 
 // Every field of a record besides the chain fields: typed, ranged, and consistent with each other.
 void check_content(const JsonFields& f, UsageRecord& u) {
