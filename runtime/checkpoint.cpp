@@ -456,7 +456,8 @@ void load_model_weights(const std::string& ckpt_dir, GPT& model) {
   const fs::path path = dir / kModelFile;
   if (!is_file(path)) throw UserError(path.string() + ": missing");
   // A checkpoint of ours (it has trainer.json) is trusted only sealed; a bare export has none.
-  if (fs::exists(fs::symlink_status(dir / kTrainerFile)) || fs::exists(fs::symlink_status(dir / kSealFile)))
+  std::error_code ec;
+  if (fs::exists(fs::symlink_status(dir / kTrainerFile, ec)) || fs::exists(fs::symlink_status(dir / kSealFile, ec)))
     verify_checksum(dir, read_sealed(dir), kModelFile);
   const GPTConfig& cfg = model.config();
   if (is_file(dir / kConfigFile)) {

@@ -395,17 +395,41 @@ TEST(HardenCkpt, DiskFullStopsTheRunAndKeepsTheLastCheckpoint) {
   const std::string last = run + "/checkpoints/" + names.back();
   verify_checkpoint(last);
   EXPECT_EQ(latest_checkpoint(run), last);
+}
 
-  // metrics.jsonl on a full disk: the run stops, and no half record is left.
-  fs::remove_all(run);
+TEST(HardenCkpt, DiskFullWhileWritingMetricsStopsTheRunWithoutAHalfRecord) {
+  Job job(400, 0);  // one checkpoint, at the end: metrics.jsonl fills the disk first
+  SmallDisk disk(job.dir / "disk", 1 << 20);
+  if (!disk.mounted) GTEST_SKIP() << "needs root and permission to mount a tmpfs";
+  const std::string run = disk.dir + "/run";
   write_file(disk.dir + "/filler", std::string((1 << 20) - (12 << 10), 'x'));
-  Job nockpt(400, 0);
-  r = nockpt.train(run);
+  RunResult r = job.train(run);
   expect_error(r, 1, {run + "/metrics.jsonl: write failed (No space left on device)"});
   const std::string text = read_file(run + "/metrics.jsonl");
   ASSERT_FALSE(text.empty());
   EXPECT_EQ(text.back(), '\n');
   EXPECT_GT(read_metrics(run).size(), 10u);  // every line parses
+}
+
+// The same without root: a file size limit (RLIMIT_FSIZE, SIGXFSZ ignored so write(2) fails with
+// EFBIG; prlimit counts bytes where each shell's ulimit has its own unit) that the
+// model file fits under and the optimizer file (twice its size) does not.
+TEST(HardenCkpt, FileSizeLimitStopsTheRunAtItsFirstCheckpoint) {
+  Job job(20, 10);
+  const std::string run = job.dir / "run";
+  RunResult r = run_sh("trap '' XFSZ; exec prlimit --fsize=204800 -- " + std::string(LT_CLI) + " train --config " + job.config +
+                       " --out " + run);
+  expect_error(r, 1, {"optimizer.safetensors: write failed (File too large)"});
+  EXPECT_TRUE(fs::is_empty(run + "/checkpoints")) << "no step directory, no temporary one";
+  const std::string text = read_file(run + "/metrics.jsonl");
+  ASSERT_FALSE(text.empty());
+  EXPECT_EQ(text.back(), '\n');
+  EXPECT_EQ(read_metrics(run).size(), 10u);
+  // Nothing was trusted, so --resume starts again from step 0, and with room it completes.
+  r = job.train(run, "--resume");
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_HAS(r.out, "starting from step 0");
+  EXPECT_EQ(read_metrics(run).size(), 20u);
 }
 
 }  // namespace
