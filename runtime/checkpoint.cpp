@@ -407,6 +407,14 @@ std::string latest_checkpoint(const std::string& run_dir_or_ckpt_dir) {
 
 void verify_checkpoint(const std::string& ckpt_dir) { read_sealed(fs::path(ckpt_dir)); }
 
+std::string require_checkpoint(const std::string& run_dir_or_ckpt_dir) {
+  const CheckpointSearch s = find_checkpoint(run_dir_or_ckpt_dir);
+  if (!s.legacy.empty()) verify_checkpoint(s.legacy);
+  if (!s.path.empty()) return s.path;
+  if (!s.skipped.empty()) throw UserError(run_dir_or_ckpt_dir + ": no checkpoint verifies (" + s.skipped.front() + ")");
+  throw UserError(run_dir_or_ckpt_dir + ": no checkpoint (expected model.safetensors and config.json)");
+}
+
 GPTConfig read_checkpoint_config(const std::string& ckpt_dir) {
   const fs::path path = fs::path(ckpt_dir) / kConfigFile;
   if (!is_file(path)) throw UserError(path.string() + ": missing (not a checkpoint directory?)");

@@ -43,6 +43,9 @@ struct CheckpointSearch {
 // checkpoints/step-*, never a temporary (.tmp-*) or set-aside (.old-*) directory.
 CheckpointSearch find_checkpoint(const std::string& run_dir_or_ckpt_dir);
 std::string latest_checkpoint(const std::string& run_dir_or_ckpt_dir);  // find_checkpoint().path
+// find_checkpoint().path, or a UserError saying why there is none: no checkpoint at all, an
+// unsealed (pre-seal) one and how to accept it, or the first reason one did not verify.
+std::string require_checkpoint(const std::string& run_dir_or_ckpt_dir);
 // UserError, one line, unless `ckpt_dir` is sealed as above (for a legacy checkpoint it says how
 // to seal one by hand).
 void verify_checkpoint(const std::string& ckpt_dir);

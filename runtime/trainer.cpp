@@ -364,8 +364,7 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
   if (!resume_from.empty()) {
     mcfg = read_checkpoint_config(resume_from);  // --init is moot once the run has its own checkpoint
   } else if (!o.init_dir.empty()) {
-    init_ckpt = latest_checkpoint(o.init_dir);
-    if (init_ckpt.empty()) throw UserError(o.init_dir + ": no checkpoint (expected model.safetensors and config.json)");
+    init_ckpt = require_checkpoint(o.init_dir);
     mcfg = read_checkpoint_config(init_ckpt);
   }
   if (resume_from.empty() && init_ckpt.empty()) mcfg = cfg.model;

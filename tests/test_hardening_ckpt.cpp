@@ -316,6 +316,24 @@ TEST(HardenCkpt, ResumeRefusesBadTrainerJsonFieldsWithOneLine) {
   }
 }
 
+TEST(HardenCkpt, UnsealedCheckpointsAreRefusedSayingHowToAcceptThem) {
+  Job job(20);
+  const std::string run = job.dir / "run", ckpt = run + "/checkpoints/step-00000010";
+  ASSERT_EQ(job.train(run, "--steps 10").code, 0);
+  fs::remove(ckpt + "/trainer.json.sha256");  // as a leasetrain before seals wrote it
+  const std::string metrics = read_file(run + "/metrics.jsonl");
+  const std::string how = "sha256sum trainer.json > trainer.json.sha256";
+  expect_error(job.train(run, "--resume"), 2, {ckpt + "/trainer.json.sha256: missing", how});
+  EXPECT_EQ(read_file(run + "/metrics.jsonl"), metrics) << "not restarted from step 0";
+  expect_error(run_cli("eval --checkpoint " + run + " --data '" + (job.dir / "d_val_*.bin") + "'"), 2, {how});
+  expect_error(job.train(job.dir / "other", "--init " + run), 2, {how});
+  // Sealed by hand (after checking it), it resumes.
+  ASSERT_EQ(run_sh("cd " + ckpt + " && sha256sum trainer.json > trainer.json.sha256").code, 0);
+  RunResult r = job.train(run, "--resume");
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_EQ(read_metrics(run).size(), 20u);
+}
+
 TEST(HardenCkpt, ValidationShardTooSmallIsRefusedBeforeAnyWrite) {
   Job job(20, 10, 40);  // 8000 val tokens hold 31 batches of 8 x 33
   const std::string run = job.dir / "run";
