@@ -269,6 +269,9 @@ std::unique_ptr<Communicator> make_device_comm(Backend& backend, Communicator& h
 }  // namespace
 
 TrainResult run_train(const TrainOptions& o) {
+  // Past a file size limit (RLIMIT_FSIZE) write(2) then fails with EFBIG and the run stops with
+  // a line naming the file, instead of the default SIGXFSZ killing it with a core dump.
+  std::signal(SIGXFSZ, SIG_IGN);
   auto load = [&o] {
     TrainConfig cfg = load_train_config(o.config_path);
     if (o.steps) cfg.steps = *o.steps;

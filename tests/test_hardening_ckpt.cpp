@@ -106,7 +106,7 @@ TEST(HardenCkpt, TrainerJsonStepMustMatchDirectoryAndHaveItsType) {
   reseal(ckpt, t.dump());
   EXPECT_HAS(user_error([&] { load_model_weights(ckpt, b.model); }), "field 'files.model.safetensors' must be a string");
   t = good;
-  reseal(ckpt, "[" + t.dump() + "]");
+  reseal(ckpt, json::array({t}).dump());
   EXPECT_HAS(user_error([&] { load_training_state(ckpt, b.opt); }), "expected a JSON object");
 
   reseal(ckpt, good.dump());
@@ -429,13 +429,13 @@ TEST(HardenCkpt, DiskFullWhileWritingMetricsStopsTheRunWithoutAHalfRecord) {
   EXPECT_GT(read_metrics(run).size(), 10u);  // every line parses
 }
 
-// The same without root: a file size limit (RLIMIT_FSIZE, SIGXFSZ ignored so write(2) fails with
-// EFBIG; prlimit counts bytes where each shell's ulimit has its own unit) that the
+// The same without root: a file size limit (RLIMIT_FSIZE; the trainer ignores SIGXFSZ so write(2)
+// fails with EFBIG; prlimit counts bytes where each shell's ulimit has its own unit) that the
 // model file fits under and the optimizer file (twice its size) does not.
 TEST(HardenCkpt, FileSizeLimitStopsTheRunAtItsFirstCheckpoint) {
   Job job(20, 10);
   const std::string run = job.dir / "run";
-  RunResult r = run_sh("trap '' XFSZ; exec prlimit --fsize=204800 -- " + std::string(LT_CLI) + " train --config " + job.config +
+  RunResult r = run_sh("exec prlimit --fsize=204800 -- " + std::string(LT_CLI) + " train --config " + job.config +
                        " --out " + run);
   expect_error(r, 1, {"optimizer.safetensors: write failed (File too large)"});
   EXPECT_TRUE(fs::is_empty(run + "/checkpoints")) << "no step directory, no temporary one";
