@@ -465,8 +465,11 @@ void load_model_weights(const std::string& ckpt_dir, GPT& model) {
   if (!is_file(path)) throw UserError(path.string() + ": missing");
   // A checkpoint of ours (it has trainer.json) is trusted only sealed; a bare export has none.
   std::error_code ec;
-  if (fs::exists(fs::symlink_status(dir / kTrainerFile, ec)) || fs::exists(fs::symlink_status(dir / kSealFile, ec)))
-    verify_checksum(dir, read_sealed(dir), kModelFile);
+  if (fs::exists(fs::symlink_status(dir / kTrainerFile, ec)) || fs::exists(fs::symlink_status(dir / kSealFile, ec))) {
+    const Sealed sealed = read_sealed(dir);
+    verify_checksum(dir, sealed, kConfigFile);  // it decides the model's shape
+    verify_checksum(dir, sealed, kModelFile);
+  }
   const GPTConfig& cfg = model.config();
   if (is_file(dir / kConfigFile)) {
     GPTConfig saved = read_checkpoint_config(ckpt_dir);

@@ -85,7 +85,8 @@ std::string list_some(const std::vector<std::string>& names) {
 class MetricsLog {
  public:
   MetricsLog(const WriteRoot& root, const std::string& rel) : shown_(root.display(rel)) {
-    fd_ = root.open_file(rel, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    // O_NONBLOCK: a FIFO planted here fails to open instead of blocking; regular files ignore it.
+    fd_ = root.open_file(rel, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, 0644);
     struct stat st;
     if (::fstat(fd_.get(), &st) != 0) throw_write_error(shown_, "cannot stat", errno);
     if (!S_ISREG(st.st_mode)) throw UserError(shown_ + ": must be a regular file");
