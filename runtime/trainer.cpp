@@ -321,6 +321,57 @@ TrainResult run_train(const TrainOptions& o) {
 
 namespace {
 
+// The checkpoint a run resumes from ("" for step 0), decided from what --out holds before
+// anything is written: refuses a directory in use without --resume, says why it passes over a
+// checkpoint that does not verify, and restarts a run that never completed a checkpoint.
+std::string choose_start(const TrainOptions& o, bool log) {
+  const fs::path out(o.out_dir);
+  const std::vector<std::string> leftovers = run_leftovers(out);
+  CheckpointSearch found;
+  if (o.resume || !leftovers.empty()) found = find_checkpoint((out / "checkpoints").string());
+  if (o.resume) {
+    if (log)
+      for (const std::string& why : found.skipped) std::printf("resume: skipping %s\n", why.c_str());
+    // Passing over an unsealed checkpoint would silently lose its steps: say how to accept it.
+    if (!found.legacy.empty()) verify_checkpoint(found.legacy);
+    // Damaged checkpoints are passed over for an older good one, but never silently for step 0.
+    if (found.path.empty() && !found.skipped.empty())
+      throw UserError(o.out_dir + ": no checkpoint verifies (" + found.skipped.front() +
+                      "); move the damaged checkpoints/step-* aside to start again from step 0, or choose another --out");
+    if (found.path.empty() && log)
+      std::printf("resume: no complete checkpoint under %s, starting from step 0%s\n", o.out_dir.c_str(),
+                  leftovers.empty() ? "" : " (its metrics.jsonl and unfinished checkpoints are dropped)");
+    return found.path;
+  }
+  if (leftovers.empty()) return "";
+  if (!found.path.empty())
+    throw UserError(o.out_dir + ": already holds a run (newest checkpoint " + fs::path(found.path).filename().string() +
+                    "); pass --resume to continue it or choose another --out");
+  if (!found.skipped.empty())
+    throw UserError(o.out_dir + ": holds a run whose checkpoints do not verify (" + found.skipped.front() +
+                    "); choose another --out");
+  throw UserError(o.out_dir + ": holds what a run left before completing any checkpoint (" + list_some(leftovers) +
+                  "); pass --resume to start it again from step 0 (removing those), or choose another --out");
+}
+
+// Rank 0's first writes: --out opened (beneath LEASETRAIN_WRITE_ROOTS when set) into `root`,
+// leftovers of killed saves removed, metrics.jsonl cut back to the step resumed from, opened.
+std::unique_ptr<MetricsLog> open_outputs(const TrainOptions& o, int64_t start, bool log, WriteRoot& root) {
+  root = WriteRoot::open_out_dir(o.out_dir);
+  // Killed saves leave .tmp-step-* (and a fallback swap .old-step-*): never trusted, removed
+  // before this run's first save.
+  if (root.exists("checkpoints"))
+    for (const std::string& name : root.list("checkpoints"))
+      if (name.starts_with(".tmp-step-") || name.starts_with(".old-step-")) {
+        const std::string rel = "checkpoints/" + name;
+        if (!root.remove_all(rel)) throw_write_error(root.display(rel), "cannot remove an unfinished checkpoint", errno);
+        if (log) std::printf("cleanup: removed unfinished checkpoint %s\n", root.display(rel).c_str());
+      }
+  if (o.resume) truncate_metrics(root, "metrics.jsonl", start);
+  root.open_dir("checkpoints", true);  // a link here is refused now, not at the first save
+  return std::make_unique<MetricsLog>(root, "metrics.jsonl");
+}
+
 TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm, Backend& backend) {
   const int rank = comm.rank(), world = comm.world();
   const bool log = !o.quiet && rank == 0;  // progress, metrics and checkpoints: rank 0 only
@@ -335,33 +386,7 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
   const Fault fault = test_fault();
 
   // Start-up checks all come before the first write: a run refused here leaves --out as it was.
-  const std::vector<std::string> leftovers = run_leftovers(out);
-  CheckpointSearch found;
-  if (o.resume || !leftovers.empty()) found = find_checkpoint((out / "checkpoints").string());
-  std::string resume_from;
-  if (o.resume) {
-    if (log)
-      for (const std::string& why : found.skipped) std::printf("resume: skipping %s\n", why.c_str());
-    // Passing over an unsealed checkpoint would silently lose its steps: say how to accept it.
-    if (!found.legacy.empty()) verify_checkpoint(found.legacy);
-    resume_from = found.path;
-    // Damaged checkpoints are passed over for an older good one, but never silently for step 0.
-    if (resume_from.empty() && !found.skipped.empty())
-      throw UserError(o.out_dir + ": no checkpoint verifies (" + found.skipped.front() +
-                      "); move the damaged checkpoints/step-* aside to start again from step 0, or choose another --out");
-    if (resume_from.empty() && log)
-      std::printf("resume: no complete checkpoint under %s, starting from step 0%s\n", o.out_dir.c_str(),
-                  leftovers.empty() ? "" : " (its metrics.jsonl and unfinished checkpoints are dropped)");
-  } else if (!leftovers.empty()) {
-    if (!found.path.empty())
-      throw UserError(o.out_dir + ": already holds a run (newest checkpoint " + fs::path(found.path).filename().string() +
-                      "); pass --resume to continue it or choose another --out");
-    if (!found.skipped.empty())
-      throw UserError(o.out_dir + ": holds a run whose checkpoints do not verify (" + found.skipped.front() +
-                      "); choose another --out");
-    throw UserError(o.out_dir + ": holds what a run left before completing any checkpoint (" + list_some(leftovers) +
-                    "); pass --resume to start it again from step 0 (removing those), or choose another --out");
-  }
+  const std::string resume_from = choose_start(o, log);
 
   GPTConfig mcfg = cfg.model;
   std::string init_ckpt;
@@ -458,21 +483,7 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
   // The first writes, rank 0 only: everything below resolves beneath --out (safe_path.h).
   WriteRoot root;
   std::unique_ptr<MetricsLog> metrics;
-  if (rank == 0) {
-    root = WriteRoot::open_out_dir(o.out_dir);
-    // Killed saves leave .tmp-step-* (and a fallback swap .old-step-*): never trusted, removed
-    // before this run's first save.
-    if (root.exists("checkpoints"))
-      for (const std::string& name : root.list("checkpoints"))
-        if (name.starts_with(".tmp-step-") || name.starts_with(".old-step-")) {
-          if (!root.remove_all("checkpoints/" + name))
-            throw_write_error(root.display("checkpoints/" + name), "cannot remove an unfinished checkpoint", errno);
-          if (log) std::printf("cleanup: removed unfinished checkpoint %s\n", root.display("checkpoints/" + name).c_str());
-        }
-    if (o.resume) truncate_metrics(root, "metrics.jsonl", start);
-    root.open_dir("checkpoints", true);  // a link here is refused now, not at the first save
-    metrics = std::make_unique<MetricsLog>(root, "metrics.jsonl");
-  }
+  if (rank == 0) metrics = open_outputs(o, start, log, root);
 
   const int B = cfg.micro_batch, T = cfg.seq_len;
   const int64_t tokens_per_step = (int64_t)B * T * cfg.grad_accum * world;
