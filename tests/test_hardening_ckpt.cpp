@@ -4,6 +4,7 @@
 // write beneath --out and the lease's storage roots.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -111,6 +112,10 @@ TEST(HardenCkpt, TrainerJsonStepMustMatchDirectoryAndHaveItsType) {
 
   reseal(ckpt, good.dump());
   EXPECT_EQ(load_training_state(ckpt, b.opt)["step"], 3);
+  // A FIFO in place of a checked file is refused, not read (which would block forever).
+  fs::rename(ckpt + "/optimizer.safetensors", dir / "opt");
+  ASSERT_EQ(::mkfifo((ckpt + "/optimizer.safetensors").c_str(), 0600), 0);
+  EXPECT_HAS(user_error([&] { load_training_state(ckpt, b.opt); }), "must be a regular file, this is a FIFO");
 }
 
 TEST(HardenCkpt, TrainerJsonIsCoveredByTheSeal) {
