@@ -98,8 +98,7 @@ struct LoadedModel {
 
 LoadedModel load_model(const std::string& dir, const DeviceArgs& dev) {
   LoadedModel m;
-  m.checkpoint = latest_checkpoint(dir);
-  if (m.checkpoint.empty()) throw UserError(dir + ": no checkpoint (expected model.safetensors and config.json)");
+  m.checkpoint = require_checkpoint(dir);
   const DistEnv env = read_dist_env();
   m.backend = make_backend(resolve_device(dev, env.rank, env.local_rank, nullptr).backend);
   m.model = std::make_unique<GPT>(read_checkpoint_config(m.checkpoint), *m.backend);

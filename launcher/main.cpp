@@ -34,6 +34,9 @@ int main(int argc, char** argv) {
   } catch (const lt::UserError& e) {
     std::fprintf(stderr, "leasetrain: error: %s\n", e.what());
     return 2;
+  } catch (const lt::IoError& e) {
+    std::fprintf(stderr, "leasetrain: error: %s\n", e.what());
+    return 1;
   } catch (const lt::cli::CommandFailed& e) {
     if (*e.what()) std::fprintf(stderr, "leasetrain: %s\n", e.what());
     return e.code;

@@ -15,9 +15,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "runtime/error.h"
+#include "runtime/input.h"
+#include "runtime/safe_path.h"
 #include "runtime/safetensors.h"
 #include "runtime/sha256.h"
 
@@ -30,6 +33,9 @@ constexpr const char* kModelFile = "model.safetensors";
 constexpr const char* kConfigFile = "config.json";
 constexpr const char* kOptimizerFile = "optimizer.safetensors";
 constexpr const char* kTrainerFile = "trainer.json";
+constexpr const char* kSealFile = "trainer.json.sha256";
+// Larger steps cannot be a real run; the bound keeps every step arithmetic far from overflow.
+constexpr int64_t kMaxStep = int64_t(1) << 53;
 
 std::string step_dir_name(int64_t step) {
   char buf[32];
@@ -47,40 +53,6 @@ std::string config_string(const GPTConfig& c) {
   return "n_layer=" + std::to_string(c.n_layer) + " n_head=" + std::to_string(c.n_head) +
          " n_embd=" + std::to_string(c.n_embd) + " n_positions=" + std::to_string(c.block_size) +
          " vocab_size=" + std::to_string(c.vocab_size);
-}
-
-// A directory's entries (creations, renames) are only durable once the directory is fsynced.
-void fsync_dir(const fs::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) throw UserError(dir.string() + ": cannot open directory to sync (" + std::strerror(errno) + ")");
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) throw UserError(dir.string() + ": fsync failed (" + std::strerror(err) + ")");
-}
-
-void write_file_synced(const fs::path& path, const std::string& text) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw UserError(path.string() + ": cannot create (" + std::strerror(errno) + ")");
-  const char* p = text.data();
-  size_t left = text.size();
-  bool ok = true;
-  while (ok && left > 0) {
-    ssize_t w = ::write(fd, p, left);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) ok = false;
-    else {
-      p += w;
-      left -= (size_t)w;
-    }
-  }
-  ok = ok && ::fsync(fd) == 0;
-  int err = errno;
-  if (::close(fd) != 0 && ok) {
-    ok = false;
-    err = errno;
-  }
-  if (!ok) throw UserError(path.string() + ": write failed (" + std::strerror(err) + ")");
 }
 
 nlohmann::json read_json_file(const fs::path& path) {
@@ -131,27 +103,100 @@ bool is_hf_buffer(const std::string& name) {
   return rest == ".attn.bias" || rest == ".attn.masked_bias";
 }
 
-// Checks one file against the sha256 recorded in trainer.json's "files" map.
-void verify_checksum(const fs::path& dir, const nlohmann::json& trainer, const std::string& file) {
-  const fs::path trainer_path = dir / kTrainerFile;
-  auto files = trainer.find("files");
-  if (files == trainer.end() || !files->is_object())
-    throw UserError(trainer_path.string() + ": key 'files' missing or not an object");
-  auto want = files->find(file);
-  if (want == files->end() || !want->is_string())
-    throw UserError(trainer_path.string() + ": key 'files." + file + "' missing or not a string");
+// The step NNNNNNNN of a directory named step-NNNNNNNN; nullopt for any other name.
+std::optional<int64_t> dir_step(const fs::path& dir) {
+  std::string fname = dir.filename().string();
+  if (fname.empty()) fname = dir.parent_path().filename().string();  // "step-00000010/"
+  if (!fname.starts_with("step-") || fname.size() == 5 || fname.size() > 5 + 18) return std::nullopt;
+  int64_t step = 0;
+  auto [end, err] = std::from_chars(fname.data() + 5, fname.data() + fname.size(), step);
+  if (err != std::errc() || end != fname.data() + fname.size() || step < 0) return std::nullopt;
+  return step;
+}
+
+// trainer.json of a checkpoint, trusted only when sealed: trainer.json.sha256 (written last,
+// after everything else is durable) holds its SHA-256, its fields have their types, and its step
+// is the directory's. Every other file is then checked against trainer.json's "files".
+struct Sealed {
+  nlohmann::json trainer;
+  std::map<std::string, std::string> files;
+};
+
+// Why the checkpoint `dir` cannot be trusted ("" when it can); fills *out when it can.
+// *legacy is set when it has trainer.json but no seal: written before checkpoints were sealed.
+std::string seal_problem(const fs::path& dir, Sealed* out, bool* legacy = nullptr) {
+  const fs::path trainer_path = dir / kTrainerFile, seal_path = dir / kSealFile;
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(seal_path, ec))) {
+    if (fs::exists(fs::symlink_status(trainer_path, ec))) {
+      if (legacy) *legacy = true;
+      return seal_path.string() + ": missing, so trainer.json is not covered by a checksum (a checkpoint written "
+                                  "before checkpoints were sealed, or a damaged one)";
+    }
+    return trainer_path.string() + ": missing (an unfinished or damaged checkpoint)";
+  }
+  try {
+    const std::string seal = read_regular_file(seal_path.string(), "checkpoint seal", 4096);
+    // sha256sum's format, so `sha256sum -c trainer.json.sha256` checks it by hand too.
+    const std::string want = seal.substr(0, std::min<size_t>(64, seal.size()));
+    if (seal != want + "  " + kTrainerFile + "\n" ||
+        !std::all_of(want.begin(), want.end(), [](char c) { return std::isxdigit((unsigned char)c) && !std::isupper((unsigned char)c); }) ||
+        want.size() != 64)
+      return seal_path.string() + ": expected one line '<64 hex digits>  trainer.json'";
+    const std::string text = read_regular_file(trainer_path.string(), "checkpoint trainer state");
+    const std::string got = sha256_hex(text);
+    if (got != want)
+      return trainer_path.string() + ": checksum mismatch (trainer.json.sha256 says " + want + ", got " + got + ")";
+    Sealed s;
+    s.trainer = parse_json(text, trainer_path.string());
+    const JsonFields f(s.trainer, trainer_path.string());
+    const int64_t step = f.integer("step", 0, kMaxStep);
+    if (const std::optional<int64_t> named = dir_step(dir); named && *named != step)
+      return trainer_path.string() + ": field 'step' is " + std::to_string(step) + " but the directory is " +
+             dir.filename().string();
+    const JsonFields files = f.object("files");
+    for (const char* name : {kModelFile, kConfigFile, kOptimizerFile}) {
+      const std::string h = files.string(name);
+      if (h.size() != 64) files.fail(name, "a SHA-256 (64 hex digits)");
+      s.files[name] = h;
+    }
+    if (out) *out = std::move(s);
+    return "";
+  } catch (const UserError& e) {
+    return e.what();
+  }
+}
+
+Sealed read_sealed(const fs::path& dir) {
+  Sealed s;
+  bool legacy = false;
+  const std::string problem = seal_problem(dir, &s, &legacy);
+  if (problem.empty()) return s;
+  if (legacy)
+    throw UserError(problem + "; leasetrain trusts only sealed checkpoints: check the files against trainer.json's "
+                              "\"files\" and seal it with 'sha256sum trainer.json > trainer.json.sha256' in " +
+                    dir.string() + " to use it");
+  throw UserError(problem);
+}
+
+// Checks one file against the sha256 recorded in the sealed trainer.json.
+void verify_checksum(const fs::path& dir, const Sealed& sealed, const std::string& file) {
+  const std::string& want = sealed.files.at(file);
+  // Regular files only: hashing a FIFO planted in its place would block forever.
+  ::close(open_regular_file((dir / file).string(), "checkpoint file"));
   const std::string got = sha256_file((dir / file).string());
-  if (got != want->get<std::string>())
-    throw UserError((dir / file).string() + ": checksum mismatch (expected " + want->get<std::string>() + ", got " +
-                    got + ")");
+  if (got != want)
+    throw UserError((dir / file).string() + ": checksum mismatch (expected " + want + ", got " + got + ")");
 }
 
-nlohmann::json read_trainer_json(const fs::path& dir) {
-  nlohmann::json t = read_json_file(dir / kTrainerFile);
-  if (!t.is_object()) throw UserError((dir / kTrainerFile).string() + ": expected a JSON object");
-  return t;
+// One line naming the first NaN or Inf in a tensor just read: such a checkpoint would train or
+// evaluate to garbage that looks like a result.
+void require_finite(const float* v, int64_t n, const std::string& file, const std::string& tensor) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i]))
+      throw UserError(file + ": tensor '" + tensor + "' holds " + (std::isnan(v[i]) ? "NaN" : "Inf") + " at index " +
+                      std::to_string(i) + "; the checkpoint is unusable (resume from an earlier one)");
 }
-
 
 nlohmann::ordered_json make_hf_config(const GPTConfig& c) {
   // Ordered so the file reads like the gpt2 configs on the Hugging Face Hub.
@@ -175,7 +220,27 @@ nlohmann::ordered_json make_hf_config(const GPTConfig& c) {
   };
 }
 
-void write_model_file(const fs::path& path, const GPT& model) {
+// write_safetensors takes a path; it is given /proc/self/fd/N of a file this process created
+// beneath the checkpoint's directory fd (O_EXCL, no links), so the path cannot lead elsewhere.
+// Its errors are rethrown naming the real file, as an IoError when the disk is at fault.
+void write_safetensors_at(int dirfd, const fs::path& shown, const char* name, const std::vector<StEntry>& entries,
+                          const std::map<std::string, std::string>& metadata) {
+  Fd f(::openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (f.get() < 0) throw_write_error(shown.string(), "cannot create", errno);
+  const std::string proc = "/proc/self/fd/" + std::to_string(f.get());
+  try {
+    write_safetensors(proc, entries, metadata);
+  } catch (const UserError& e) {
+    std::string msg = e.what();
+    if (msg.starts_with(proc)) msg = shown.string() + msg.substr(proc.size());
+    for (int err : {ENOSPC, EIO, EFBIG, EDQUOT})
+      if (msg.ends_with(std::string("(") + std::strerror(err) + ")")) throw IoError(msg);
+    throw UserError(msg);
+  }
+  f.close_checked(shown.string());
+}
+
+void write_model_file(int dirfd, const fs::path& shown, const GPT& model) {
   const GPTConfig& cfg = model.config();
   std::vector<float> host((size_t)model.num_params());
   model.backend().to_host(host.data(), model.params());
@@ -194,53 +259,59 @@ void write_model_file(const fs::path& path, const GPT& model) {
     entries.push_back(std::move(e));
   }
   // transformers refuses safetensors files whose metadata lacks a recognised "format".
-  write_safetensors(path.string(), entries, {{"format", "pt"}});
+  write_safetensors_at(dirfd, shown, kModelFile, entries, {{"format", "pt"}});
 }
 
-void write_optimizer_file(const fs::path& path, Backend& be, const AdamW& opt) {
+void write_optimizer_file(int dirfd, const fs::path& shown, Backend& be, const AdamW& opt) {
   const size_t n = (size_t)opt.m().numel();
   std::vector<float> m(n), v(n);
   be.to_host(m.data(), opt.m());
   be.to_host(v.data(), opt.v());
   const std::vector<int64_t> shape = {(int64_t)n};
-  write_safetensors(path.string(),
-                    {{"adamw.m", StDType::F32, shape, m.data()}, {"adamw.v", StDType::F32, shape, v.data()}},
-                    {{"step", std::to_string(opt.steps_taken())}});
+  write_safetensors_at(dirfd, shown, kOptimizerFile,
+                       {{"adamw.m", StDType::F32, shape, m.data()}, {"adamw.v", StDType::F32, shape, v.data()}},
+                       {{"step", std::to_string(opt.steps_taken())}});
 }
 
-void rename_or_throw(const fs::path& from, const fs::path& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0)
-    throw UserError(from.string() + ": cannot rename to " + to.string() + " (" + std::strerror(errno) + ")");
+void write_text_at(int dirfd, const fs::path& shown, const char* name, const std::string& text) {
+  Fd f(::openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (f.get() < 0) throw_write_error(shown.string(), "cannot create", errno);
+  write_all_or_throw(f.get(), text.data(), text.size(), shown.string(), true);
+  f.close_checked(shown.string());
 }
 
-// Puts the finished directory `tmp` at `final_dir`. When `final_dir` exists (the same step
-// saved again) the two are swapped atomically with renameat2(RENAME_EXCHANGE), so the step's
-// name always points at a complete checkpoint; filesystems without it fall back to moving the
-// old one aside first, leaving it complete under `.old-...` for the instant between renames.
-void install_dir(const fs::path& tmp, const fs::path& final_dir, const fs::path& parent) {
-  std::error_code ec;
-  if (!fs::exists(final_dir, ec)) {
-    rename_or_throw(tmp, final_dir);
-    fsync_dir(parent);
+// Puts the finished directory `tmp` at `final_dir` (both beneath `root`). When `final_dir` exists
+// (the same step saved again) the two are swapped atomically with renameat2(RENAME_EXCHANGE), so
+// the step's name always points at a complete checkpoint; filesystems without it fall back to
+// moving the old one aside first, leaving it complete under `.old-...` for the instant between
+// renames (a later run removes such leftovers at its start).
+void install_dir(const WriteRoot& root, const std::string& tmp, const std::string& final_dir) {
+  const std::string parent = "checkpoints";
+  if (!root.exists(final_dir)) {
+    root.rename(tmp, final_dir);
+    root.sync_dir(parent);
     return;
   }
-  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
-    fsync_dir(parent);
-    fs::remove_all(tmp, ec);  // now the previous checkpoint; failing to delete it is harmless
+  if (root.rename(tmp, final_dir, true)) {
+    root.sync_dir(parent);
+    root.remove_all(tmp);  // now the previous checkpoint; failing to delete it is harmless
     return;
   }
-  if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
-    throw UserError(final_dir.string() + ": cannot swap in the new checkpoint (" + std::strerror(errno) + ")");
-  const fs::path aside = parent / (".old-" + final_dir.filename().string() + "-" + std::to_string(::getpid()));
-  fs::remove_all(aside, ec);
-  rename_or_throw(final_dir, aside);
-  if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
-    int err = errno;
-    ::rename(aside.c_str(), final_dir.c_str());  // put the old one back
-    throw UserError(tmp.string() + ": cannot rename to " + final_dir.string() + " (" + std::strerror(err) + ")");
+  const std::string aside =
+      parent + "/.old-" + fs::path(final_dir).filename().string() + "-" + std::to_string(::getpid());
+  root.remove_all(aside);
+  root.rename(final_dir, aside);
+  try {
+    root.rename(tmp, final_dir);
+  } catch (...) {
+    try {
+      root.rename(aside, final_dir);  // put the old one back
+    } catch (...) {
+    }
+    throw;
   }
-  fsync_dir(parent);
-  fs::remove_all(aside, ec);
+  root.sync_dir(parent);
+  root.remove_all(aside);
 }
 
 int config_int(const nlohmann::json& j, const fs::path& path, const char* key, const char* fallback = nullptr) {
@@ -254,71 +325,96 @@ int config_int(const nlohmann::json& j, const fs::path& path, const char* key, c
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& run_dir, const GPT& model, const AdamW& opt,
+std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW& opt,
                             const nlohmann::json& trainer_state) {
   LT_CHECK(trainer_state.is_object() && trainer_state.contains("step") &&
-               trainer_state["step"].is_number_integer() && trainer_state["step"].get<int64_t>() >= 0,
+               trainer_state["step"].is_number_integer() && trainer_state["step"].get<int64_t>() >= 0 &&
+               trainer_state["step"].get<int64_t>() <= kMaxStep,
            "trainer_state needs a non-negative integer \"step\"");
   const std::string name = step_dir_name(trainer_state["step"].get<int64_t>());
-  const fs::path parent = fs::path(run_dir) / "checkpoints";
-  const fs::path final_dir = parent / name;
-  const fs::path tmp = parent / (".tmp-" + name + "-" + std::to_string(::getpid()));
+  const std::string final_dir = "checkpoints/" + name;
+  const std::string tmp = "checkpoints/.tmp-" + name + "-" + std::to_string(::getpid());
+  const fs::path shown = fs::path(root.display(tmp));
 
-  std::error_code ec;
-  const bool created = fs::create_directories(parent, ec);
-  if (ec || !fs::is_directory(parent))
-    throw UserError(parent.string() + ": cannot create checkpoint directory (" +
-                    (ec ? ec.message() : std::string("not a directory")) + ")");
-  if (created) fsync_dir(parent.parent_path());  // make checkpoints/ itself durable
+  const bool created = !root.exists("checkpoints");
+  root.open_dir("checkpoints", true);
+  if (created) root.sync_dir(".");  // make checkpoints/ itself durable
+  // A leftover with our own pid can only be an earlier failed attempt of this process.
+  root.remove_all(tmp);
   try {
-    // A leftover with our own pid can only be an earlier failed attempt of this process.
-    fs::remove_all(tmp, ec);
-    if (!fs::create_directory(tmp, ec) || ec)
-      throw UserError(tmp.string() + ": cannot create (" + (ec ? ec.message() : std::string("exists")) + ")");
-
-    write_model_file(tmp / kModelFile, model);
+    const Fd dir = root.open_dir(tmp, true);
+    write_model_file(dir.get(), shown / kModelFile, model);
     const std::string config_text = make_hf_config(model.config()).dump(2) + "\n";
-    write_file_synced(tmp / kConfigFile, config_text);
-    write_optimizer_file(tmp / kOptimizerFile, model.backend(), opt);
+    write_text_at(dir.get(), shown / kConfigFile, kConfigFile, config_text);
+    write_optimizer_file(dir.get(), shown / kOptimizerFile, model.backend(), opt);
 
     nlohmann::json trainer = trainer_state;
-    trainer["files"] = {{kModelFile, sha256_file((tmp / kModelFile).string())},
+    const std::string proc = "/proc/self/fd/" + std::to_string(dir.get()) + "/";
+    trainer["files"] = {{kModelFile, sha256_file(proc + kModelFile)},
                         {kConfigFile, sha256_hex(config_text)},
-                        {kOptimizerFile, sha256_file((tmp / kOptimizerFile).string())}};
-    // trainer.json goes last: its presence is what marks a checkpoint complete.
-    write_file_synced(tmp / kTrainerFile, trainer.dump(2) + "\n");
-    fsync_dir(tmp);
-    install_dir(tmp, final_dir, parent);
+                        {kOptimizerFile, sha256_file(proc + kOptimizerFile)}};
+    const std::string trainer_text = trainer.dump(2) + "\n";
+    write_text_at(dir.get(), shown / kTrainerFile, kTrainerFile, trainer_text);
+    // The seal goes last, once everything it vouches for is durable: its presence, with a
+    // matching trainer.json, is what marks a checkpoint complete.
+    write_text_at(dir.get(), shown / kSealFile, kSealFile, sha256_hex(trainer_text) + "  " + kTrainerFile + "\n");
+    if (::fsync(dir.get()) != 0) throw_write_error(shown.string(), "fsync failed", errno);
+    install_dir(root, tmp, final_dir);
   } catch (...) {
-    fs::remove_all(tmp, ec);
+    root.remove_all(tmp);
     throw;
   }
-  return final_dir.string();
+  return root.display(final_dir);
+}
+
+std::string save_checkpoint(const std::string& run_dir, const GPT& model, const AdamW& opt,
+                            const nlohmann::json& trainer_state) {
+  return save_checkpoint(WriteRoot(run_dir), model, opt, trainer_state);
+}
+
+CheckpointSearch find_checkpoint(const std::string& run_dir_or_ckpt_dir) {
+  CheckpointSearch r;
+  const fs::path p(run_dir_or_ckpt_dir);
+  std::error_code ec;
+  if (!fs::is_directory(p, ec)) return r;
+  if (is_file(p / kTrainerFile) || is_file(p / kModelFile)) {
+    r.path = p.string();  // a checkpoint directory names itself; its loader checks it
+    return r;
+  }
+  // A run directory, or its checkpoints/ directory given directly.
+  const fs::path dir = fs::is_directory(p / "checkpoints", ec) ? p / "checkpoints" : p;
+  std::vector<std::pair<int64_t, fs::path>> steps;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    // Temporary (.tmp-step-*) and set-aside (.old-step-*) directories are never candidates.
+    const std::optional<int64_t> step = dir_step(e.path());
+    if (step && e.is_directory(ec) && !e.is_symlink(ec)) steps.emplace_back(*step, e.path());
+  }
+  std::sort(steps.begin(), steps.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (const auto& [step, path] : steps) {
+    bool legacy = false;
+    const std::string problem = seal_problem(path, nullptr, &legacy);
+    if (problem.empty()) {
+      r.path = path.string();
+      return r;
+    }
+    r.skipped.push_back(problem);
+    if (legacy && r.legacy.empty()) r.legacy = path.string();
+  }
+  return r;
 }
 
 std::string latest_checkpoint(const std::string& run_dir_or_ckpt_dir) {
-  const fs::path p(run_dir_or_ckpt_dir);
-  std::error_code ec;
-  if (!fs::is_directory(p, ec)) return "";
-  if (is_file(p / kTrainerFile) || is_file(p / kModelFile)) return p.string();
-  // A run directory, or its checkpoints/ directory given directly.
-  const fs::path dir = fs::is_directory(p / "checkpoints", ec) ? p / "checkpoints" : p;
-  int64_t best_step = -1;
-  fs::path best;
-  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
-    const std::string fname = e.path().filename().string();
-    if (!fname.starts_with("step-") || fname.size() == 5 || fname.size() > 5 + 18) continue;
-    int64_t step = 0;
-    auto [end, err] = std::from_chars(fname.data() + 5, fname.data() + fname.size(), step);
-    if (err != std::errc() || end != fname.data() + fname.size()) continue;
-    // Without trainer.json the directory was never finished (or was damaged): skip it.
-    if (!e.is_directory(ec) || !is_file(e.path() / kTrainerFile)) continue;
-    if (step > best_step) {
-      best_step = step;
-      best = e.path();
-    }
-  }
-  return best_step < 0 ? "" : best.string();
+  return find_checkpoint(run_dir_or_ckpt_dir).path;
+}
+
+void verify_checkpoint(const std::string& ckpt_dir) { read_sealed(fs::path(ckpt_dir)); }
+
+std::string require_checkpoint(const std::string& run_dir_or_ckpt_dir) {
+  const CheckpointSearch s = find_checkpoint(run_dir_or_ckpt_dir);
+  if (!s.legacy.empty()) verify_checkpoint(s.legacy);
+  if (!s.path.empty()) return s.path;
+  if (!s.skipped.empty()) throw UserError(run_dir_or_ckpt_dir + ": no checkpoint verifies (" + s.skipped.front() + ")");
+  throw UserError(run_dir_or_ckpt_dir + ": no checkpoint (expected model.safetensors and config.json)");
 }
 
 GPTConfig read_checkpoint_config(const std::string& ckpt_dir) {
@@ -369,7 +465,13 @@ void load_model_weights(const std::string& ckpt_dir, GPT& model) {
   const fs::path dir(ckpt_dir);
   const fs::path path = dir / kModelFile;
   if (!is_file(path)) throw UserError(path.string() + ": missing");
-  if (is_file(dir / kTrainerFile)) verify_checksum(dir, read_trainer_json(dir), kModelFile);
+  // A checkpoint of ours (it has trainer.json) is trusted only sealed; a bare export has none.
+  std::error_code ec;
+  if (fs::exists(fs::symlink_status(dir / kTrainerFile, ec)) || fs::exists(fs::symlink_status(dir / kSealFile, ec))) {
+    const Sealed sealed = read_sealed(dir);
+    verify_checksum(dir, sealed, kConfigFile);  // it decides the model's shape
+    verify_checksum(dir, sealed, kModelFile);
+  }
   const GPTConfig& cfg = model.config();
   if (is_file(dir / kConfigFile)) {
     GPTConfig saved = read_checkpoint_config(ckpt_dir);
@@ -402,9 +504,11 @@ void load_model_weights(const std::string& ckpt_dir, GPT& model) {
     if (p.hf_transposed) {
       scratch.resize((size_t)t.numel());
       reader.read_f32(t, scratch.data());
+      require_finite(scratch.data(), t.numel(), path.string(), t.name);
       transpose(host.data() + p.offset, scratch.data(), want[0], want[1]);
     } else {
       reader.read_f32(t, host.data() + p.offset);
+      require_finite(host.data() + p.offset, t.numel(), path.string(), t.name);
     }
     by_name.erase(it);
   }
@@ -418,10 +522,11 @@ nlohmann::json load_training_state(const std::string& ckpt_dir, AdamW& opt) {
   const fs::path dir(ckpt_dir);
   if (!is_file(dir / kTrainerFile))
     throw UserError((dir / kTrainerFile).string() + ": missing (weights-only checkpoints cannot resume training)");
-  nlohmann::json state = read_trainer_json(dir);
+  const Sealed sealed = read_sealed(dir);
+  nlohmann::json state = sealed.trainer;
   // model.safetensors is verified by load_model_weights, which reads it anyway.
-  verify_checksum(dir, state, kConfigFile);
-  verify_checksum(dir, state, kOptimizerFile);
+  verify_checksum(dir, sealed, kConfigFile);
+  verify_checksum(dir, sealed, kOptimizerFile);
 
   const fs::path path = dir / kOptimizerFile;
   SafetensorsReader reader(path.string());
@@ -448,12 +553,21 @@ nlohmann::json load_training_state(const std::string& ckpt_dir, AdamW& opt) {
     throw UserError(path.string() + ": field '__metadata__.step' missing or not a non-negative integer");
 
   const Tensor* dst[2] = {&opt.m(), &opt.v()};
+  std::vector<float> moments[2];
   for (int i = 0; i < 2; ++i) {
     // AdamW does not expose its backend, so only host-resident moments can be filled here.
     LT_CHECK(dst[i]->device() == Device::CPU,
              "load_training_state needs a backend to fill device-resident AdamW state");
-    reader.read_raw(*tensors[i], dst[i]->raw());
+    moments[i].resize((size_t)tensors[i]->numel());
+    reader.read_raw(*tensors[i], moments[i].data());
+    require_finite(moments[i].data(), tensors[i]->numel(), path.string(), names[i]);
   }
+  // A negative second moment would make the update's square root NaN.
+  for (size_t j = 0; j < moments[1].size(); ++j)
+    if (moments[1][j] < 0.f)
+      throw UserError(path.string() + ": tensor 'adamw.v' holds a negative value at index " + std::to_string(j) +
+                      " (a second moment is never negative); the checkpoint is unusable");
+  for (int i = 0; i < 2; ++i) std::memcpy(dst[i]->raw(), moments[i].data(), moments[i].size() * sizeof(float));
   opt.set_steps_taken(step);
   state.erase("files");
   return state;

@@ -3,39 +3,66 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "runtime/model.h"
 #include "runtime/optim.h"
 
 namespace lt {
 
+class WriteRoot;
+
 // Writes <run_dir>/checkpoints/step-NNNNNNNN/ (N = trainer_state["step"], 8 digits):
 //   model.safetensors      HF names and layouts (Conv1D weights [in,out], wte unpadded [V,C])
 //   config.json            a GPT2Config that transformers' GPT2LMHeadModel.from_pretrained reads
 //   optimizer.safetensors  "adamw.m" and "adamw.v" in our flat padded layout, metadata "step"
 //   trainer.json           trainer_state plus "files": {name: sha256} of the three files above
-// Built in a temporary sibling directory, fsynced, then renamed into place; re-saving a step
-// swaps the new directory in so a complete checkpoint exists at every moment. On failure only
-// the temporary directory is removed and the exception propagates. Returns the final path.
+//   trainer.json.sha256    the seal, written last: trainer.json's SHA-256 in sha256sum's format
+// Built in a temporary sibling directory (.tmp-step-N-PID), fsynced, then renamed into place;
+// re-saving a step swaps the new directory in so a complete checkpoint exists at every moment.
+// Every path is resolved beneath `root` (safe_path.h: no symlink leads a write elsewhere) and
+// every write is checked: a failure removes only the temporary directory and throws (IoError
+// for the disk's troubles, UserError for the user's). Returns the final path.
+std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW& opt,
+                            const nlohmann::json& trainer_state);
+// The same with `run_dir` opened as the root.
 std::string save_checkpoint(const std::string& run_dir, const GPT& model, const AdamW& opt,
                             const nlohmann::json& trainer_state);
 
-// Given a checkpoint directory (has trainer.json or model.safetensors): that directory. Given
-// a run directory: its newest complete checkpoints/step-* (one with trainer.json), ignoring
-// temporary directories. "" when there is none.
-std::string latest_checkpoint(const std::string& run_dir_or_ckpt_dir);
+// A checkpoint is complete and trusted only when sealed: trainer.json.sha256 matches trainer.json,
+// trainer.json's fields have their types, and its step is the directory's step-NNNNNNNN.
+// Checkpoints written before seals existed have none and are refused (the error says how to seal
+// one by hand after checking it); nothing converts them silently.
+struct CheckpointSearch {
+  std::string path;                  // the newest sealed checkpoint; "" when none
+  std::vector<std::string> skipped;  // one line per newer step-* directory passed over, and why
+  std::string legacy;                // the newest unsealed step-* with trainer.json passed over
+};
+// Given a checkpoint directory (has trainer.json or model.safetensors): that directory (the
+// loaders check its seal). Given a run directory or its checkpoints/: the newest sealed
+// checkpoints/step-*, never a temporary (.tmp-*) or set-aside (.old-*) directory.
+CheckpointSearch find_checkpoint(const std::string& run_dir_or_ckpt_dir);
+std::string latest_checkpoint(const std::string& run_dir_or_ckpt_dir);  // find_checkpoint().path
+// find_checkpoint().path, or a UserError saying why there is none: no checkpoint at all, an
+// unsealed (pre-seal) one and how to accept it, or the first reason one did not verify.
+std::string require_checkpoint(const std::string& run_dir_or_ckpt_dir);
+// UserError, one line, unless `ckpt_dir` is sealed as above (for a legacy checkpoint it says how
+// to seal one by hand).
+void verify_checkpoint(const std::string& ckpt_dir);
 
 // The model shape from <ckpt_dir>/config.json; also accepts Hugging Face's own gpt2 configs.
 GPTConfig read_checkpoint_config(const std::string& ckpt_dir);
 
-// Loads <ckpt_dir>/model.safetensors into model.params(), checking its sha256 against
-// trainer.json when there is one. Accepts names with or without "transformer.", ignores HF's
+// Loads <ckpt_dir>/model.safetensors into model.params(), checking the seal and its sha256
+// against trainer.json when there is one (a bare Hugging Face export has none). A NaN or Inf
+// weight is a UserError naming the file and tensor. Accepts names with or without "transformer.", ignores HF's
 // attention-mask buffers and the tied lm_head.weight, widens F16/BF16 to f32, and zero-fills
 // the vocabulary padding rows. Any missing tensor or shape mismatch is a UserError.
 void load_model_weights(const std::string& ckpt_dir, GPT& model);
 
-// Loads the AdamW moments and step count (after checking checksums) and returns the trainer
-// state saved with them, without the "files" map.
+// Loads the AdamW moments and step count (after checking the seal and checksums; NaN, Inf or a
+// negative second moment is a UserError naming the tensor) and returns the trainer state saved
+// with them, without the "files" map. Its "step" is validated; the caller validates the rest.
 nlohmann::json load_training_state(const std::string& ckpt_dir, AdamW& opt);
 
 }  // namespace lt

@@ -17,6 +17,7 @@
 #include <limits>
 
 #include "runtime/error.h"
+#include "runtime/input.h"
 
 // Tokens are read straight out of the mapping and written straight from memory.
 static_assert(std::endian::native == std::endian::little, "shards are little-endian");
@@ -319,56 +320,42 @@ nlohmann::json DataLoader::state() const {
       {"seed", seed_}, {"T", T_}, {"epoch", epoch()}, {"position", position_}, {"shards", shards}};
 }
 
-void DataLoader::load_state(const nlohmann::json& st) {
-  // JSON integers parse as unsigned but ones built in memory from int are signed; take both.
-  auto is_count = [](const nlohmann::json& v) {
-    return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+void DataLoader::load_state(const nlohmann::json& st, const std::string& source, const std::string& prefix) {
+  const std::string at = source + ": " + prefix;
+  auto present = [&](const char* name) {
+    if (!st.is_object() || !st.contains(name)) throw UserError(at + name + ": missing");
   };
-  auto field = [&](const char* name) -> const nlohmann::json& {
-    if (!st.is_object() || !st.contains(name))
-      throw UserError(std::string("data state: ") + name + ": missing");
-    return st.at(name);
-  };
-  auto unsigned_field = [&](const char* name) -> uint64_t {
-    const nlohmann::json& v = field(name);
-    if (!is_count(v))
-      throw UserError(std::string("data state: ") + name +
-                      ": expected a non-negative integer, got " + v.dump());
-    return v.get<uint64_t>();
-  };
+  for (const char* name : {"T", "shards", "seed", "position", "epoch"}) present(name);
+  const JsonFields f(st, source, prefix);
 
-  const uint64_t T = unsigned_field("T");
+  const uint64_t T = f.unsigned_integer("T");
   if (T != (uint64_t)T_)
-    throw UserError("data state: T: the state was saved with T=" + std::to_string(T) +
-                    " but this loader has T=" + std::to_string(T_));
+    throw UserError(at + "T: the state was saved with T=" + std::to_string(T) + " but this loader has T=" +
+                    std::to_string(T_));
 
-  const nlohmann::json& shards = field("shards");
-  if (!shards.is_array())
-    throw UserError("data state: shards: expected an array, got " + shards.dump());
+  const nlohmann::json& shards = f.array("shards");
   if (shards.size() != shards_.size())
-    throw UserError("data state: shards: the state lists " + std::to_string(shards.size()) +
+    throw UserError(at + "shards: the state lists " + std::to_string(shards.size()) +
                     " shards but the pattern matches " + std::to_string(shards_.size()));
   for (size_t i = 0; i < shards_.size(); ++i) {
-    const nlohmann::json& e = shards[i];
-    const std::string where = "data state: shards[" + std::to_string(i) + "]: ";
-    if (!e.is_object() || !e.contains("path") || !e["path"].is_string() || !e.contains("tokens") ||
-        !is_count(e["tokens"]))
-      throw UserError(where + "expected {path, tokens}, got " + e.dump());
+    const std::string where = at + "shards[" + std::to_string(i) + "]: ";
+    if (!shards[i].is_object()) throw UserError(where + "expected {path, tokens}, got " + json_excerpt(shards[i]));
+    const JsonFields e(shards[i], source, prefix + "shards[" + std::to_string(i) + "].");
     // Names, not directories: a data set copied elsewhere is the same data.
-    const std::string saved = std::filesystem::path(e["path"].get<std::string>()).filename();
+    const std::string saved = std::filesystem::path(e.string("path")).filename();
     const std::string have = std::filesystem::path(shards_[i].path()).filename();
-    const uint64_t saved_tokens = e["tokens"].get<uint64_t>();
+    const uint64_t saved_tokens = e.unsigned_integer("tokens");
     if (saved != have || saved_tokens != shards_[i].size())
       throw UserError(where + "the state has " + saved + " (" + std::to_string(saved_tokens) +
                       " tokens) but the data has " + have + " (" +
                       std::to_string(shards_[i].size()) + " tokens)");
   }
 
-  const uint64_t seed = unsigned_field("seed");
-  const uint64_t position = unsigned_field("position");
-  const uint64_t epoch = unsigned_field("epoch");
+  const uint64_t seed = f.unsigned_integer("seed");
+  const uint64_t position = f.unsigned_integer("position");
+  const uint64_t epoch = f.unsigned_integer("epoch");
   if (epoch != position / n_windows_)
-    throw UserError("data state: epoch: " + std::to_string(epoch) + " does not match position " +
+    throw UserError(at + "epoch: " + std::to_string(epoch) + " does not match position " +
                     std::to_string(position) + " (epoch " + std::to_string(position / n_windows_) +
                     " at " + std::to_string(n_windows_) + " samples per epoch)");
   seed_ = seed;

@@ -77,9 +77,11 @@ class DataLoader {
 
   // {seed, T, epoch, position, shards: [{path, tokens}]}. load_state restores seed and
   // position; a different T or shard set (file names and token counts, not directories, so
-  // the data may move) is a UserError "data state: FIELD: ...".
+  // the data may move) is a UserError "SOURCE: PREFIXFIELD: ..." (a checkpoint passes its
+  // trainer.json and "data."); every field is read through JsonFields (runtime/input.h).
   nlohmann::json state() const;
-  void load_state(const nlohmann::json& state);
+  void load_state(const nlohmann::json& state, const std::string& source = "data state",
+                  const std::string& prefix = "");
 
  private:
   uint32_t window_at(uint64_t sample);  // global window index of the sample-th sample

@@ -14,6 +14,12 @@ struct UserError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Thrown when a write the run needs fails for a reason that is not bad input (disk full, I/O
+// error, file size limit): one line naming the file, exit code 1. Nothing written is trusted.
+struct IoError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 [[noreturn]] inline void fail_internal(const char* file, int line, const std::string& msg) {
   std::fprintf(stderr, "leasetrain: internal error at %s:%d: %s\n", file, line, msg.c_str());
   std::abort();

@@ -9,7 +9,9 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include "runtime/checkpoint.h"
@@ -18,8 +20,10 @@
 #include "runtime/ddp.h"
 #include "runtime/dist_env.h"
 #include "runtime/error.h"
+#include "runtime/input.h"
 #include "runtime/optim.h"
 #include "runtime/rng.h"
+#include "runtime/safe_path.h"
 #include "runtime/watchdog.h"
 
 #ifdef LEASETRAIN_HAVE_CUDA
@@ -54,30 +58,95 @@ std::string format_rate(double tokens_per_s) {
   return buf;
 }
 
-bool run_dir_in_use(const std::string& out) {
-  if (fs::exists(fs::path(out) / "metrics.jsonl")) return true;
+// What an earlier run left in `out`: metrics.jsonl and anything under checkpoints/ (finished,
+// unfinished or set aside). Relative names, for messages.
+std::vector<std::string> run_leftovers(const fs::path& out) {
+  std::vector<std::string> found;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(fs::path(out) / "checkpoints", ec))
-    if (e.path().filename().string().starts_with("step-")) return true;
-  return false;
+  if (fs::exists(fs::symlink_status(out / "metrics.jsonl", ec))) found.push_back("metrics.jsonl");
+  for (const auto& e : fs::directory_iterator(out / "checkpoints", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with("step-") || name.starts_with(".tmp-step-") || name.starts_with(".old-step-"))
+      found.push_back("checkpoints/" + name);
+  }
+  std::sort(found.begin(), found.end());
+  return found;
 }
 
-// On resume, metrics.jsonl may hold steps past the checkpoint (the run that died wrote them);
-// keep only the lines up to the checkpoint, replacing the file atomically.
-void truncate_metrics(const fs::path& file, int64_t last_step) {
-  std::ifstream in(file);
-  if (!in) return;
-  const fs::path tmp = file.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    std::string line;
-    while (std::getline(in, line)) {
-      json j = json::parse(line, nullptr, false);
-      if (!j.is_discarded() && j.value("step", int64_t(0)) <= last_step) out << line << '\n';
-    }
-    if (!out) throw UserError(tmp.string() + ": cannot write");
+std::string list_some(const std::vector<std::string>& names) {
+  std::string s;
+  for (size_t i = 0; i < names.size() && i < 3; ++i) s += (i ? ", " : "") + names[i];
+  if (names.size() > 3) s += " and " + std::to_string(names.size() - 3) + " more";
+  return s;
+}
+
+// metrics.jsonl, appended one whole line per step by rank 0. Every write is checked; a failed one
+// cuts the file back to its last whole line and throws (the run stops), so no half record stays.
+class MetricsLog {
+ public:
+  MetricsLog(const WriteRoot& root, const std::string& rel) : shown_(root.display(rel)) {
+    // O_NONBLOCK: a FIFO planted here fails to open instead of blocking; regular files ignore it.
+    fd_ = root.open_file(rel, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, 0644);
+    struct stat st;
+    if (::fstat(fd_.get(), &st) != 0) throw_write_error(shown_, "cannot stat", errno);
+    if (!S_ISREG(st.st_mode)) throw UserError(shown_ + ": must be a regular file");
+    size_ = st.st_size;
   }
-  fs::rename(tmp, file);
+  void append(const std::string& line) {
+    const std::string text = line + "\n";
+    try {
+      write_all_or_throw(fd_.get(), text.data(), text.size(), shown_, false);
+    } catch (...) {
+      if (::ftruncate(fd_.get(), size_) != 0) {  // best effort; a resume drops a torn line anyway
+      }
+      throw;
+    }
+    size_ += (off_t)text.size();
+  }
+  // Durable up to here: done before each checkpoint, so the log covers what the checkpoint does.
+  void sync() {
+    if (::fsync(fd_.get()) != 0) throw_write_error(shown_, "fsync failed", errno);
+  }
+  void close() {
+    sync();
+    fd_.close_checked(shown_);
+  }
+
+ private:
+  std::string shown_;
+  Fd fd_;
+  off_t size_ = 0;
+};
+
+// On resume, metrics.jsonl may hold steps past the checkpoint (the run that died wrote them) and
+// a torn last line (it died, or the disk filled, mid-write): keep only whole, valid lines up to
+// the checkpoint's step (none when restarting from step 0), replacing the file atomically.
+void truncate_metrics(const WriteRoot& root, const std::string& rel, int64_t last_step) {
+  if (!root.exists(rel)) return;
+  const std::string shown = root.display(rel);
+  Fd in = root.open_file(rel, O_RDONLY | O_NONBLOCK);
+  struct stat st;
+  if (::fstat(in.get(), &st) != 0 || !S_ISREG(st.st_mode)) throw UserError(shown + ": must be a regular file");
+  std::string text, kept;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(in.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_write_error(shown, "cannot read", errno);
+    if (n == 0) break;
+    text.append(buf, (size_t)n);
+    if (text.size() > kMaxTextInputBytes) throw UserError(shown + ": larger than the " + std::to_string(kMaxTextInputBytes) + " bytes accepted");
+  }
+  size_t at = 0;
+  for (size_t nl; (nl = text.find('\n', at)) != std::string::npos; at = nl + 1) {  // a line without '\n' is torn
+    const std::string line = text.substr(at, nl - at);
+    try {
+      const json j = parse_json(line, shown);
+      if (j.is_object() && JsonFields(j, shown).integer("step", 1) <= last_step) kept += line + "\n";
+    } catch (const UserError&) {
+    }
+  }
+  write_file_atomic(root, rel, kept);
 }
 
 }  // namespace
@@ -201,6 +270,9 @@ std::unique_ptr<Communicator> make_device_comm(Backend& backend, Communicator& h
 }  // namespace
 
 TrainResult run_train(const TrainOptions& o) {
+  // Past a file size limit (RLIMIT_FSIZE) write(2) then fails with EFBIG and the run stops with
+  // a line naming the file, instead of the default SIGXFSZ killing it with a core dump.
+  std::signal(SIGXFSZ, SIG_IGN);
   auto load = [&o] {
     TrainConfig cfg = load_train_config(o.config_path);
     if (o.steps) cfg.steps = *o.steps;
@@ -249,6 +321,57 @@ TrainResult run_train(const TrainOptions& o) {
 
 namespace {
 
+// The checkpoint a run resumes from ("" for step 0), decided from what --out holds before
+// anything is written: refuses a directory in use without --resume, says why it passes over a
+// checkpoint that does not verify, and restarts a run that never completed a checkpoint.
+std::string choose_start(const TrainOptions& o, bool log) {
+  const fs::path out(o.out_dir);
+  const std::vector<std::string> leftovers = run_leftovers(out);
+  CheckpointSearch found;
+  if (o.resume || !leftovers.empty()) found = find_checkpoint((out / "checkpoints").string());
+  if (o.resume) {
+    if (log)
+      for (const std::string& why : found.skipped) std::printf("resume: skipping %s\n", why.c_str());
+    // Passing over an unsealed checkpoint would silently lose its steps: say how to accept it.
+    if (!found.legacy.empty()) verify_checkpoint(found.legacy);
+    // Damaged checkpoints are passed over for an older good one, but never silently for step 0.
+    if (found.path.empty() && !found.skipped.empty())
+      throw UserError(o.out_dir + ": no checkpoint verifies (" + found.skipped.front() +
+                      "); move the damaged checkpoints/step-* aside to start again from step 0, or choose another --out");
+    if (found.path.empty() && log)
+      std::printf("resume: no complete checkpoint under %s, starting from step 0%s\n", o.out_dir.c_str(),
+                  leftovers.empty() ? "" : " (its metrics.jsonl and unfinished checkpoints are dropped)");
+    return found.path;
+  }
+  if (leftovers.empty()) return "";
+  if (!found.path.empty())
+    throw UserError(o.out_dir + ": already holds a run (newest checkpoint " + fs::path(found.path).filename().string() +
+                    "); pass --resume to continue it or choose another --out");
+  if (!found.skipped.empty())
+    throw UserError(o.out_dir + ": holds a run whose checkpoints do not verify (" + found.skipped.front() +
+                    "); choose another --out");
+  throw UserError(o.out_dir + ": holds what a run left before completing any checkpoint (" + list_some(leftovers) +
+                  "); pass --resume to start it again from step 0 (removing those), or choose another --out");
+}
+
+// Rank 0's first writes: --out opened (beneath LEASETRAIN_WRITE_ROOTS when set) into `root`,
+// leftovers of killed saves removed, metrics.jsonl cut back to the step resumed from, opened.
+std::unique_ptr<MetricsLog> open_outputs(const TrainOptions& o, int64_t start, bool log, WriteRoot& root) {
+  root = WriteRoot::open_out_dir(o.out_dir);
+  // Killed saves leave .tmp-step-* (and a fallback swap .old-step-*): never trusted, removed
+  // before this run's first save.
+  if (root.exists("checkpoints"))
+    for (const std::string& name : root.list("checkpoints"))
+      if (name.starts_with(".tmp-step-") || name.starts_with(".old-step-")) {
+        const std::string rel = "checkpoints/" + name;
+        if (!root.remove_all(rel)) throw_write_error(root.display(rel), "cannot remove an unfinished checkpoint", errno);
+        if (log) std::printf("cleanup: removed unfinished checkpoint %s\n", root.display(rel).c_str());
+      }
+  if (o.resume) truncate_metrics(root, "metrics.jsonl", start);
+  root.open_dir("checkpoints", true);  // a link here is refused now, not at the first save
+  return std::make_unique<MetricsLog>(root, "metrics.jsonl");
+}
+
 TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm, Backend& backend) {
   const int rank = comm.rank(), world = comm.world();
   const bool log = !o.quiet && rank == 0;  // progress, metrics and checkpoints: rank 0 only
@@ -262,23 +385,15 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
   const fs::path out(o.out_dir);
   const Fault fault = test_fault();
 
-  std::string resume_from;
-  if (o.resume) {
-    resume_from = latest_checkpoint(o.out_dir);
-    if (resume_from.empty() && log)
-      std::printf("resume: no complete checkpoint under %s, starting from scratch\n", o.out_dir.c_str());
-  }
-  if (resume_from.empty() && run_dir_in_use(o.out_dir))
-    throw UserError(o.out_dir + ": already holds a run (metrics.jsonl or checkpoints); pass --resume to continue "
-                                "it or choose another --out");
+  // Start-up checks all come before the first write: a run refused here leaves --out as it was.
+  const std::string resume_from = choose_start(o, log);
 
   GPTConfig mcfg = cfg.model;
   std::string init_ckpt;
   if (!resume_from.empty()) {
     mcfg = read_checkpoint_config(resume_from);  // --init is moot once the run has its own checkpoint
   } else if (!o.init_dir.empty()) {
-    init_ckpt = latest_checkpoint(o.init_dir);
-    if (init_ckpt.empty()) throw UserError(o.init_dir + ": no checkpoint (expected model.safetensors and config.json)");
+    init_ckpt = require_checkpoint(o.init_dir);
     mcfg = read_checkpoint_config(init_ckpt);
   }
   if (resume_from.empty() && init_ckpt.empty()) mcfg = cfg.model;
@@ -311,7 +426,16 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
   DataParallel dp(model, comm, cfg.dist);
   std::unique_ptr<AdamW> optim = dp.make_optimizer(cfg.optim);
   DataLoader train(cfg.train_data, cfg.seq_len, mcfg.vocab_size, cfg.seed);
-  if (!cfg.val_data.empty()) EvalLoader check(cfg.val_data, mcfg.vocab_size);  // fail before training
+  if (!cfg.val_data.empty()) {  // fail now, not at the first evaluation after files are written
+    EvalLoader check(cfg.val_data, mcfg.vocab_size);
+    const int GB = cfg.micro_batch * world;
+    const size_t have = check.num_batches(GB, cfg.seq_len);
+    if (have < (size_t)cfg.eval_batches)
+      throw UserError(check.shard().path() + ": validation shard holds " + std::to_string(check.shard().size()) +
+                      " tokens, " + std::to_string(have) + " batches of " + std::to_string(GB) + " x " +
+                      std::to_string(cfg.seq_len + 1) + ", but " + cfg.source + " asks for train.eval_batches = " +
+                      std::to_string(cfg.eval_batches) + " (lower it or use a larger validation shard)");
+  }
 
   int64_t start = 0;
   if (!resume_from.empty()) {
@@ -332,16 +456,20 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
     } else {
       st = load_state(*optim);
     }
-    start = st.at("step").get<int64_t>();
-    train.load_state(st.at("data"));
-    if (st.value("init", std::string()).empty() && !(mcfg == cfg.model))
+    // Every field through the validated reader: a wrong type or range is one line naming it.
+    const JsonFields f(st, resume_from + "/trainer.json");
+    start = f.integer("step", 0, int64_t(1) << 53);  // load_training_state checked it
+    train.load_state(f.object("data").json(), f.source(), "data.");
+    const std::string init = f.opt_string("init").value_or("");
+    const int64_t saved_world = f.opt_integer("world", 1, 1 << 24).value_or(1);
+    if (init.empty() && !(mcfg == cfg.model))
       throw UserError(cfg.source + ": [model]: differs from the checkpoint " + resume_from +
                       "/config.json being resumed; resume with the run's own config");
     if (log) {
       std::printf("resume: %s (step %lld", resume_from.c_str(), (long long)start);
-      if (st.contains("world") && st["world"].get<int>() != world)
-        std::printf(", written by %d rank%s, resumed on %d", st["world"].get<int>(),
-                    st["world"].get<int>() == 1 ? "" : "s", world);
+      if (saved_world != world)
+        std::printf(", written by %lld rank%s, resumed on %d", (long long)saved_world, saved_world == 1 ? "" : "s",
+                    world);
       std::printf(")\n");
     }
   } else if (!init_ckpt.empty()) {
@@ -352,20 +480,10 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
   }
   dp.broadcast_parameters(0);
 
-  std::FILE* metrics = nullptr;
-  if (rank == 0) {
-    fs::create_directories(out);
-    const fs::path metrics_path = out / "metrics.jsonl";
-    if (start > 0) truncate_metrics(metrics_path, start);
-    metrics = std::fopen(metrics_path.c_str(), "a");
-    if (!metrics) throw UserError(metrics_path.string() + ": cannot open for writing");
-  }
-  struct CloseFile {
-    std::FILE*& f;
-    ~CloseFile() {
-      if (f) std::fclose(f);
-    }
-  } close_metrics{metrics};
+  // The first writes, rank 0 only: everything below resolves beneath --out (safe_path.h).
+  WriteRoot root;
+  std::unique_ptr<MetricsLog> metrics;
+  if (rank == 0) metrics = open_outputs(o, start, log, root);
 
   const int B = cfg.micro_batch, T = cfg.seq_len;
   const int64_t tokens_per_step = (int64_t)B * T * cfg.grad_accum * world;
@@ -403,7 +521,8 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
     // ZeRO-1: every rank sends its blocks to rank 0; the checkpoint holds the full state either way.
     std::unique_ptr<AdamW> full = optim->sharded() ? dp.gather_optimizer(*optim, cfg.optim) : nullptr;
     if (rank == 0) {
-      result.last_checkpoint = save_checkpoint(o.out_dir, model, full ? *full : *optim, st);
+      metrics->sync();
+      result.last_checkpoint = save_checkpoint(root, model, full ? *full : *optim, st);
       if (log) std::printf("checkpoint: %s\n", result.last_checkpoint.c_str());
     } else {
       char name[32];
@@ -464,10 +583,7 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
       line["val_loss"] = ev.loss;
       result.last_val_loss = (float)ev.loss;
     }
-    if (metrics) {
-      std::fprintf(metrics, "%s\n", line.dump().c_str());
-      std::fflush(metrics);
-    }
+    if (metrics) metrics->append(line.dump());
     if (log && (done % cfg.log_interval == 0 || last || line.contains("val_loss"))) {
       const double eta = total_s / (double)(done - start) * (double)(cfg.steps - done);
       std::printf("step %*lld/%lld | loss %.4f | lr %.2e | norm %.3f | %s tok/s | %.1f ms | ETA %s",
@@ -496,6 +612,7 @@ TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& com
       }
     }
   }
+  if (metrics) metrics->close();
   return result;
 }
 

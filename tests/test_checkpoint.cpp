@@ -340,7 +340,7 @@ TEST(Checkpoint, RoundTripIsBitExactAndResumesIdentically) {
   const nlohmann::json state = {{"step", 3}, {"tokens", 96}, {"rng", {1, 2}}};
   const std::string ckpt = save_checkpoint(dir.str(), a.model, a.opt, state);
   EXPECT_EQ(ckpt, (dir / "checkpoints/step-00000003").string());
-  for (const char* f : {"model.safetensors", "config.json", "optimizer.safetensors", "trainer.json"})
+  for (const char* f : {"model.safetensors", "config.json", "optimizer.safetensors", "trainer.json", "trainer.json.sha256"})
     EXPECT_TRUE(fs::is_regular_file(fs::path(ckpt) / f)) << f;
   for (const auto& e : fs::directory_iterator(dir / "checkpoints"))
     EXPECT_EQ(e.path().filename().string(), "step-00000003") << "no temporary directory left behind";
@@ -367,6 +367,8 @@ TEST(Checkpoint, RoundTripIsBitExactAndResumesIdentically) {
   EXPECT_EQ(trainer["files"]["model.safetensors"], sha256_file(ckpt + "/model.safetensors"));
   EXPECT_EQ(trainer["files"]["optimizer.safetensors"], sha256_file(ckpt + "/optimizer.safetensors"));
   EXPECT_EQ(trainer["files"]["config.json"], sha256_file(ckpt + "/config.json"));
+  // The seal, in sha256sum's format, covers trainer.json itself.
+  EXPECT_EQ(read_file(fs::path(ckpt) / "trainer.json.sha256"), sha256_file(ckpt + "/trainer.json") + "  trainer.json\n");
   SafetensorsReader opt_file(ckpt + "/optimizer.safetensors");
   EXPECT_EQ(opt_file.metadata().at("step"), "3");
   EXPECT_EQ(opt_file.at("adamw.m").shape, (std::vector<int64_t>{a.model.num_params()}));
@@ -576,6 +578,9 @@ TEST(Checkpoint, LatestCheckpointSkipsTemporaryAndIncomplete) {
   fs::copy_file(two + "/model.safetensors", dir / "checkpoints/step-00000007/model.safetensors");
   fs::create_directories(dir / "checkpoints/step-junk");
   write_file(dir / "checkpoints/step-junk/trainer.json", "{}");
+  // A complete copy of step 2 renamed to a newer step, without its seal: not complete.
+  fs::copy(two, dir / "checkpoints/step-00000008", fs::copy_options::recursive);
+  fs::remove(dir / "checkpoints/step-00000008/trainer.json.sha256");
   EXPECT_EQ(latest_checkpoint(dir.str()), two);
   EXPECT_EQ(latest_checkpoint((dir / "checkpoints").string()), two);
 
