@@ -151,6 +151,8 @@ void add_launch(CLI::App& app) {
     TimePoint now = system_now();
     PlanRequest req = request(*a, l, now);
     req.job_id = job_id->empty() ? make_job_id(l.lease_id, now) : *job_id;
+    if (req.job_id.size() > 128 || req.job_id == "." || req.job_id == "..")
+      throw UserError("--job-id: expected at most 128 letters, digits, '-', '_', '.' (it names a directory)");
     for (char c : req.job_id)
       if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
         throw UserError("--job-id: expected letters, digits, '-', '_', '.', got '" + req.job_id + "'");

@@ -213,6 +213,9 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
     throw UserError("--np " + std::to_string(req.np) + " exceeds lease " + l.id + "'s quota of " +
                     std::to_string(l.quota.max_ranks) + " ranks");
   p.np = req.np > 0 ? req.np : std::min(total, l.quota.max_ranks);
+  if (p.np > kMaxJobRanks)
+    throw UserError("lease " + l.id + ": a job of " + std::to_string(p.np) + " ranks is more than the " +
+                    std::to_string(kMaxJobRanks) + " one launch starts; pass a smaller --np");
   if (req.np == 0 && total > l.quota.max_ranks)
     p.notes.push_back("the lease has " + std::to_string(total) + " slots but a quota of " +
                       std::to_string(l.quota.max_ranks) + " ranks; using " + std::to_string(p.np));
@@ -309,6 +312,9 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
   for (const std::string& v : l.policy.allow_dangerous_env)
     p.notes.push_back("warning: lease " + l.id + " lets the job inherit " + v +
                       " (allow_dangerous_env), which can load code or re-point MPI, NCCL or the loader");
+  if (!m.embedded && l.usage_log.empty())
+    p.notes.push_back("lease " + l.id + " names no usage_log: its GPU-hours are counted from " + l.usage_log_path() +
+                      ", inside the tenant's own storage, so the quota holds against mistakes only");
   if (const Tenant* t = m.find_tenant(l.tenant); !m.embedded && t && t->users.empty() && t->groups.empty())
     p.notes.push_back("tenant " + t->id + " declares no users or groups: any local user may use lease " + l.id);
   for (auto& [key, idx] : pkey_cache)

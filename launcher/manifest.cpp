@@ -439,9 +439,9 @@ const Lease& Manifest::lease(std::string_view id) const {
 }
 
 int Lease::total_slots() const {
-  int n = 0;
-  for (const Allocation& a : alloc) n += a.slots();
-  return n;
+  int64_t n = 0;  // saturates: a huge manifest must not wrap the count negative
+  for (const Allocation& a : alloc) n = std::min<int64_t>(n + a.slots(), INT32_MAX);
+  return int(n);
 }
 
 std::string Lease::usage_log_path() const {
@@ -475,7 +475,7 @@ bool is_dangerous_env(std::string_view n) {
   // re-point the interfaces the lease fixes), other transports' device and NIC choice.
   static const std::string_view prefixes[] = {"LD_",   "OMPI_", "PMIX_",   "PRTE_",    "OPAL_",  "ORTE_",
                                               "HYDRA_", "I_MPI_", "MPICH_", "UCX_",   "FI_",    "HCOLL_",
-                                              "SHARP_", "NVSHMEM_", "CUDA_MPS_", "GLOO_"};
+                                              "SHARP_", "NVSHMEM_", "CUDA_MPS_", "GLOO_", "NCCL_MNNVL_"};
   // NCCL and CUDA variables that load a library or config file, pick the network, address
   // family or topology, or write files wherever they name.
   static const std::set<std::string, std::less<>> names = {
@@ -484,7 +484,10 @@ bool is_dangerous_env(std::string_view n) {
       "NCCL_TOPO_DUMP_FILE", "NCCL_GRAPH_FILE",      "NCCL_GRAPH_DUMP_FILE", "NCCL_DEBUG_FILE",
       "NCCL_SOCKET_FAMILY",  "NCCL_IB_ADDR_FAMILY",  "NCCL_IB_ADDR_RANGE",  "NCCL_IB_MERGE_NICS",
       "NCCL_CROSS_NIC",      "NCCL_COLLNET_ENABLE",  "NCCL_RAS_ADDR",       "CUDA_INJECTION64_PATH",
-      "CUDA_CACHE_PATH",     "CUDA_COREDUMP_FILE",   "NVIDIA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"};
+      "CUDA_CACHE_PATH",     "CUDA_COREDUMP_FILE",   "NVIDIA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
+      // OpenMP tools and OpenSSL engines/providers are shared libraries loaded by name.
+      "OMP_TOOL",            "OMP_TOOL_LIBRARIES",   "OMP_TOOL_VERBOSE_INIT", "OPENSSL_CONF",
+      "OPENSSL_ENGINES",     "OPENSSL_MODULES",      "LOCPATH",             "NLSPATH"};
   for (std::string_view p : prefixes)
     if (n.substr(0, p.size()) == p) return true;
   return names.count(n) > 0;
@@ -552,7 +555,68 @@ void check_window(const Lease& l, TimePoint now) {
 
 // ---- parsing --------------------------------------------------------------------------------
 
+namespace {
+
+// toml++ bounds nested arrays and inline tables (256) but not dotted keys: `x.x.x...` a few
+// hundred thousand parts deep builds as many nested tables and overflows the stack. Scans
+// the keys (table headers, `key =`, keys inside inline tables; strings and comments skipped)
+// and refuses one with more than kMaxKeyParts parts before toml++ sees the text.
+constexpr int kMaxKeyParts = 32;
+
+void check_key_depth(std::string_view t, const std::string& origin) {
+  bool key_mode = true;          // reading a key (else a value)
+  std::vector<char> open;        // '[' and '{' of the value being read
+  int dots = 0;
+  int64_t line = 1;
+  for (size_t i = 0; i < t.size();) {
+    const char c = t[i];
+    if (c == '\n') {
+      ++line, ++i;
+      if (open.empty()) key_mode = true, dots = 0;
+      continue;
+    }
+    if (c == '#') {
+      while (i < t.size() && t[i] != '\n') ++i;
+      continue;
+    }
+    if (c == '"' || c == '\'') {
+      const bool multi = t.substr(i, 3) == std::string(3, c);
+      const size_t len = multi ? 3 : 1;
+      size_t j = i + len;
+      while (j < t.size()) {
+        if (c == '"' && t[j] == '\\') {
+          j += 2;
+          continue;
+        }
+        if (t[j] == '\n') {
+          if (!multi) break;  // toml++ reports the unterminated string
+          ++line;
+        }
+        if (t.substr(j, len) == std::string(len, c)) break;
+        ++j;
+      }
+      i = std::min(t.size(), j + len);
+      continue;
+    }
+    if (key_mode) {
+      if (c == '.' && ++dots >= kMaxKeyParts)
+        fail_at(origin, line, "(syntax)", "a key of more than " + std::to_string(kMaxKeyParts) + " dotted parts");
+      if (c == '=') key_mode = false, dots = 0;
+      if (c == '}' && !open.empty()) open.pop_back(), key_mode = false;  // empty inline table
+    } else {
+      if (c == '[' || c == '{') open.push_back(c);
+      if (c == '{') key_mode = true, dots = 0;
+      if ((c == ']' || c == '}') && !open.empty()) open.pop_back();
+      if (c == ',' && !open.empty() && open.back() == '{') key_mode = true, dots = 0;
+    }
+    ++i;
+  }
+}
+
+}  // namespace
+
 Manifest parse_manifest(const std::string& text, const std::string& origin) {
+  check_key_depth(text, origin);
   toml::table root;
   try {
     root = toml::parse(text, origin);
@@ -715,7 +779,11 @@ void validate_manifest(const Manifest& m) {
   for (size_t i = 0; i < m.nodes.size(); ++i) {
     const Node& n = m.nodes[i];
     std::string np = idx("node", i);
-    if (!hostnames.insert(n.hostname).second) fail(np + ".hostname", "duplicate node " + quote_name(n.hostname));
+    // Host names are case-insensitive and node01 is node01.example.org: one machine declared
+    // twice would let its GPUs be leased twice under made-up UUIDs.
+    std::string host_key = n.hostname.substr(0, n.hostname.find('.'));
+    std::transform(host_key.begin(), host_key.end(), host_key.begin(), [](unsigned char ch) { return char(std::tolower(ch)); });
+    if (!hostnames.insert(host_key).second) fail(np + ".hostname", "duplicate node " + quote_name(n.hostname) + " (host names compare without case and domain)");
     std::set<std::string> buses, netdevs, hcas;
     auto unique_uuid = [&](const std::string& u, const std::string& path) {
       auto [it, fresh] = seen_uuid.emplace(uuid_key(u), path);
@@ -897,6 +965,26 @@ void validate_manifest(const Manifest& m) {
       lv.any.add(&r);
       if (r.rw) lv.rw.add(&r);
       stack.push_back(lv);
+    }
+    // A named usage log is the lease's accounting: no tenant may be able to rewrite it, so it
+    // lies outside every storage root (each of its ancestors looked up: O(depth log n)).
+    std::map<std::string_view, const Root*> rw_roots;
+    for (const Root& r : roots)
+      if (r.rw) rw_roots.emplace(r.key, &r);
+    for (size_t i = 0; i < m.leases.size(); ++i) {
+      const std::string& log = m.leases[i].usage_log;
+      if (log.empty()) continue;
+      std::string prefix;
+      for (const std::string& part : split(normalize_path(log), '/')) {
+        prefix += "/" + part;
+        auto it = rw_roots.find(prefix + "/");
+        if (it == rw_roots.end()) continue;
+        const Lease& ol = m.leases[it->second->lease];
+        fail(idx("lease", i) + ".usage_log",
+             log + " lies inside storage root " + it->second->root + " of lease " + ol.id + " (tenant " + ol.tenant +
+                 "), whose jobs could rewrite the log lease " + m.leases[i].id + "'s GPU-hours are counted from; keep it "
+                 "where only the operator writes (/var/lib/leasetrain/usage/...)");
+      }
     }
   }
 

@@ -150,6 +150,9 @@ bool is_dangerous_env(std::string_view name);
 inline constexpr uint64_t kMaxManifestBytes = 64ull << 20;
 // Most CPU ranks one allocation (or the embedded local lease) may have.
 inline constexpr int kMaxCpuRanks = 4096;
+// Most ranks one job may have: the plan holds each rank's environment, so the count is
+// checked before anything per rank is allocated.
+inline constexpr int kMaxJobRanks = 65536;
 
 // Why `root` may not be a tenant's storage (or read-only) root, or "" when it may: not
 // absolute and clean, '/', fewer than two components deep, or in a system tree (/proc, /sys,
