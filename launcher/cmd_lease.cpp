@@ -48,7 +48,8 @@ void add_lease_options(CLI::App* cmd, LeaseArgs& a) {
                   std::string("Operator's Ed25519 public key (PEM) to verify <manifest>.sig with; ") +
                       kSystemOperatorKey + " always wins when present (default $LEASETRAIN_OPERATOR_KEY)");
   cmd->add_option("--usage-log", a.usage_log,
-                  "Usage-record log (default: the lease's usage_log; none for the local lease)");
+                  "Usage-record log for the embedded local lease (default: none). With a manifest the lease's "
+                  "usage_log is the only accounting source: any other file is refused");
   cmd->add_flag("--json", a.json, "Print JSON instead of text");
 }
 
