@@ -48,7 +48,8 @@ void add_lease_options(CLI::App* cmd, LeaseArgs& a) {
                   std::string("Operator's Ed25519 public key (PEM) to verify <manifest>.sig with; ") +
                       kSystemOperatorKey + " always wins when present (default $LEASETRAIN_OPERATOR_KEY)");
   cmd->add_option("--usage-log", a.usage_log,
-                  "Usage-record log (default: the lease's usage_log; none for the local lease)");
+                  "Usage-record log for the embedded local lease (default: none). With a manifest the lease's "
+                  "usage_log is the only accounting source: any other file is refused");
   cmd->add_flag("--json", a.json, "Print JSON instead of text");
 }
 
@@ -87,6 +88,14 @@ PlanRequest request(const LeaseArgs& a, const Loaded& l, TimePoint now) {
   return r;
 }
 
+// The operator's opt-in to loader/MPI-control variables is loud: one line per variable on
+// stderr from `manifest check`, `plan` and `launch`.
+void warn_dangerous(const Lease& l) {
+  for (const std::string& v : l.policy.allow_dangerous_env)
+    std::fprintf(stderr, "leasetrain: warning: lease %s passes %s to its jobs (allow_dangerous_env): it can load code or "
+                         "re-point MPI, NCCL or the loader\n", l.id.c_str(), v.c_str());
+}
+
 void add_plan(CLI::App& app) {
   auto a = std::make_shared<LeaseArgs>();
   CLI::App* cmd = app.add_subcommand(
@@ -101,6 +110,7 @@ void add_plan(CLI::App& app) {
     TimePoint now = a->at.empty() ? system_now() : parse_time(a->at);
     Plan p = make_plan(l.manifest, l.lease_id, request(*a, l, now));
     p.signature_note = l.sig.note;
+    warn_dangerous(l.manifest.lease(l.lease_id));
     if (a->json) std::cout << plan_json(p).dump(2) << "\n";
     else std::cout << plan_text(p);
   });
@@ -142,12 +152,15 @@ void add_launch(CLI::App& app) {
     TimePoint now = system_now();
     PlanRequest req = request(*a, l, now);
     req.job_id = job_id->empty() ? make_job_id(l.lease_id, now) : *job_id;
+    if (req.job_id.size() > 128 || req.job_id == "." || req.job_id == "..")
+      throw UserError("--job-id: expected at most 128 letters, digits, '-', '_', '.' (it names a directory)");
     for (char c : req.job_id)
       if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
         throw UserError("--job-id: expected letters, digits, '-', '_', '.', got '" + req.job_id + "'");
     Plan p = make_plan(l.manifest, l.lease_id, req);
     p.signature_note = l.sig.note;
     const Lease& lease = l.manifest.lease(l.lease_id);
+    warn_dangerous(lease);
 
     LaunchOptions o = *opt;
     o.inherited = current_environment();
@@ -308,20 +321,19 @@ void add_manifest(CLI::App& app) {
     Manifest m = load_verified_manifest(a->manifest, a->key, &si);
     std::cout << a->manifest << ": valid; " << m.nodes.size() << " node(s), " << m.tenants.size() << " tenant(s), "
               << m.leases.size() << " lease(s); sha256 " << m.sha256 << "; " << si.note << "\n";
-    for (const Lease& l : m.leases)
+    for (const Lease& l : m.leases) {
       std::cout << "  " << l.id << " tenant " << l.tenant << " " << format_time(l.not_before) << " .. "
                 << format_time(l.not_after) << " slots " << l.total_slots() << "\n";
+      warn_dangerous(l);
+    }
   });
   CLI::App* sign = man->add_subcommand(
       "sign", "Sign a manifest with the operator's Ed25519 private key (PEM); writes <manifest>.sig");
   sign->add_option("manifest", a->manifest, "Manifest (TOML)")->required();
   sign->add_option("--key", a->key, "Operator private key (PEM, PKCS#8)")->required();
   sign->callback([a] {
-    parse_manifest([&] {
-      std::ifstream in(a->manifest, std::ios::binary);
-      if (!in) throw UserError(a->manifest + ": cannot read the lease manifest");
-      return std::string(std::istreambuf_iterator<char>(in), {});
-    }(), a->manifest);  // never sign an invalid manifest
+    // Never sign an invalid manifest.
+    parse_manifest(read_regular_file(a->manifest, "lease manifest", kMaxManifestBytes), a->manifest);
     sign_file(a->manifest, a->key);
     std::cout << a->manifest << ".sig written\n";
   });

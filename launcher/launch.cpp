@@ -27,7 +27,9 @@ bool matches(const std::string& name, const std::string& pattern) {
   return name == pattern;
 }
 
-const std::vector<std::string> kBase = {"PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ", "TMPDIR"};
+// LD_LIBRARY_PATH is not among them: it decides which libraries every rank loads, so it is a
+// dangerous variable (is_dangerous_env) that only the lease's allow_dangerous_env can pass.
+const std::vector<std::string> kBase = {"PATH", "LANG", "LC_ALL", "TZ", "TMPDIR"};
 const std::vector<std::string> kDefaultAllowed = {"NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "OMP_NUM_THREADS",
                                                   "OMP_PROC_BIND", "OMP_PLACES"};
 // What the launcher process itself needs (ssh to remote nodes, a terminal), never given to
@@ -81,11 +83,17 @@ EnvFilter filter_environment(const EnvMap& inherited, const Policy& policy) {
   f.passed["NCCL_NET_PLUGIN"] = plugin;
   for (const auto& [name, value] : inherited) {
     if (name == "NCCL_NET_PLUGIN") continue;
+    // A dangerous name passes only by its exact entry in allow_dangerous_env: no wildcard, no
+    // default list, and no exact allow_env entry of a policy built in code reaches it.
+    const auto& risky = policy.allow_dangerous_env;
     bool pass = !is_lease_controlled_env(name) &&
-                (std::find(kBase.begin(), kBase.end(), name) != kBase.end() ||
-                 std::find(kDefaultAllowed.begin(), kDefaultAllowed.end(), name) != kDefaultAllowed.end() ||
-                 std::any_of(policy.allow_env.begin(), policy.allow_env.end(),
-                             [&](const std::string& p) { return matches(name, p); }));
+                (is_dangerous_env(name)
+                     ? std::find(risky.begin(), risky.end(), name) != risky.end()
+                     : std::find(kBase.begin(), kBase.end(), name) != kBase.end() ||
+                           std::find(kDefaultAllowed.begin(), kDefaultAllowed.end(), name) != kDefaultAllowed.end() ||
+                           std::any_of(policy.allow_env.begin(), policy.allow_env.end(),
+                                       [&](const std::string& p) { return matches(name, p); }));
+    if (pass && is_dangerous_env(name)) f.dangerous.push_back(name);
     if (pass) f.passed[name] = value;
     else if (std::find(kLauncherOnly.begin(), kLauncherOnly.end(), name) != kLauncherOnly.end()) continue;
     else if (is_notable(name)) f.dropped.push_back(name);

@@ -23,12 +23,16 @@ struct EnvFilter {
   EnvMap passed;                     // approved variables, given to every rank
   std::vector<std::string> dropped;  // names that could have changed NCCL/CUDA/MPI behaviour
   size_t dropped_other = 0;          // everything else not passed (HOME-like noise)
+  std::vector<std::string> dangerous;  // passed only because allow_dangerous_env names them
 };
 
-// Starts from nothing and passes: PATH, LD_LIBRARY_PATH, LANG, LC_ALL, TZ, TMPDIR;
-// NCCL_DEBUG, NCCL_DEBUG_SUBSYS, OMP_NUM_THREADS, OMP_PROC_BIND, OMP_PLACES; the policy's
-// allow_env names/prefixes; NCCL_NET_PLUGIN when its value is in policy.net_plugins (else the
-// ranks get NCCL_NET_PLUGIN=none). Variables the lease sets are never inherited.
+// The one place the job's inherited environment is decided. Starts from nothing and passes:
+// PATH, LANG, LC_ALL, TZ, TMPDIR; NCCL_DEBUG, NCCL_DEBUG_SUBSYS, OMP_NUM_THREADS,
+// OMP_PROC_BIND, OMP_PLACES; the policy's allow_env names/prefixes, except dangerous names
+// (is_dangerous_env: LD_*, OMPI_*, PMIX_*, ...), which pass only when allow_dangerous_env
+// names them exactly; NCCL_NET_PLUGIN when its value is in policy.net_plugins (else the
+// ranks get NCCL_NET_PLUGIN=none). Variables the lease sets (LEASETRAIN_*, CUDA_VISIBLE_DEVICES,
+// ...) are never inherited.
 // UserError: NCCL_COMM_ID is set (fixed bootstrap magic), or NCCL_NET_PLUGIN is set to a
 // plugin the policy does not approve.
 EnvFilter filter_environment(const EnvMap& inherited, const Policy& policy);

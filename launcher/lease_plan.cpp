@@ -2,6 +2,8 @@
 #include "launcher/lease_plan.h"
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 
 #include "launcher/audit.h"
 #include "launcher/pkey.h"
+#include "launcher/storage.h"
 #include "runtime/error.h"
 
 namespace lt::lease {
@@ -43,6 +46,51 @@ std::string fmt_double(double v) {
 
 }  // namespace
 
+Identity Identity::current() {
+  Identity id;
+  id.uid = uint32_t(::getuid());
+  std::vector<char> buf(1 << 16);
+  struct passwd pw {}, *pwp = nullptr;
+  if (::getpwuid_r(id.uid, &pw, buf.data(), buf.size(), &pwp) == 0 && pwp) id.user = pwp->pw_name;
+  int n = ::getgroups(0, nullptr);
+  std::vector<gid_t> gs(size_t(std::max(n, 0)));
+  if (n > 0) n = ::getgroups(n, gs.data());
+  gs.resize(size_t(std::max(n, 0)));
+  gs.insert(gs.begin(), ::getgid());
+  for (gid_t g : gs) {
+    if (std::find(id.gids.begin(), id.gids.end(), uint32_t(g)) != id.gids.end()) continue;
+    id.gids.push_back(uint32_t(g));
+    struct group gr {}, *grp = nullptr;
+    if (::getgrgid_r(g, &gr, buf.data(), buf.size(), &grp) == 0 && grp) id.groups.push_back(grp->gr_name);
+  }
+  return id;
+}
+
+std::string Identity::describe() const {
+  std::string s = "uid " + std::to_string(uid) + (user.empty() ? "" : " (" + user + ")") + ", groups ";
+  for (size_t i = 0; i < gids.size(); ++i) s += (i ? ", " : "") + std::to_string(gids[i]);
+  if (!groups.empty()) s += " (" + join(groups, ", ") + ")";
+  return s;
+}
+
+void check_identity(const Manifest& m, const Lease& l, const Identity& who) {
+  if (m.embedded) return;
+  const Tenant* t = m.find_tenant(l.tenant);
+  if (!t || (t->users.empty() && t->groups.empty())) return;
+  for (const std::string& u : t->users)
+    if ((!who.user.empty() && u == who.user) || u == std::to_string(who.uid)) return;
+  for (const std::string& g : t->groups) {
+    if (std::find(who.groups.begin(), who.groups.end(), g) != who.groups.end()) return;
+    for (uint32_t gid : who.gids)
+      if (g == std::to_string(gid)) return;
+  }
+  std::string expected;
+  if (!t->users.empty()) expected += "users " + join(t->users, ", ");
+  if (!t->groups.empty()) expected += std::string(expected.empty() ? "" : " or ") + "groups " + join(t->groups, ", ");
+  throw UserError("lease " + l.id + " belongs to tenant " + t->id + " (" + expected + "), and you are " + who.describe() +
+                  (who.uid == 0 ? "; root is not exempt: the operator lists root among the tenant's users to allow it" : ""));
+}
+
 std::string local_hostname() {
   char buf[HOST_NAME_MAX + 1] = {0};
   if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "localhost";
@@ -50,6 +98,9 @@ std::string local_hostname() {
 }
 
 Manifest local_default_manifest(int cpu_ranks, const std::string& proc_root, const std::string& dev_root) {
+  if (cpu_ranks > kMaxCpuRanks)
+    throw UserError("--np " + std::to_string(cpu_ranks) + ": the local lease runs at most " + std::to_string(kMaxCpuRanks) +
+                    " CPU ranks");
   Manifest m;
   m.origin = "<embedded local lease>";
   m.embedded = true;
@@ -108,7 +159,9 @@ Manifest local_default_manifest(int cpu_ranks, const std::string& proc_root, con
 
 Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest& req) {
   const Lease& l = m.lease(lease_id);
+  check_identity(m, l, req.caller ? *req.caller : Identity::current());
   check_window(l, req.now);
+  if (req.np < 0) throw UserError("--np must be positive, got " + std::to_string(req.np));
   Plan p;
   p.lease_id = l.id;
   p.tenant = l.tenant;
@@ -128,14 +181,28 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
   p.read_only_roots = l.read_only_roots;
   p.policy = l.policy;
   p.job_id = req.job_id;
-  p.usage_log = !req.usage_log.empty() ? req.usage_log : m.embedded ? "" : l.usage_log_path();
+  // The lease's usage log is its only accounting source: a tenant naming a log of its own
+  // would start every job with a fresh GPU-hours budget.
+  if (!m.embedded && !req.usage_log.empty() &&
+      resolve_real_path(req.usage_log) != resolve_real_path(l.usage_log_path()))
+    throw UserError("--usage-log " + req.usage_log + ": lease " + l.id + " keeps its usage in " + l.usage_log_path() +
+                    ", the only log its GPU-hours are counted from; drop --usage-log");
+  // A root that is a symlink could be pointed at another tenant's directory after the
+  // manifest was checked: the manifest must name real paths.
+  if (!m.embedded)
+    for (const std::string& r : l.storage_roots) {
+      std::string real = resolve_real_path(r);
+      if (real != normalize_path(r))
+        throw UserError(m.origin + ": lease " + l.id + ": storage root " + r + " is really " + real +
+                        " (a symlink on the way); the manifest must name the real directory");
+    }
+  p.usage_log = m.embedded ? req.usage_log : l.usage_log_path();
   if (req.check_usage && !p.usage_log.empty()) p.gpu_seconds_used = gpu_seconds_used(p.usage_log, l.id);
   if (p.gpu_seconds_left() <= 0)
     throw UserError("lease " + l.id + " has used its " + fmt_double(l.quota.gpu_hours) + " GPU-hours (" +
                     fmt_double(p.gpu_seconds_used / 3600.0) + " recorded in " + p.usage_log + ")");
 
   const int total = l.total_slots();
-  if (req.np < 0) throw UserError("--np must be positive, got " + std::to_string(req.np));
   if (req.np > total) {
     std::string per_node;
     for (const Allocation& a : l.alloc) per_node += (per_node.empty() ? "" : ", ") + a.node + ": " + std::to_string(a.slots());
@@ -146,6 +213,9 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
     throw UserError("--np " + std::to_string(req.np) + " exceeds lease " + l.id + "'s quota of " +
                     std::to_string(l.quota.max_ranks) + " ranks");
   p.np = req.np > 0 ? req.np : std::min(total, l.quota.max_ranks);
+  if (p.np > kMaxJobRanks)
+    throw UserError("lease " + l.id + ": a job of " + std::to_string(p.np) + " ranks is more than the " +
+                    std::to_string(kMaxJobRanks) + " one launch starts; pass a smaller --np");
   if (req.np == 0 && total > l.quota.max_ranks)
     p.notes.push_back("the lease has " + std::to_string(total) + " slots but a quota of " +
                       std::to_string(l.quota.max_ranks) + " ranks; using " + std::to_string(p.np));
@@ -216,6 +286,10 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
       env["LEASETRAIN_NODE"] = node.hostname;
       env["LEASETRAIN_RANK_DEVICES"] = join(r.devices, ",");
       env["LEASETRAIN_STORAGE_ROOT"] = l.storage_roots[0];
+      // Every path the trainer writes must resolve beneath one of these (colon-separated).
+      std::vector<std::string> write_roots;
+      for (const std::string& root : l.storage_roots) write_roots.push_back(normalize_path(root));
+      env["LEASETRAIN_WRITE_ROOTS"] = join(write_roots, ":");
       if (!req.manifest_path.empty()) env["LEASETRAIN_MANIFEST"] = req.manifest_path;
       if (!req.operator_key.empty()) env["LEASETRAIN_OPERATOR_KEY"] = req.operator_key;
       if (!req.job_id.empty()) env["LEASETRAIN_JOB_ID"] = req.job_id;
@@ -235,6 +309,14 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
       for (RankPlan& r : p.ranks) r.env["LEASETRAIN_GPU_BUDGET_END"] = end;
     }
   }
+  for (const std::string& v : l.policy.allow_dangerous_env)
+    p.notes.push_back("warning: lease " + l.id + " lets the job inherit " + v +
+                      " (allow_dangerous_env), which can load code or re-point MPI, NCCL or the loader");
+  if (!m.embedded && l.usage_log.empty())
+    p.notes.push_back("lease " + l.id + " names no usage_log: its GPU-hours are counted from " + l.usage_log_path() +
+                      ", inside the tenant's own storage, so the quota holds against mistakes only");
+  if (const Tenant* t = m.find_tenant(l.tenant); !m.embedded && t && t->users.empty() && t->groups.empty())
+    p.notes.push_back("tenant " + t->id + " declares no users or groups: any local user may use lease " + l.id);
   for (auto& [key, idx] : pkey_cache)
     if (!idx)
       p.notes.push_back("P_Key index for " + key + " is not in " + req.sysfs_root +

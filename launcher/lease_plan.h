@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,24 @@ struct Plan {
   double gpu_seconds_left() const { return gpu_hours_quota * 3600.0 - gpu_seconds_used; }
 };
 
+// Who runs plan/launch: the real uid (getuid, not the effective one) with its name, and the
+// primary and supplementary groups, by id and name.
+struct Identity {
+  uint32_t uid = 0;
+  std::string user;  // "" when the uid has no passwd entry
+  std::vector<uint32_t> gids;
+  std::vector<std::string> groups;  // names of gids that have one
+  static Identity current();
+  std::string describe() const;  // "uid 1000 (alice), groups 1000 (alice), 27 (sudo)"
+};
+
+// Refuses (UserError, one line naming the lease, the caller and what was expected) unless the
+// caller is one of the lease's tenant's `users` or in one of its `groups` (entries are names
+// or numeric ids). Root is not exempt: an operator who wants root to act for a tenant lists
+// "root" (or 0) among its users. A tenant that declares neither users nor groups is open to
+// every local user, and the embedded local lease to anyone.
+void check_identity(const Manifest& m, const Lease& l, const Identity& who);
+
 struct PlanRequest {
   int np = 0;  // 0: every leased slot
   TimePoint now{};
@@ -64,18 +83,23 @@ struct PlanRequest {
   std::string job_id;               // goes into the rank environment
   std::string manifest_path;        // absolute path the ranks re-read; "" for embedded
   std::string operator_key;         // passed on so every rank re-verifies the manifest
-  std::string usage_log;            // overrides the lease's usage log ("" keeps it)
+  // --usage-log: must be the lease's own log (after resolving) when the manifest is not the
+  // embedded local lease, where it is the only way to get records. "" keeps the lease's.
+  std::string usage_log;
+  std::optional<Identity> caller;   // who is asking; nullopt: the real caller (Identity::current)
   bool check_usage = true;          // read the usage log for GPU-hours (off in unit tests)
 };
 
-// Refuses (UserError, one line) when the lease is unknown, outside its window, over a quota,
-// or the request exceeds it. Ranks fill nodes in manifest order; on each node devices are
+// Refuses (UserError, one line) when the lease is unknown, the caller is not among its
+// tenant's users/groups, it is outside its window, over a quota, a storage root is a symlink,
+// --usage-log is not the lease's log, or the request exceeds it (before allocating anything). Ranks fill nodes in manifest order; on each node devices are
 // taken in the order the allocation lists them, and NICs round-robin by local rank.
 Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest& req);
 
 // The lease used when no manifest is given: this machine alone, its GPUs (read from
 // <proc_root>/driver/nvidia/gpus/*/information, kept only when <dev_root>/nvidia<minor>
 // opens) or, with none, `cpu_ranks` CPU ranks; no window, no quotas, no storage limits.
+// cpu_ranks above kMaxCpuRanks is refused (UserError).
 Manifest local_default_manifest(int cpu_ranks = 1, const std::string& proc_root = "/proc",
                                 const std::string& dev_root = "/dev");
 

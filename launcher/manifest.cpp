@@ -13,6 +13,7 @@
 #include <toml++/toml.h>
 
 #include "runtime/error.h"
+#include "runtime/input.h"
 #include "runtime/sha256.h"
 
 namespace lt::lease {
@@ -27,7 +28,8 @@ using std::chrono::seconds;
   throw UserError(where + ": " + path + ": " + msg);
 }
 
-std::string quoted(std::string_view s) { return "'" + std::string(s) + "'"; }
+// Not named `quoted`: ADL would find std::quoted (through <iomanip>) for std::string arguments.
+std::string quote_name(std::string_view s) { return "'" + std::string(s) + "'"; }
 
 bool is_hex(char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; }
 
@@ -205,7 +207,7 @@ class Table {
     }
     if (n->is_string()) {
       auto v = parse_bytes(n->as_string()->get());
-      if (!v) fail(key, "expected a byte count such as \"500GiB\" or \"2TB\", got " + quoted(n->as_string()->get()));
+      if (!v) fail(key, "expected a byte count such as \"500GiB\" or \"2TB\", got " + quote_name(n->as_string()->get()));
       if (*v == 0) fail(key, "must be positive");
       return *v;
     }
@@ -288,18 +290,18 @@ class Table {
 Node parse_node(Table& t) {
   Node n;
   n.hostname = t.str("hostname", true);
-  if (!is_plain_name(n.hostname)) t.fail("hostname", "expected a host name (letters, digits, '-', '_', '.'), got " + quoted(n.hostname));
+  if (!is_plain_name(n.hostname)) t.fail("hostname", "expected a host name (letters, digits, '-', '_', '.'), got " + quote_name(n.hostname));
   if (t.has("shm_bytes")) n.shm_bytes = t.bytes("shm_bytes", true);
   for (Table& g : t.tables("gpu")) {
     Gpu gpu;
     gpu.uuid = g.str("uuid", true);
     if (!is_gpu_uuid(gpu.uuid))
-      g.fail("uuid", "expected a full GPU UUID GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got " + quoted(gpu.uuid));
+      g.fail("uuid", "expected a full GPU UUID GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got " + quote_name(gpu.uuid));
     gpu.pci_bus_id = g.str("pci_bus_id", true);
     std::transform(gpu.pci_bus_id.begin(), gpu.pci_bus_id.end(), gpu.pci_bus_id.begin(),
                    [](unsigned char c) { return char(std::tolower(c)); });
     if (!is_pci_bus_id(gpu.pci_bus_id))
-      g.fail("pci_bus_id", "expected a PCI bus id DDDD:BB:DD.F such as 0000:17:00.0, got " + quoted(gpu.pci_bus_id));
+      g.fail("pci_bus_id", "expected a PCI bus id DDDD:BB:DD.F such as 0000:17:00.0, got " + quote_name(gpu.pci_bus_id));
     gpu.numa = int(g.integer("numa", false, -1, -1, 1024));
     gpu.minor = int(g.integer("minor", false, -1, 0, 255));
     g.finish();
@@ -311,21 +313,21 @@ Node parse_node(Table& t) {
     if (m.uuid.rfind("MIG-GPU-", 0) == 0)
       s.fail("uuid", "the old MIG-GPU-<uuid>/<gi>/<ci> form is not accepted; give the slice's MIG-<uuid> (nvidia-smi -L, driver R470+)");
     if (!is_mig_uuid(m.uuid))
-      s.fail("uuid", "expected a full MIG UUID MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got " + quoted(m.uuid));
+      s.fail("uuid", "expected a full MIG UUID MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got " + quote_name(m.uuid));
     m.parent = s.str("parent", true);
     m.profile = s.str("profile", true);
-    m.gi = int(s.integer("gi", false, -1, 0, 64));
-    m.ci = int(s.integer("ci", false, -1, 0, 64));
+    m.gi = int(s.integer("gi", true, -1, 0, 64));
+    m.ci = int(s.integer("ci", true, -1, 0, 64));
     s.finish();
     n.mig.push_back(m);
   }
   for (Table& c : t.tables("nic")) {
     Nic nic;
     nic.netdev = c.str("netdev", true);
-    if (!is_plain_name(nic.netdev)) c.fail("netdev", "expected an interface name, got " + quoted(nic.netdev));
+    if (!is_plain_name(nic.netdev)) c.fail("netdev", "expected an interface name, got " + quote_name(nic.netdev));
     nic.ib_dev = c.str("ib_dev", false);
     if (!nic.ib_dev.empty() && !is_plain_name(nic.ib_dev))
-      c.fail("ib_dev", "expected an HCA name such as mlx5_0, got " + quoted(nic.ib_dev));
+      c.fail("ib_dev", "expected an HCA name such as mlx5_0, got " + quote_name(nic.ib_dev));
     nic.port = int(c.integer("port", false, 1, 1, 255));
     nic.gid_index = int(c.integer("gid_index", false, -1, 0, 255));
     nic.traffic_class = int(c.integer("traffic_class", false, -1, 0, 255));
@@ -341,7 +343,7 @@ Node parse_node(Table& t) {
 Lease parse_lease(Table& t) {
   Lease l;
   l.id = t.str("id", true);
-  if (!is_plain_name(l.id)) t.fail("id", "expected letters, digits, '-', '_', '.', got " + quoted(l.id));
+  if (!is_plain_name(l.id)) t.fail("id", "expected letters, digits, '-', '_', '.', got " + quote_name(l.id));
   l.tenant = t.str("tenant", true);
   l.not_before = t.time("not_before");
   l.not_after = t.time("not_after");
@@ -358,24 +360,25 @@ Lease parse_lease(Table& t) {
   if (l.storage_roots.empty()) t.fail("storage_roots", "missing (expected at least one absolute directory)");
   for (size_t i = 0; i < l.storage_roots.size(); ++i)
     if (!is_clean_absolute(l.storage_roots[i]))
-      t.fail("storage_roots", "entry " + std::to_string(i) + " " + quoted(l.storage_roots[i]) +
+      t.fail("storage_roots", "entry " + std::to_string(i) + " " + quote_name(l.storage_roots[i]) +
                                   " must be an absolute path without '.' or '..'");
   l.read_only_roots = t.strings("read_only_roots");
   for (size_t i = 0; i < l.read_only_roots.size(); ++i)
     if (!is_clean_absolute(l.read_only_roots[i]))
-      t.fail("read_only_roots", "entry " + std::to_string(i) + " " + quoted(l.read_only_roots[i]) +
+      t.fail("read_only_roots", "entry " + std::to_string(i) + " " + quote_name(l.read_only_roots[i]) +
                                     " must be an absolute path without '.' or '..'");
   l.usage_log = t.str("usage_log", false);
   if (!l.usage_log.empty() && !is_clean_absolute(l.usage_log))
     t.fail("usage_log", "must be an absolute path without '.' or '..'");
   if (auto p = t.table("policy")) {
     l.policy.allow_env = p->strings("allow_env");
+    l.policy.allow_dangerous_env = p->strings("allow_dangerous_env");
     l.policy.net_plugins = p->strings("net_plugins");
     l.policy.ras = p->boolean("ras", false);
     std::string probe = p->str("device_probe", false, "refuse");
     if (probe == "refuse") l.policy.probe = ProbePolicy::refuse;
     else if (probe == "warn") l.policy.probe = ProbePolicy::warn;
-    else p->fail("device_probe", "expected \"refuse\" or \"warn\", got " + quoted(probe));
+    else p->fail("device_probe", "expected \"refuse\" or \"warn\", got " + quote_name(probe));
     p->finish();
   }
   for (Table& a : t.tables("alloc")) {
@@ -391,10 +394,6 @@ Lease parse_lease(Table& t) {
   }
   t.finish();
   return l;
-}
-
-bool overlaps(const Lease& a, const Lease& b) {
-  return a.not_before < b.not_after && b.not_before < a.not_after;
 }
 
 }  // namespace
@@ -436,13 +435,13 @@ const Lease& Manifest::lease(std::string_view id) const {
     if (l.id == id) return l;
   std::string known;
   for (const Lease& l : leases) known += (known.empty() ? "" : ", ") + l.id;
-  throw UserError(origin + ": no lease " + quoted(id) + " (leases: " + (known.empty() ? "none" : known) + ")");
+  throw UserError(origin + ": no lease " + quote_name(id) + " (leases: " + (known.empty() ? "none" : known) + ")");
 }
 
 int Lease::total_slots() const {
-  int n = 0;
-  for (const Allocation& a : alloc) n += a.slots();
-  return n;
+  int64_t n = 0;  // saturates: a huge manifest must not wrap the count negative
+  for (const Allocation& a : alloc) n = std::min<int64_t>(n + a.slots(), INT32_MAX);
+  return int(n);
 }
 
 std::string Lease::usage_log_path() const {
@@ -469,6 +468,29 @@ bool is_lease_controlled_env(std::string_view n) {
       "NCCL_IB_DISABLE",      "OMPI_MCA_btl_tcp_if_include", "OMPI_MCA_oob_tcp_if_include",
       "CUDA_MPS_PIPE_DIRECTORY"};
   return names.count(n) > 0 || n.rfind("LEASETRAIN_", 0) == 0;
+}
+
+bool is_dangerous_env(std::string_view n) {
+  // Code loaded into the ranks, the loader's search, MPI/PMIx/launcher control (which can
+  // re-point the interfaces the lease fixes), other transports' device and NIC choice.
+  static const std::string_view prefixes[] = {"LD_",   "OMPI_", "PMIX_",   "PRTE_",    "OPAL_",  "ORTE_",
+                                              "HYDRA_", "I_MPI_", "MPICH_", "UCX_",   "FI_",    "HCOLL_",
+                                              "SHARP_", "NVSHMEM_", "CUDA_MPS_", "GLOO_", "NCCL_MNNVL_"};
+  // NCCL and CUDA variables that load a library or config file, pick the network, address
+  // family or topology, or write files wherever they name.
+  static const std::set<std::string, std::less<>> names = {
+      "GCONV_PATH",          "GLIBC_TUNABLES",       "NCCL_CONF_FILE",      "NCCL_TUNER_PLUGIN",
+      "NCCL_PROFILER_PLUGIN", "NCCL_ENV_PLUGIN",     "NCCL_NET",            "NCCL_TOPO_FILE",
+      "NCCL_TOPO_DUMP_FILE", "NCCL_GRAPH_FILE",      "NCCL_GRAPH_DUMP_FILE", "NCCL_DEBUG_FILE",
+      "NCCL_SOCKET_FAMILY",  "NCCL_IB_ADDR_FAMILY",  "NCCL_IB_ADDR_RANGE",  "NCCL_IB_MERGE_NICS",
+      "NCCL_CROSS_NIC",      "NCCL_COLLNET_ENABLE",  "NCCL_RAS_ADDR",       "CUDA_INJECTION64_PATH",
+      "CUDA_CACHE_PATH",     "CUDA_COREDUMP_FILE",   "NVIDIA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
+      // OpenMP tools and OpenSSL engines/providers are shared libraries loaded by name.
+      "OMP_TOOL",            "OMP_TOOL_LIBRARIES",   "OMP_TOOL_VERBOSE_INIT", "OPENSSL_CONF",
+      "OPENSSL_ENGINES",     "OPENSSL_MODULES",      "LOCPATH",             "NLSPATH"};
+  for (std::string_view p : prefixes)
+    if (n.substr(0, p.size()) == p) return true;
+  return names.count(n) > 0;
 }
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -514,7 +536,7 @@ TimePoint parse_time(std::string_view s) {
   }
   year_month_day ymd{year{Y}, month{unsigned(M)}, day{unsigned(D)}};
   if (!ok || !ymd.ok())
-    throw UserError("expected a UTC date-time such as 2025-06-01T00:00:00Z, got " + quoted(s));
+    throw UserError("expected a UTC date-time such as 2025-06-01T00:00:00Z, got " + quote_name(s));
   return sys_days{ymd} + hours{h} + minutes{m} + seconds{sec} - minutes{offset_min};
 }
 
@@ -533,7 +555,68 @@ void check_window(const Lease& l, TimePoint now) {
 
 // ---- parsing --------------------------------------------------------------------------------
 
+namespace {
+
+// toml++ bounds nested arrays and inline tables (256) but not dotted keys: `x.x.x...` a few
+// hundred thousand parts deep builds as many nested tables and overflows the stack. Scans
+// the keys (table headers, `key =`, keys inside inline tables; strings and comments skipped)
+// and refuses one with more than kMaxKeyParts parts before toml++ sees the text.
+constexpr int kMaxKeyParts = 32;
+
+void check_key_depth(std::string_view t, const std::string& origin) {
+  bool key_mode = true;          // reading a key (else a value)
+  std::vector<char> open;        // '[' and '{' of the value being read
+  int dots = 0;
+  int64_t line = 1;
+  for (size_t i = 0; i < t.size();) {
+    const char c = t[i];
+    if (c == '\n') {
+      ++line, ++i;
+      if (open.empty()) key_mode = true, dots = 0;
+      continue;
+    }
+    if (c == '#') {
+      while (i < t.size() && t[i] != '\n') ++i;
+      continue;
+    }
+    if (c == '"' || c == '\'') {
+      const bool multi = t.substr(i, 3) == std::string(3, c);
+      const size_t len = multi ? 3 : 1;
+      size_t j = i + len;
+      while (j < t.size()) {
+        if (c == '"' && t[j] == '\\') {
+          j += 2;
+          continue;
+        }
+        if (t[j] == '\n') {
+          if (!multi) break;  // toml++ reports the unterminated string
+          ++line;
+        }
+        if (t.substr(j, len) == std::string(len, c)) break;
+        ++j;
+      }
+      i = std::min(t.size(), j + len);
+      continue;
+    }
+    if (key_mode) {
+      if (c == '.' && ++dots >= kMaxKeyParts)
+        fail_at(origin, line, "(syntax)", "a key of more than " + std::to_string(kMaxKeyParts) + " dotted parts");
+      if (c == '=') key_mode = false, dots = 0;
+      if (c == '}' && !open.empty()) open.pop_back(), key_mode = false;  // empty inline table
+    } else {
+      if (c == '[' || c == '{') open.push_back(c);
+      if (c == '{') key_mode = true, dots = 0;
+      if ((c == ']' || c == '}') && !open.empty()) open.pop_back();
+      if (c == ',' && !open.empty() && open.back() == '{') key_mode = true, dots = 0;
+    }
+    ++i;
+  }
+}
+
+}  // namespace
+
 Manifest parse_manifest(const std::string& text, const std::string& origin) {
+  check_key_depth(text, origin);
   toml::table root;
   try {
     root = toml::parse(text, origin);
@@ -567,7 +650,7 @@ Manifest parse_manifest(const std::string& text, const std::string& origin) {
   for (Table& tt : t.tables("tenant")) {
     Tenant ten;
     ten.id = tt.str("id", true);
-    if (!is_plain_name(ten.id)) tt.fail("id", "expected letters, digits, '-', '_', '.', got " + quoted(ten.id));
+    if (!is_plain_name(ten.id)) tt.fail("id", "expected letters, digits, '-', '_', '.', got " + quote_name(ten.id));
     ten.users = tt.strings("users");
     ten.groups = tt.strings("groups");
     ten.account = tt.str("account", false);
@@ -581,17 +664,101 @@ Manifest parse_manifest(const std::string& text, const std::string& origin) {
 }
 
 Manifest load_manifest(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw UserError(path + ": cannot read the lease manifest");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string text = ss.str();
+  std::string text = read_regular_file(path, "lease manifest", kMaxManifestBytes);
   Manifest m = parse_manifest(text, path);
   m.sha256 = sha256_hex(text);
   return m;
 }
 
 // ---- validation -----------------------------------------------------------------------------
+
+namespace {
+
+// One device a lease holds, by its physical identity: the node and the PCI bus id of the GPU
+// (a slice's parent), plus GPU and compute instance for a MIG slice. UUIDs are names the
+// driver gives; the same slice, re-created or mistyped, can carry two.
+struct DeviceClaim {
+  size_t lease = 0;
+  std::string path, uuid;
+  const Node* node = nullptr;
+  std::string bus;
+  bool whole = false;
+  int gi = -1, ci = -1;
+};
+
+// Sweeps groups of claims that share a key, each group ordered by window start (then lease
+// index, then position): a claim conflicts with an earlier one of its group exactly when the
+// earlier window ends after this one starts, so the earlier claim ending last is the only
+// one to keep. Sorting makes every cross-lease rule O(n log n).
+template <class Item, class Key, class Visit>
+void sweep_groups(std::vector<Item>& items, Key key, const std::vector<Lease>& leases, Visit visit) {
+  std::sort(items.begin(), items.end(), [&](const Item& a, const Item& b) {
+    auto ka = key(a), kb = key(b);
+    if (ka != kb) return ka < kb;
+    const Lease &la = leases[a.lease], &lb = leases[b.lease];
+    if (la.not_before != lb.not_before) return la.not_before < lb.not_before;
+    return a.lease < b.lease;
+  });
+  for (size_t b = 0; b < items.size();) {
+    size_t e = b + 1;
+    while (e < items.size() && key(items[e]) == key(items[b])) ++e;
+    visit(&items[b], &items[e]);
+    b = e;
+  }
+}
+
+// The latest-ending earlier claims of up to two tenants: enough to answer "does an earlier
+// claim of another tenant than T still run?" in O(1).
+template <class Item>
+struct TwoTenants {
+  const Item* best = nullptr;    // ends last
+  const Item* other = nullptr;   // ends last among tenants other than best's
+  const std::vector<Lease>* leases = nullptr;
+  const std::string& tenant(const Item* i) const { return (*leases)[i->lease].tenant; }
+  TimePoint end(const Item* i) const { return (*leases)[i->lease].not_after; }
+  const Item* of_other_than(const std::string& t) const {
+    if (best && tenant(best) != t) return best;
+    return other;
+  }
+  void add(const Item* i) {
+    if (!best || end(i) > end(best)) {
+      if (best && tenant(i) != tenant(best)) other = best;
+      best = i;
+    } else if (tenant(i) != tenant(best) && (!other || end(i) > end(other))) {
+      other = i;
+    }
+  }
+};
+
+const char* const kSystemTrees[] = {"/proc", "/sys",      "/dev",     "/etc",      "/usr",       "/bin",
+                                    "/sbin", "/boot",     "/lib",     "/lib32",    "/lib64",     "/libx32",
+                                    "/run",  "/root",     "/snap",    "/var/lib",  "/var/log",   "/var/cache",
+                                    "/var/spool", "/var/mail", "/var/run", "/var/lock", "/var/backups",
+                                    "/lost+found"};
+
+}  // namespace
+
+std::string normalize_path(std::string_view p) {
+  std::string out;
+  for (const std::string& part : split(std::string(p), '/')) out += "/" + part;
+  return out.empty() ? "/" : out;
+}
+
+std::string storage_root_problem(std::string_view root) {
+  if (!is_clean_absolute(root)) return "must be an absolute path without '.' or '..'";
+  for (char c : root)
+    if (c == ':' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+      return "may not hold ':' or control characters (roots travel colon-separated in LEASETRAIN_WRITE_ROOTS)";
+  std::string n = normalize_path(root);
+  if (n == "/") return "is the whole file system; give the tenant's own directory (/srv/tenants/NAME)";
+  for (const char* sys : kSystemTrees) {
+    std::string s = sys;
+    if (n == s || n.rfind(s + "/", 0) == 0) return "is in the system directory " + s + ", which no tenant may own";
+  }
+  if (split(n, '/').size() < 2)
+    return "is a top-level directory shared by the whole node; a root must be at least two levels deep (/srv/tenants/NAME)";
+  return "";
+}
 
 void validate_manifest(const Manifest& m) {
   const std::string& o = m.origin;
@@ -612,11 +779,15 @@ void validate_manifest(const Manifest& m) {
   for (size_t i = 0; i < m.nodes.size(); ++i) {
     const Node& n = m.nodes[i];
     std::string np = idx("node", i);
-    if (!hostnames.insert(n.hostname).second) fail(np + ".hostname", "duplicate node " + quoted(n.hostname));
+    // Host names are case-insensitive and node01 is node01.example.org: one machine declared
+    // twice would let its GPUs be leased twice under made-up UUIDs.
+    std::string host_key = n.hostname.substr(0, n.hostname.find('.'));
+    std::transform(host_key.begin(), host_key.end(), host_key.begin(), [](unsigned char ch) { return char(std::tolower(ch)); });
+    if (!hostnames.insert(host_key).second) fail(np + ".hostname", "duplicate node " + quote_name(n.hostname) + " (host names compare without case and domain)");
     std::set<std::string> buses, netdevs, hcas;
     auto unique_uuid = [&](const std::string& u, const std::string& path) {
       auto [it, fresh] = seen_uuid.emplace(uuid_key(u), path);
-      if (!fresh) fail(path, quoted(u) + " is already declared at " + it->second);
+      if (!fresh) fail(path, quote_name(u) + " is already declared at " + it->second);
     };
     for (size_t g = 0; g < n.gpus.size(); ++g) {
       std::string gp = np + "." + idx("gpu", g);
@@ -628,14 +799,15 @@ void validate_manifest(const Manifest& m) {
       std::string sp = np + "." + idx("mig", s);
       unique_uuid(n.mig[s].uuid, sp + ".uuid");
       if (!n.find_gpu(n.mig[s].parent))
-        fail(sp + ".parent", quoted(n.mig[s].parent) + " is not a GPU of node " + n.hostname);
-      if ((n.mig[s].gi < 0) != (n.mig[s].ci < 0))
-        fail(sp + (n.mig[s].gi < 0 ? ".gi" : ".ci"), "give both gi and ci, or neither");
+        fail(sp + ".parent", quote_name(n.mig[s].parent) + " is not a GPU of node " + n.hostname);
+      if (n.mig[s].gi < 0 || n.mig[s].ci < 0)
+        fail(sp + (n.mig[s].gi < 0 ? ".gi" : ".ci"),
+             "missing: gi and ci (nvidia-smi mig -lgi / -lci) are the slice's physical identity, which the UUID is not");
     }
     for (size_t c = 0; c < n.nics.size(); ++c) {
       std::string cp = np + "." + idx("nic", c);
       if (!netdevs.insert(n.nics[c].netdev).second)
-        fail(cp + ".netdev", "duplicate interface " + quoted(n.nics[c].netdev) + " on node " + n.hostname);
+        fail(cp + ".netdev", "duplicate interface " + quote_name(n.nics[c].netdev) + " on node " + n.hostname);
       if (n.nics[c].is_ib() && !hcas.insert(n.nics[c].hca()).second)
         fail(cp + ".ib_dev", "duplicate HCA port " + n.nics[c].hca() + " on node " + n.hostname);
     }
@@ -644,21 +816,24 @@ void validate_manifest(const Manifest& m) {
   std::map<int, std::string> pkeys;  // base key (membership bit dropped) -> partition id
   for (size_t i = 0; i < m.partitions.size(); ++i) {
     const Partition& p = m.partitions[i];
-    if (!ids.insert(p.id).second) fail(idx("partition", i) + ".id", "duplicate partition " + quoted(p.id));
+    if (!ids.insert(p.id).second) fail(idx("partition", i) + ".id", "duplicate partition " + quote_name(p.id));
     auto [it, fresh] = pkeys.emplace(p.pkey & 0x7fff, p.id);
     if (!fresh) fail(idx("partition", i) + ".pkey", "same P_Key as partition " + it->second + " (bit 0x8000 is only membership)");
   }
-  ids.clear();
+  std::set<std::string> partition_ids = std::move(ids);
+  std::set<std::string> tenant_ids;
   for (size_t i = 0; i < m.tenants.size(); ++i)
-    if (!ids.insert(m.tenants[i].id).second) fail(idx("tenant", i) + ".id", "duplicate tenant " + quoted(m.tenants[i].id));
+    if (!tenant_ids.insert(m.tenants[i].id).second) fail(idx("tenant", i) + ".id", "duplicate tenant " + quote_name(m.tenants[i].id));
+  std::map<std::string_view, const Node*> node_by_name;
+  for (const Node& n : m.nodes) node_by_name.emplace(n.hostname, &n);
   ids.clear();
 
   // Leases: references resolve, windows and quotas make sense, allocations are self-consistent.
   for (size_t i = 0; i < m.leases.size(); ++i) {
     const Lease& l = m.leases[i];
     std::string lp = idx("lease", i);
-    if (!ids.insert(l.id).second) fail(lp + ".id", "duplicate lease " + quoted(l.id));
-    if (!m.find_tenant(l.tenant)) fail(lp + ".tenant", quoted(l.tenant) + " is not a declared tenant");
+    if (!ids.insert(l.id).second) fail(lp + ".id", "duplicate lease " + quote_name(l.id));
+    if (!tenant_ids.count(l.tenant)) fail(lp + ".tenant", quote_name(l.tenant) + " is not a declared tenant");
     if (!(l.not_before < l.not_after))
       fail(lp + ".not_after", format_time(l.not_after) + " must be after not_before " + format_time(l.not_before));
     if (std::chrono::seconds(l.grace_seconds) >= l.not_after - l.not_before)
@@ -666,10 +841,20 @@ void validate_manifest(const Manifest& m) {
     for (size_t k = 0; k < l.policy.allow_env.size(); ++k) {
       const std::string& e = l.policy.allow_env[k];
       std::string ep = lp + ".policy.allow_env[" + std::to_string(k) + "]";
-      if (!is_env_pattern(e)) fail(ep, "expected a variable name or a prefix ending in '*' (NCCL_DEBUG, OMP_*), got " + quoted(e));
+      if (!is_env_pattern(e)) fail(ep, "expected a variable name or a prefix ending in '*' (NCCL_DEBUG, OMP_*), got " + quote_name(e));
       if (e == "NCCL_COMM_ID" || e == "NCCL_*" || e == "NCCL_COMM*")
         fail(ep, "NCCL_COMM_ID makes NCCL use a fixed connection magic; it can never be allowed");
       if (is_lease_controlled_env(e)) fail(ep, e + " is set from the lease and cannot be passed through");
+      if (e.back() != '*' && is_dangerous_env(e))
+        fail(ep, e + " loads code or steers the loader, MPI or the network; name it in allow_dangerous_env if the job must have it");
+    }
+    for (size_t k = 0; k < l.policy.allow_dangerous_env.size(); ++k) {
+      const std::string& e = l.policy.allow_dangerous_env[k];
+      std::string ep = lp + ".policy.allow_dangerous_env[" + std::to_string(k) + "]";
+      if (!is_env_pattern(e) || e.back() == '*') fail(ep, "expected one exact variable name (no wildcard), got " + quote_name(e));
+      if (e == "NCCL_COMM_ID") fail(ep, "NCCL_COMM_ID makes NCCL use a fixed connection magic; it can never be allowed");
+      if (is_lease_controlled_env(e)) fail(ep, e + " is set from the lease and cannot be passed through");
+      if (!is_dangerous_env(e)) fail(ep, e + " is an ordinary variable; list it in allow_env instead");
     }
     for (size_t k = 0; k < l.policy.net_plugins.size(); ++k)
       if (l.policy.net_plugins[k].empty() || l.policy.net_plugins[k] == "none")
@@ -679,8 +864,9 @@ void validate_manifest(const Manifest& m) {
     for (size_t a = 0; a < l.alloc.size(); ++a) {
       const Allocation& al = l.alloc[a];
       std::string ap = lp + "." + idx("alloc", a);
-      const Node* node = m.find_node(al.node);
-      if (!node) fail(ap + ".node", quoted(al.node) + " is not a declared node");
+      auto found = node_by_name.find(al.node);
+      const Node* node = found == node_by_name.end() ? nullptr : found->second;
+      if (!node) fail(ap + ".node", quote_name(al.node) + " is not a declared node");
       if (!nodes_used.insert(al.node).second)
         fail(ap + ".node", "node " + al.node + " appears twice in lease " + l.id + "; merge the allocations");
       if (al.gpus.empty() && al.mig.empty() && al.cpu_ranks == 0)
@@ -690,16 +876,16 @@ void validate_manifest(const Manifest& m) {
       std::set<std::string> local;
       for (size_t g = 0; g < al.gpus.size(); ++g) {
         std::string gp = ap + ".gpus[" + std::to_string(g) + "]";
-        if (!is_gpu_uuid(al.gpus[g])) fail(gp, "expected a full GPU UUID, got " + quoted(al.gpus[g]));
-        if (!node->find_gpu(al.gpus[g])) fail(gp, quoted(al.gpus[g]) + " is not a GPU of node " + node->hostname);
-        if (!local.insert(al.gpus[g]).second) fail(gp, quoted(al.gpus[g]) + " is listed twice");
+        if (!is_gpu_uuid(al.gpus[g])) fail(gp, "expected a full GPU UUID, got " + quote_name(al.gpus[g]));
+        if (!node->find_gpu(al.gpus[g])) fail(gp, quote_name(al.gpus[g]) + " is not a GPU of node " + node->hostname);
+        if (!local.insert(al.gpus[g]).second) fail(gp, quote_name(al.gpus[g]) + " is listed twice");
       }
       for (size_t s = 0; s < al.mig.size(); ++s) {
         std::string sp = ap + ".mig[" + std::to_string(s) + "]";
-        if (!is_mig_uuid(al.mig[s])) fail(sp, "expected a full MIG UUID, got " + quoted(al.mig[s]));
+        if (!is_mig_uuid(al.mig[s])) fail(sp, "expected a full MIG UUID, got " + quote_name(al.mig[s]));
         const MigSlice* slice = node->find_mig(al.mig[s]);
-        if (!slice) fail(sp, quoted(al.mig[s]) + " is not a MIG slice of node " + node->hostname);
-        if (!local.insert(al.mig[s]).second) fail(sp, quoted(al.mig[s]) + " is listed twice");
+        if (!slice) fail(sp, quote_name(al.mig[s]) + " is not a MIG slice of node " + node->hostname);
+        if (!local.insert(al.mig[s]).second) fail(sp, quote_name(al.mig[s]) + " is listed twice");
         if (local.count(slice->parent))
           fail(sp, "slice of " + slice->parent + ", which this lease also holds whole");
       }
@@ -707,12 +893,12 @@ void validate_manifest(const Manifest& m) {
       for (size_t c = 0; c < al.nics.size(); ++c) {
         std::string cp = ap + ".nics[" + std::to_string(c) + "]";
         const Nic* nic = node->find_nic(al.nics[c]);
-        if (!nic) fail(cp, quoted(al.nics[c]) + " is not a NIC (netdev) of node " + node->hostname);
-        if (!local.insert("nic:" + al.nics[c]).second) fail(cp, quoted(al.nics[c]) + " is listed twice");
+        if (!nic) fail(cp, quote_name(al.nics[c]) + " is not a NIC (netdev) of node " + node->hostname);
+        if (!local.insert("nic:" + al.nics[c]).second) fail(cp, quote_name(al.nics[c]) + " is listed twice");
         any_ib = any_ib || nic->is_ib();
       }
-      if (!al.partition.empty() && !m.find_partition(al.partition))
-        fail(ap + ".partition", quoted(al.partition) + " is not a declared partition");
+      if (!al.partition.empty() && !partition_ids.count(al.partition))
+        fail(ap + ".partition", quote_name(al.partition) + " is not a declared partition");
       if (any_ib && al.partition.empty())
         fail(ap + ".partition", "missing: an InfiniBand/RoCE NIC needs the lease's partition (P_Key)");
       if (!any_ib && !al.partition.empty())
@@ -727,55 +913,196 @@ void validate_manifest(const Manifest& m) {
                                                          " need a NIC to reach the others");
   }
 
-  // Across leases whose windows overlap: a device is leased once; whole GPU and its slices
-  // are never split between leases; NICs and partitions stay with one tenant.
-  for (size_t i = 0; i < m.leases.size(); ++i) {
-    for (size_t j = 0; j < i; ++j) {
-      const Lease& a = m.leases[j];
-      const Lease& b = m.leases[i];
-      if (!overlaps(a, b)) continue;
-      for (size_t x = 0; x < b.alloc.size(); ++x) {
-        const Allocation& bb = b.alloc[x];
-        std::string bp = idx("lease", i) + "." + idx("alloc", x);
-        for (const Allocation& aa : a.alloc) {
-          if (aa.node != bb.node) continue;
-          const Node* node = m.find_node(aa.node);
-          auto held_by_a = [&](const std::string& u) {
-            return std::find(aa.gpus.begin(), aa.gpus.end(), u) != aa.gpus.end() ||
-                   std::find(aa.mig.begin(), aa.mig.end(), u) != aa.mig.end();
-          };
-          std::string both = " is also leased by " + a.id + " (" + format_time(a.not_before) + " to " +
-                             format_time(a.not_after) + ") and the windows overlap";
-          for (size_t g = 0; g < bb.gpus.size(); ++g) {
-            const std::string& u = bb.gpus[g];
-            std::string gp = bp + ".gpus[" + std::to_string(g) + "]";
-            if (held_by_a(u)) fail(gp, u + both);
-            for (const MigSlice& s : node->mig)
-              if (s.parent == u && held_by_a(s.uuid))
-                fail(gp, u + " is leased whole while its MIG slice " + s.uuid + " is leased by " + a.id);
-          }
-          for (size_t s = 0; s < bb.mig.size(); ++s) {
-            const std::string& u = bb.mig[s];
-            std::string sp = bp + ".mig[" + std::to_string(s) + "]";
-            if (held_by_a(u)) fail(sp, u + both);
-            const MigSlice* slice = node->find_mig(u);
-            if (held_by_a(slice->parent))
-              fail(sp, u + " is a slice of " + slice->parent + ", which " + a.id + " leases whole");
-          }
-          if (a.tenant != b.tenant)
-            for (size_t c = 0; c < bb.nics.size(); ++c)
-              if (std::find(aa.nics.begin(), aa.nics.end(), bb.nics[c]) != aa.nics.end())
-                fail(bp + ".nics[" + std::to_string(c) + "]",
-                     bb.nics[c] + " on " + bb.node + " is also leased to tenant " + a.tenant + " (lease " + a.id + ")");
+  // Storage, whatever the windows (data outlives a lease): every root passes the rule above,
+  // and no root is shared with, or nested in (either way), a root of another tenant's lease;
+  // a read-only root may not reach into another tenant's read-write root either.
+  if (!m.embedded) {
+    struct Root {
+      size_t lease = 0;
+      std::string key, path, root;  // key: normalised with a trailing '/', so prefixes are whole components
+      bool rw = true;
+    };
+    std::vector<Root> roots;
+    for (size_t i = 0; i < m.leases.size(); ++i) {
+      const Lease& l = m.leases[i];
+      for (int rw = 1; rw >= 0; --rw) {
+        const auto& list = rw ? l.storage_roots : l.read_only_roots;
+        const char* field = rw ? ".storage_roots[" : ".read_only_roots[";
+        for (size_t k = 0; k < list.size(); ++k) {
+          std::string path = idx("lease", i) + field + std::to_string(k) + "]";
+          if (std::string why = storage_root_problem(list[k]); !why.empty()) fail(path, quote_name(list[k]) + " " + why);
+          std::string n = normalize_path(list[k]);
+          roots.push_back({i, n + "/", path, n, rw == 1});
         }
-        if (a.tenant != b.tenant && !bb.partition.empty())
-          for (const Allocation& aa : a.alloc)
-            if (aa.partition == bb.partition)
-              fail(bp + ".partition", "partition " + bb.partition + " is also used by tenant " + a.tenant +
-                                          " (lease " + a.id + "); each tenant needs its own P_Key");
+      }
+    }
+    std::sort(roots.begin(), roots.end(), [](const Root& a, const Root& b) {
+      return a.key != b.key ? a.key < b.key : a.lease < b.lease;
+    });
+    // In sorted order a root's descendants follow it contiguously, so a stack holds exactly the
+    // ancestors (and equals) of the current root; each level carries who holds the chain.
+    struct Level {
+      const Root* r;
+      TwoTenants<Root> any, rw;
+    };
+    std::vector<Level> stack;
+    for (const Root& r : roots) {
+      while (!stack.empty() && r.key.rfind(stack.back().r->key, 0) != 0) stack.pop_back();
+      const std::string& t = m.leases[r.lease].tenant;
+      if (!stack.empty()) {
+        const Level& top = stack.back();
+        if (const Root* o = (r.rw ? top.any : top.rw).of_other_than(t)) {
+          const Lease& ol = m.leases[o->lease];
+          std::string how = o->root == r.root ? "is also " : "lies inside ";
+          fail(r.path, r.root + " " + how + (o->rw ? "storage root " : "read-only root ") + o->root + " of lease " +
+                           ol.id + " (tenant " + ol.tenant + ", " + o->path + "); tenants' roots may not be shared or nested (refused for lease " +
+                           m.leases[r.lease].id + ")");
+        }
+      }
+      Level lv{&r, {}, {}};
+      if (!stack.empty()) lv.any = stack.back().any, lv.rw = stack.back().rw;
+      lv.any.leases = lv.rw.leases = &m.leases;
+      lv.any.add(&r);
+      if (r.rw) lv.rw.add(&r);
+      stack.push_back(lv);
+    }
+    // A named usage log is the lease's accounting: no tenant may be able to rewrite it, so it
+    // lies outside every storage root (each of its ancestors looked up: O(depth log n)).
+    std::map<std::string_view, const Root*> rw_roots;
+    for (const Root& r : roots)
+      if (r.rw) rw_roots.emplace(r.key, &r);
+    for (size_t i = 0; i < m.leases.size(); ++i) {
+      const std::string& log = m.leases[i].usage_log;
+      if (log.empty()) continue;
+      std::string prefix;
+      for (const std::string& part : split(normalize_path(log), '/')) {
+        prefix += "/" + part;
+        auto it = rw_roots.find(prefix + "/");
+        if (it == rw_roots.end()) continue;
+        const Lease& ol = m.leases[it->second->lease];
+        fail(idx("lease", i) + ".usage_log",
+             log + " lies inside storage root " + it->second->root + " of lease " + ol.id + " (tenant " + ol.tenant +
+                 "), whose jobs could rewrite the log lease " + m.leases[i].id + "'s GPU-hours are counted from; keep it "
+                 "where only the operator writes (/var/lib/leasetrain/usage/...)");
       }
     }
   }
+
+  // Across leases whose windows overlap, by physical identity: a GPU or MIG slice is leased
+  // once; a GPU is never leased whole while one of its slices is; two slices of one GPU
+  // instance (they share its memory) stay with one tenant; NICs and partitions stay with one
+  // tenant. Each rule sorts and sweeps (sweep_groups), so 20,000 leases take a moment.
+  std::vector<DeviceClaim> claims;
+  for (size_t i = 0; i < m.leases.size(); ++i)
+    for (size_t a = 0; a < m.leases[i].alloc.size(); ++a) {
+      const Allocation& al = m.leases[i].alloc[a];
+      const Node* node = node_by_name.at(al.node);
+      std::string ap = idx("lease", i) + "." + idx("alloc", a);
+      for (size_t g = 0; g < al.gpus.size(); ++g)
+        claims.push_back({i, ap + ".gpus[" + std::to_string(g) + "]", al.gpus[g], node,
+                          node->find_gpu(al.gpus[g])->pci_bus_id, true, -1, -1});
+      for (size_t s = 0; s < al.mig.size(); ++s) {
+        const MigSlice* slice = node->find_mig(al.mig[s]);
+        claims.push_back({i, ap + ".mig[" + std::to_string(s) + "]", al.mig[s], node,
+                          node->find_gpu(slice->parent)->pci_bus_id, false, slice->gi, slice->ci});
+      }
+    }
+  // Names the other lease's window and this one: the path gives the field, this the lease.
+  auto window = [&](size_t other, size_t self) {
+    return " (" + format_time(m.leases[other].not_before) + " to " + format_time(m.leases[other].not_after) +
+           ") and the windows overlap (refused for lease " + m.leases[self].id + ")";
+  };
+  auto phys = [&](const DeviceClaim& c) {
+    std::string s = "GPU " + c.bus + " of " + c.node->hostname;
+    if (!c.whole) s += ", GPU instance " + std::to_string(c.gi) + ", compute instance " + std::to_string(c.ci);
+    return s;
+  };
+  auto parent_of = [&](const DeviceClaim& c) { return c.node->find_mig(c.uuid)->parent; };
+  auto starts_before_end = [&](const DeviceClaim* earlier, const DeviceClaim& c) {
+    return earlier && m.leases[c.lease].not_before < m.leases[earlier->lease].not_after;
+  };
+  // Whole GPUs against everything on the same GPU.
+  sweep_groups(claims, [](const DeviceClaim& c) { return std::tie(c.node->hostname, c.bus); }, m.leases,
+               [&](DeviceClaim* b, DeviceClaim* e) {
+                 const DeviceClaim *last_any = nullptr, *last_whole = nullptr;
+                 auto later = [&](const DeviceClaim* x, const DeviceClaim* y) {
+                   return !x || m.leases[y->lease].not_after > m.leases[x->lease].not_after ? y : x;
+                 };
+                 for (DeviceClaim* c = b; c != e; ++c) {
+                   const DeviceClaim* o = c->whole ? last_any : last_whole;
+                   if (starts_before_end(o, *c)) {
+                     const std::string& oid = m.leases[o->lease].id;
+                     if (c->whole && o->whole)
+                       fail(c->path, c->uuid + (o->uuid == c->uuid ? "" : " (" + phys(*c) + ", also declared as " + o->uuid + ")") +
+                                         " is also leased by " + oid + window(o->lease, c->lease));
+                     if (c->whole)
+                       fail(c->path, c->uuid + " is leased whole while its MIG slice " + o->uuid + " is leased by " + oid +
+                                         " (" + o->path + ")" + window(o->lease, c->lease));
+                     fail(c->path, c->uuid + " is a slice of " + parent_of(*c) + ", which " + oid + " leases whole (" +
+                                       o->path + ")" + window(o->lease, c->lease));
+                   }
+                   last_any = later(last_any, c);
+                   if (c->whole) last_whole = later(last_whole, c);
+                 }
+               });
+  std::vector<DeviceClaim> slices;
+  for (DeviceClaim& c : claims)
+    if (!c.whole) slices.push_back(std::move(c));
+  // The same physical slice (GPU, GI, CI), whatever UUID names it.
+  sweep_groups(slices, [](const DeviceClaim& c) { return std::tie(c.node->hostname, c.bus, c.gi, c.ci); }, m.leases,
+               [&](DeviceClaim* b, DeviceClaim* e) {
+                 const DeviceClaim* last = nullptr;
+                 for (DeviceClaim* c = b; c != e; ++c) {
+                   if (starts_before_end(last, *c)) {
+                     const std::string& oid = m.leases[last->lease].id;
+                     if (last->uuid == c->uuid) fail(c->path, c->uuid + " is also leased by " + oid + window(last->lease, c->lease));
+                     fail(c->path, c->uuid + " is the same physical slice (" + phys(*c) + ") as " + last->uuid +
+                                       ", leased by " + oid + " (" + last->path + ")" + window(last->lease, c->lease));
+                   }
+                   if (!last || m.leases[c->lease].not_after > m.leases[last->lease].not_after) last = c;
+                 }
+               });
+  // Compute instances of one GPU instance share its memory: one tenant per GPU instance.
+  sweep_groups(slices, [](const DeviceClaim& c) { return std::tie(c.node->hostname, c.bus, c.gi); }, m.leases,
+               [&](DeviceClaim* b, DeviceClaim* e) {
+                 TwoTenants<DeviceClaim> seen;
+                 seen.leases = &m.leases;
+                 for (DeviceClaim* c = b; c != e; ++c) {
+                   const DeviceClaim* o = seen.of_other_than(m.leases[c->lease].tenant);
+                   if (starts_before_end(o, *c))
+                     fail(c->path, c->uuid + " shares GPU instance " + std::to_string(c->gi) + " of " + parent_of(*c) +
+                                       " (its memory) with " + o->uuid + " of tenant " + m.leases[o->lease].tenant +
+                                       " (lease " + m.leases[o->lease].id + ", " + o->path + ")" + window(o->lease, c->lease));
+                   seen.add(c);
+                 }
+               });
+  // NICs (by node and netdev) and partitions stay with one tenant while windows overlap.
+  struct Named {
+    size_t lease = 0;
+    std::string key, path, what;
+  };
+  std::vector<Named> nics, parts;
+  for (size_t i = 0; i < m.leases.size(); ++i)
+    for (size_t a = 0; a < m.leases[i].alloc.size(); ++a) {
+      const Allocation& al = m.leases[i].alloc[a];
+      std::string ap = idx("lease", i) + "." + idx("alloc", a);
+      for (size_t c = 0; c < al.nics.size(); ++c)
+        nics.push_back({i, al.node + '\0' + al.nics[c], ap + ".nics[" + std::to_string(c) + "]", al.nics[c] + " on " + al.node + " is also leased to tenant "});
+      if (!al.partition.empty())
+        parts.push_back({i, al.partition, ap + ".partition", "partition " + al.partition + " is also used by tenant "});
+    }
+  for (auto* list : {&nics, &parts})
+    sweep_groups(*list, [](const Named& n) { return std::string_view(n.key); }, m.leases, [&](Named* b, Named* e) {
+      TwoTenants<Named> seen;
+      seen.leases = &m.leases;
+      for (Named* c = b; c != e; ++c) {
+        const Named* o = seen.of_other_than(m.leases[c->lease].tenant);
+        if (o && m.leases[c->lease].not_before < m.leases[o->lease].not_after)
+          fail(c->path, c->what + m.leases[o->lease].tenant + " (lease " + m.leases[o->lease].id + ")" +
+                            (list == &parts ? "; each tenant needs its own P_Key" : "") + window(o->lease, c->lease));
+        seen.add(c);
+      }
+    });
 }
 
 }  // namespace lt::lease

@@ -23,8 +23,8 @@ struct MigSlice {
   std::string uuid;     // MIG-xxxxxxxx-... (the R470+ form; the old MIG-GPU-.../gi/ci is refused)
   std::string parent;   // uuid of a Gpu of the same node
   std::string profile;  // 1g.10gb, 3g.40gb, ...
-  int gi = -1;          // GPU / compute instance ids: map the slice to /dev/nvidia-caps/* nodes
-  int ci = -1;
+  int gi = -1;          // GPU / compute instance ids (required): with the parent they are the
+  int ci = -1;          // slice's physical identity, and map it to /dev/nvidia-caps/* nodes
 };
 
 struct Nic {
@@ -82,6 +82,9 @@ enum class ProbePolicy { refuse, warn };
 
 struct Policy {
   std::vector<std::string> allow_env;    // names, or prefixes ending in '*', passed through
+  // Loader/MPI-control variables (is_dangerous_env) the operator lets through, by exact name
+  // only: a wildcard in allow_env never matches them. `manifest check`, plan and launch warn.
+  std::vector<std::string> allow_dangerous_env;
   std::vector<std::string> net_plugins;  // approved NCCL_NET_PLUGIN values; empty: none
   bool ras = false;                      // NCCL_RAS_ENABLE; off unless the operator allows it
   ProbePolicy probe = ProbePolicy::refuse;
@@ -137,6 +140,26 @@ void validate_manifest(const Manifest& m);
 
 // Variables the launcher sets from the lease; a policy may not pass them through.
 bool is_lease_controlled_env(std::string_view name);
+// Variables that load code or steer the loader, MPI or the network/device choice (LD_*,
+// OMPI_*, PMIX_*, PRTE_*, UCX_*, NCCL_CONF_FILE, NCCL_TUNER_PLUGIN, CUDA_INJECTION64_PATH, ...;
+// docs/leases.md lists them): passed to ranks only when the lease's allow_dangerous_env names
+// them exactly, never through a wildcard of allow_env.
+bool is_dangerous_env(std::string_view name);
+
+// Largest manifest read (bytes): 20,000 leases take about 10 MB.
+inline constexpr uint64_t kMaxManifestBytes = 64ull << 20;
+// Most CPU ranks one allocation (or the embedded local lease) may have.
+inline constexpr int kMaxCpuRanks = 4096;
+// Most ranks one job may have: the plan holds each rank's environment, so the count is
+// checked before anything per rank is allocated.
+inline constexpr int kMaxJobRanks = 65536;
+
+// Why `root` may not be a tenant's storage (or read-only) root, or "" when it may: not
+// absolute and clean, '/', fewer than two components deep, or in a system tree (/proc, /sys,
+// /dev, /etc, /usr, /bin, /sbin, /boot, /lib*, /run, /var/lib, /var/log, /root, ...).
+std::string storage_root_problem(std::string_view root);
+// `p` with repeated and trailing slashes removed ("/srv//a/" -> "/srv/a").
+std::string normalize_path(std::string_view p);
 
 // UUID forms: "GPU-" or "MIG-" then 8-4-4-4-12 hex digits.
 bool is_gpu_uuid(std::string_view s);

@@ -12,6 +12,7 @@
 
 #include "launcher/storage.h"
 #include "runtime/error.h"
+#include "runtime/input.h"
 #include "runtime/sha256.h"
 
 namespace lt::lease {
@@ -58,12 +59,10 @@ const uint8_t kSpkiPrefix[] = {0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0
 const uint8_t kPkcs8Prefix[] = {0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b,
                                 0x65, 0x70, 0x04, 0x22, 0x04, 0x20};
 
-std::string read_all(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw UserError(path + ": cannot read the " + what);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// Keys and signatures are a few hundred bytes; a manifest at most kMaxManifestBytes. Through
+// the validated reader, so a FIFO or device named as either is refused instead of hanging.
+std::string read_all(const std::string& path, const std::string& what, uint64_t max_bytes = 64 << 10) {
+  return read_regular_file(path, what.c_str(), max_bytes);
 }
 
 std::string pem_body(const std::string& text, const std::string& label, const std::string& path) {
@@ -163,7 +162,7 @@ void generate_keypair(const std::string& prefix) {
 
 std::string sign_file(const std::string& path, const std::string& private_key_path) {
   const Sodium& s = need_sodium(path);
-  std::string bytes = read_all(path, "manifest");
+  std::string bytes = read_all(path, "manifest", kMaxManifestBytes);
   std::array<uint8_t, 32> seed = read_private_seed(private_key_path), pk{};
   std::array<uint8_t, 64> sk{}, sig{};
   s.seed_keypair(pk.data(), sk.data(), seed.data());
@@ -191,7 +190,7 @@ std::string select_operator_key(const std::string& key_flag) {
 
 Manifest load_verified_manifest(const std::string& path, const std::string& key_flag, SignatureInfo* info) {
   std::string key = select_operator_key(key_flag);
-  std::string bytes = read_all(path, "lease manifest");
+  std::string bytes = read_all(path, "lease manifest", kMaxManifestBytes);
   std::string sig_path = path + ".sig";
   struct stat st;
   bool has_sig = ::stat(sig_path.c_str(), &st) == 0;

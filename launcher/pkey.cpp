@@ -5,8 +5,10 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 
 #include "runtime/error.h"
+#include "runtime/input.h"
 
 namespace lt::lease {
 
@@ -37,9 +39,11 @@ std::optional<int> resolve_pkey_index(const std::string& sysfs_root, const std::
     } catch (...) {
       continue;
     }
-    std::ifstream in(e.path());
+    // Through the validated reader: --sysfs-root is the caller's to choose, and a FIFO there
+    // must not hang the plan. A real table has up to 65536 entries of a few bytes each.
+    std::istringstream in(read_regular_file(e.path().string(), "P_Key table entry", 4096));
     std::string text;
-    if (!(in >> text)) continue;  // unreadable entries do not match anything
+    if (!(in >> text)) continue;  // empty entries do not match anything
     unsigned long v = 0;
     try {
       v = std::stoul(text, nullptr, 0);

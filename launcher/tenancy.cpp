@@ -88,7 +88,13 @@ LeaseGuard::LeaseGuard(Manifest m, const std::string& lease_id, const std::strin
   storage_root_ = l.storage_roots.empty() ? "/" : l.storage_roots[0];
 }
 
-LeaseGuard LeaseGuard::from_env(Clock clock) { return from_vars(current_environment(), local_hostname(), std::move(clock)); }
+LeaseGuard LeaseGuard::from_env(Clock clock) {
+  LeaseGuard g = from_vars(current_environment(), local_hostname(), std::move(clock));
+  // The rank checks its caller too: setting LEASETRAIN_* by hand and running `train` (or
+  // mpirun) directly must not let someone outside the tenant use its lease.
+  check_identity(g.manifest(), g.lease(), Identity::current());
+  return g;
+}
 
 LeaseGuard LeaseGuard::from_vars(const EnvMap& vars, const std::string& host, Clock clock) {
   const std::string manifest = get(vars, "LEASETRAIN_MANIFEST");

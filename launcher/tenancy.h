@@ -39,7 +39,8 @@ class LeaseGuard {
   // From this process's environment (LEASETRAIN_MANIFEST, LEASETRAIN_LEASE, LEASETRAIN_NODE,
   // LEASETRAIN_RANK_DEVICES, LEASETRAIN_STORAGE_ROOT, LEASETRAIN_OPERATOR_KEY,
   // LEASETRAIN_JOB_DIR, LEASETRAIN_IB_PKEY, LEASETRAIN_GPU_BUDGET_END). The manifest is read
-  // again and its signature re-verified here; LEASETRAIN_NODE must name this host.
+  // again and its signature re-verified here; LEASETRAIN_NODE must name this host; the real
+  // uid must be one of the tenant's users/groups (check_identity), as for plan and launch.
   static LeaseGuard from_env(Clock clock = system_now);
   // Same, from an explicit variable map and host name (tests).
   static LeaseGuard from_vars(const EnvMap& vars, const std::string& host, Clock clock = system_now);

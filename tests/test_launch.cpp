@@ -8,6 +8,8 @@
 #include <fstream>
 #include <string>
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -30,8 +32,20 @@ const std::string kFixtures = std::string(LT_SOURCE_DIR) + "/tests/fixtures/leas
 const std::string kManifest = kFixtures + "/shared-cluster.toml";
 const std::string kSysfs = kFixtures + "/sysfs";
 
+// The fixture's tenants admit alice (acme) and group globex-ml (globex); unit tests plan as
+// someone who is both, through the identity seam.
+Identity alice() {
+  Identity id;
+  id.uid = 1000;
+  id.user = "alice";
+  id.gids = {1000, 2000};
+  id.groups = {"alice", "globex-ml"};
+  return id;
+}
+
 PlanRequest req(int np = 0) {
   PlanRequest r;
+  r.caller = alice();
   r.np = np;
   r.now = parse_time("2025-06-01T00:00:00Z");
   r.sysfs_root = kSysfs;
@@ -43,6 +57,21 @@ PlanRequest req(int np = 0) {
 const Manifest& cluster() {
   static const Manifest m = load_manifest(kManifest);
   return m;
+}
+
+// The fixture with this process's real uid added to both tenants, for the CLI, which checks
+// the real caller.
+const std::string& my_manifest() {
+  static TempDir dir;
+  static const std::string path = [] {
+    std::string t = read_file(kManifest);
+    const std::string me = "\"" + std::to_string(::getuid()) + "\"";
+    t.replace(t.find("users = [\"alice\"]"), 17, "users = [\"alice\", " + me + "]");
+    t.replace(t.find("groups = [\"globex-ml\"]"), 22, "groups = [\"globex-ml\"]\nusers = [" + me + "]");
+    write_file(dir / "shared-cluster.toml", t);
+    return dir / "shared-cluster.toml";
+  }();
+  return path;
 }
 
 // Everything one tenant's job is given, as text: plan and launch command.
@@ -156,16 +185,20 @@ TEST(SharedCluster, GpuHoursQuotaFromTheUsageLog) {
   const std::string log = dir / "usage.jsonl";
   append_record(log, {{"kind", "job"}, {"lease", "globex-2024"}, {"gpu_seconds", 500.0 * 3600}});
   append_record(log, {{"kind", "job"}, {"lease", "acme-2024"}, {"gpu_seconds", 1e9}});  // another lease's
+  // The lease names the log: the operator's, the only accounting source.
+  std::string text = read_file(kManifest);
+  const std::string root = "storage_roots = [\"/srv/tenants/globex\"]";
+  text.replace(text.find(root), root.size(), root + "\nusage_log = \"" + log + "\"");
+  Manifest m = parse_manifest(text, "m.toml");
   PlanRequest r = req();
   r.check_usage = true;
-  r.usage_log = log;
-  Plan p = make_plan(cluster(), "globex-2024", r);  // 0.5 h left of 500.5
+  Plan p = make_plan(m, "globex-2024", r);  // 0.5 h left of 500.5
   EXPECT_NEAR(p.gpu_seconds_left(), 1800, 1e-6);
   // 4 device ranks share the 1800 s left: the budget ends 450 s after the start.
   EXPECT_EQ(p.ranks[0].env.at("LEASETRAIN_GPU_BUDGET_END"), "2025-06-01T00:07:30Z");
   append_record(log, {{"kind", "job"}, {"lease", "globex-2024"}, {"gpu_seconds", 1800.0}});
   try {
-    make_plan(cluster(), "globex-2024", r);
+    make_plan(m, "globex-2024", r);
     FAIL();
   } catch (const lt::UserError& e) {
     EXPECT_NE(std::string(e.what()).find("has used its 500.5 GPU-hours"), std::string::npos) << e.what();
@@ -343,7 +376,7 @@ TEST(Command, SrunInsideASlurmAllocation) {
 // ---- the CLI -------------------------------------------------------------------------------
 
 TEST(Cli, PlanJsonAndRefusals) {
-  RunResult r = run_cli("plan --json --manifest " + kManifest + " --lease globex-2024 --sysfs-root " + kSysfs);
+  RunResult r = run_cli("plan --json --manifest " + my_manifest() + " --lease globex-2024 --sysfs-root " + kSysfs);
   ASSERT_EQ(r.code, 0) << r.both();
   json j = json::parse(r.out);
   EXPECT_EQ(j["np"], 4);
@@ -358,13 +391,13 @@ TEST(Cli, PlanJsonAndRefusals) {
     EXPECT_NE(out2.find(why), std::string::npos) << args << ": " << out2;
     EXPECT_EQ(count_lines(out2), 1) << out2;
   };
-  const std::string m = " --manifest " + kManifest + " --sysfs-root " + kSysfs;
+  const std::string m = " --manifest " + my_manifest() + " --sysfs-root " + kSysfs;
   expect_exit2("plan" + m + " --lease acme-2024 --np 5", "exceeds lease acme-2024");
   expect_exit2("plan" + m + " --lease acme-2024 --at 2023-01-01T00:00:00Z", "is not valid yet");
   expect_exit2("plan" + m + " --lease acme-2024 --at 2099-02-01T00:00:00Z", "has expired");
   expect_exit2("plan" + m + " --lease nobody", "no lease 'nobody'");
   // An HCA absent from the sysfs tree (a login node) is not an error: each rank resolves it.
-  RunResult r3 = run_cli("plan --manifest " + kManifest + " --lease globex-2024 --sysfs-root " + kFixtures);
+  RunResult r3 = run_cli("plan --manifest " + my_manifest() + " --lease globex-2024 --sysfs-root " + kFixtures);
   EXPECT_EQ(r3.code, 0) << r3.both();
   EXPECT_NE(r3.both().find("each rank resolves it on its node"), std::string::npos) << r3.both();
 }
@@ -373,7 +406,7 @@ TEST(Cli, DryRunLaunchForBothTenants) {
   const std::string cli = LT_CLI;
   for (const char* lease : {"acme-2024", "globex-2024"}) {
     // --launcher mpirun: the default would be srun where this suite runs inside an allocation.
-    RunResult r = run_cli("launch --dry-run --json --launcher mpirun --job-id j7 --manifest " + kManifest +
+    RunResult r = run_cli("launch --dry-run --json --launcher mpirun --job-id j7 --manifest " + my_manifest() +
                               " --lease " + lease + " --sysfs-root " + kSysfs + " -- train --steps 3",
                           "", {{"NCCL_IB_HCA", "mlx5_7"}, {"NCCL_DEBUG", "INFO"}});
     ASSERT_EQ(r.code, 0) << r.both();
@@ -391,7 +424,7 @@ TEST(Cli, DryRunLaunchForBothTenants) {
     EXPECT_NE(std::find(argv.begin(), argv.end(), "train"), argv.end());
     EXPECT_NE(std::find(argv.begin(), argv.end(), fs::canonical(cli).string()), argv.end());
   }
-  RunResult r = run_cli("launch --dry-run --manifest " + kManifest + " --lease acme-2024 --sysfs-root " + kSysfs + " -- train",
+  RunResult r = run_cli("launch --dry-run --manifest " + my_manifest() + " --lease acme-2024 --sysfs-root " + kSysfs + " -- train",
                         "", {{"NCCL_COMM_ID", "10.0.0.1:9"}});
   EXPECT_EQ(r.code, 2) << r.both();
   EXPECT_NE(r.both().find("NCCL_COMM_ID"), std::string::npos);
