@@ -17,6 +17,8 @@
 #include <limits>
 
 #include "runtime/error.h"
+#include "runtime/input.h"
+#include "runtime/memory.h"
 
 // Tokens are read straight out of the mapping and written straight from memory.
 static_assert(std::endian::native == std::endian::little, "shards are little-endian");
@@ -62,12 +64,12 @@ struct SplitMix64 {
 };
 
 std::vector<unsigned char> read_file_bytes(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw UserError(path + ": cannot open: " + errno_str());
+  const int fd = open_regular_file(path, "input");
   struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd, &st) != 0) {
+    const std::string err = errno_str();
     ::close(fd);
-    throw UserError(path + ": not a regular file");
+    throw UserError(path + ": cannot stat input: " + err);
   }
   std::vector<unsigned char> bytes((size_t)st.st_size);
   size_t got = 0;
@@ -112,12 +114,13 @@ std::vector<std::string> glob_files(const std::string& pattern) {
 }
 
 Shard::Shard(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw UserError(path + ": cannot open: " + errno_str());
+  // A FIFO, device or directory matched by a glob is refused here, without blocking.
+  const int fd = open_regular_file(path, "shard");
   struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd, &st) != 0) {
+    const std::string err = errno_str();
     ::close(fd);
-    throw UserError(path + ": not a regular file");
+    throw UserError(path + ": cannot stat shard: " + err);
   }
   const size_t bytes = (size_t)st.st_size;
   if (bytes < kShardHeaderBytes) {
@@ -434,7 +437,19 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
                     std::to_string(shard_tokens));
 
   // Read everything before writing anything: a bad input must not leave partial output.
+  // Everything is held at once (the text and one shard's uint16 tokens): check it fits first.
+  uint64_t total_bytes = 0;
+  for (const std::string& in : inputs) {
+    const int fd = open_regular_file(in, "input");
+    struct stat st;
+    const int rc = ::fstat(fd, &st);
+    ::close(fd);
+    if (rc == 0) total_bytes += (uint64_t)st.st_size;
+  }
+  require_memory(total_bytes + 2 * std::min<uint64_t>(total_bytes, shard_tokens), Device::CPU, 0,
+                 "prepare: the inputs (" + std::to_string(total_bytes) + " bytes)");
   std::vector<unsigned char> text;
+  text.reserve(total_bytes);
   for (const std::string& in : inputs) {
     std::vector<unsigned char> b = read_file_bytes(in);
     text.insert(text.end(), b.begin(), b.end());
