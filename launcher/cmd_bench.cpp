@@ -40,7 +40,12 @@ json run_torch_peer(const std::string& model, int B, int T, int warmup, int step
                                     "--warmup", std::to_string(warmup), "--steps", std::to_string(steps),
                                     "--threads", std::to_string(threads)},
                                    &out);
-  json j = json::parse(out.substr(out.rfind('{') == std::string::npos ? 0 : out.rfind('{')), nullptr, false);
+  json j(json::value_t::discarded);
+  try {
+    j = parse_json(out.substr(out.rfind('{') == std::string::npos ? 0 : out.rfind('{')), "the PyTorch peer's output");
+    if (!j.contains("median_ms") || !j["median_ms"].is_number()) j = json(json::value_t::discarded);
+  } catch (const UserError&) {
+  }
   if (rc != 0 || j.is_discarded()) {
     std::fprintf(stderr, "bench: the PyTorch peer failed (is python3-torch installed?): %s\n", out.c_str());
     return nullptr;
