@@ -370,6 +370,9 @@ void print_scorecard(const json& card, std::FILE* out) {
 
 json summarize_run(const std::string& run_dir) {
   const std::string path = (std::filesystem::path(run_dir) / "metrics.jsonl").string();
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec)))
+    throw UserError(path + ": cannot read (expected a training run directory, as `train --out` writes)");
   // A long run's metrics can outgrow the default text bound: one line per step.
   const std::string text = read_regular_file(path, "metrics file", uint64_t(4) << 30);
   int64_t n = 0, lineno = 0;

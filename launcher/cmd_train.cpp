@@ -1,5 +1,8 @@
 // `leasetrain train`, `eval` and `sample`.
+#include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -113,8 +116,8 @@ MemoryPlan memory_plan(const BackendOptions& backend, int64_t batch, int64_t seq
   return p;
 }
 
-// `check` sees the checkpoint's model shape before anything is allocated for it: it refuses a
-// shape or batch the machine cannot hold (check_model_memory) or one that cannot run.
+// `plan` sees the checkpoint's model shape before anything is allocated for it (it may refuse a
+// shape that cannot run) and says what will run on it, which check_model_memory checks.
 LoadedModel load_model(const std::string& dir, const DeviceArgs& dev, const char* what,
                        const std::function<MemoryPlan(const GPTConfig&, const BackendOptions&)>& plan) {
   LoadedModel m;
@@ -259,11 +262,11 @@ void add_train_commands(CLI::App& app) {
       throw UserError("--batch x --seq: expected at most 2147483647 tokens per batch, got " +
                       std::to_string((int64_t)ea->batch * ea->seq));
     LoadedModel m = load_model(ea->checkpoint, *eval_dev, "eval", [&](const GPTConfig& c, const BackendOptions& b) {
-      if (ea->seq > c.block_size)
-        throw UserError("--seq: expected at most the model's context " + std::to_string(c.block_size) + ", got " +
-                        std::to_string(ea->seq));
-      return memory_plan(b, ea->batch, ea->seq, false);
+      return memory_plan(b, ea->batch, std::min<int64_t>(ea->seq, c.block_size), false);
     });
+    if (ea->seq > m.model->config().block_size)
+      throw UserError("--seq: expected at most the model's context " + std::to_string(m.model->config().block_size) +
+                      ", got " + std::to_string(ea->seq));
     EvalResult r = evaluate(*m.model, ea->data, ea->batch, ea->seq, ea->batches);
     // NaN or Inf weights (or activations that overflow) give a loss that is no measurement: say
     // so and fail, rather than print {"loss": null} with exit status 0.
