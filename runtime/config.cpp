@@ -67,9 +67,12 @@ struct Reader {
   float number(const toml::node& v, const std::string& key, double lo, double hi) const {
     if (!v.is_number()) fail(key, std::string("expected a number, got ") + type_name(v));
     double d = *v.value<double>();
-    if (!(d >= lo && d <= hi) || (d != 0 && (float)d == 0)) {
+    // Fields are stored as float: a nonzero value that rounds to 0 would silently change meaning.
+    const bool underflows = d != 0 && (float)d == 0;
+    if (!(d >= lo && d <= hi) || underflows) {
       std::ostringstream s;
-      s << "expected a number in [" << lo << ", " << hi << "], got " << d;
+      s << "expected a number in [" << lo << ", " << hi << "]" << (underflows ? " that a 32-bit float can hold" : "")
+        << ", got " << d;
       fail(key, s.str());
     }
     return (float)d;

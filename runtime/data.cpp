@@ -271,6 +271,8 @@ DataLoader::DataLoader(const std::string& glob_pattern, int T, int vocab_size, u
   if (n_windows_ > std::numeric_limits<uint32_t>::max())
     throw UserError(glob_pattern + ": " + std::to_string(n_windows_) +
                     " windows exceed the loader's limit of 2^32-1; use a longer T");
+  require_memory(n_windows_ * sizeof(uint32_t), Device::CPU, 0,
+                 "data: the shuffle of " + std::to_string(n_windows_) + " windows of " + glob_pattern);
 }
 
 uint64_t DataLoader::num_tokens() const {
