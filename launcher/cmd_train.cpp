@@ -1,5 +1,8 @@
 // `leasetrain train`, `eval` and `sample`.
 #include <algorithm>
+#include <charconv>
+#include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -113,6 +116,13 @@ MemoryPlan memory_plan(const BackendOptions& backend, int64_t batch, int64_t seq
   p.device = backend.device;
   p.compute = backend.device == Device::CPU ? DType::F32 : backend.precision;
   p.extra_host_bytes = (uint64_t)batch * (uint64_t)seq * 16;  // host token and target batches
+  // Ranks that mpirun started on this host share its memory. A malformed count is ignored here;
+  // read_dist_env reports malformed launcher variables.
+  if (const char* v = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) {
+    int64_t n = 0;
+    const char* end = v + std::strlen(v);
+    if (std::from_chars(v, end, n).ptr == end && n >= 1 && n <= 1 << 20) p.host_ranks = n;
+  }
   return p;
 }
 

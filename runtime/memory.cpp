@@ -2,6 +2,7 @@
 // GPT::ensure_activations allocate; keep them in step when either changes.
 #include "runtime/memory.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <limits>
@@ -75,9 +76,10 @@ MemoryEstimate estimate_memory(const GPTConfig& c, const MemoryPlan& p) {
   if (p.device == Device::CPU) {
     e.host = add(add(model, e.staging), p.extra_host_bytes);
   } else {
-    e.device = model;
+    e.device = model;  // each rank has a device of its own
     e.host = add(e.staging, p.extra_host_bytes);
   }
+  e.host = mul(e.host, pos(std::max<int64_t>(p.host_ranks, 1)));
   return e;
 }
 
@@ -125,6 +127,7 @@ void require_memory(uint64_t bytes, Device device, int device_index, const std::
 void check_model_memory(const GPTConfig& c, const MemoryPlan& p, const std::string& what, int device_index) {
   const MemoryEstimate e = estimate_memory(c, p);
   std::ostringstream d;
+  if (p.host_ranks > 1) d << p.host_ranks << " ranks on this host, each with ";
   d << "model n_layer " << c.n_layer << ", n_head " << c.n_head << ", n_embd " << c.n_embd << ", block_size "
     << c.block_size << ", vocab_size " << c.vocab_size << ": " << e.params << " parameters; batch "
     << p.batch << " x " << p.seq << " tokens; weights " << format_bytes(e.weights) << ", gradients "

@@ -19,6 +19,7 @@ struct MemoryPlan {
   Device device = Device::CPU;
   DType compute = DType::F32;  // the backend's compute dtype (BF16 on CUDA by default)
   uint64_t extra_host_bytes = 0;  // host buffers the caller holds besides the model
+  int64_t host_ranks = 1;         // ranks of the job on this host: they share its memory
 };
 
 // Bytes, each saturating at UINT64_MAX so no product of hostile sizes wraps around.

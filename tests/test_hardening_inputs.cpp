@@ -180,6 +180,8 @@ TEST(MemoryEstimate, CountsWhatTheModelAllocates) {
   const uint64_t logits = 2ull * 16 * c.padded_vocab() * 4, att = 3ull * 2 * 4 * 16 * 16 * 4;
   EXPECT_GT(e.activations, logits + att);
   EXPECT_EQ(e.host, e.weights + e.grads + e.optimizer + e.activations + e.staging);
+  p.host_ranks = 2;  // two ranks on one host share its memory
+  EXPECT_EQ(estimate_memory(c, p).host, 2 * e.host);
 }
 
 TEST(MemoryEstimate, SaturatesAndRefusesInsteadOfOverflowing) {
