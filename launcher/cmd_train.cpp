@@ -1,12 +1,12 @@
 // `leasetrain train`, `eval` and `sample`.
 #include <algorithm>
 #include <charconv>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <cmath>
 #include <functional>
 #include <limits>
-#include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -246,7 +246,13 @@ void add_train_commands(CLI::App& app) {
     train_dev->read_counts(t);
     std::unique_ptr<LeasePolicy> policy = enter_lease(*train_dev, &train->backend);
     train->policy = policy.get();
-    preflight_train(*train);
+    try {
+      preflight_train(*train);
+    } catch (const UserError& e) {  // every rank fails alike, before any communicator: say which (as run_train)
+      const DistEnv env = read_dist_env();
+      if (env.world == 1) throw;
+      throw UserError("rank " + std::to_string(env.rank) + "/" + std::to_string(env.world) + ": " + e.what());
+    }
     run_train(*train);
   });
 
