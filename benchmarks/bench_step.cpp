@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "runtime/error.h"
+#include "runtime/memory.h"
 #include "runtime/optim.h"
 #include "runtime/rng.h"
 
@@ -21,6 +22,14 @@ GPTConfig named_model(const std::string& name) {
 StepBenchResult bench_step(const std::string& name, const GPTConfig& cfg, int B, int T, int warmup, int steps,
                            const BackendOptions& opt) {
   if (T > cfg.block_size) throw UserError("--seq: expected at most the context " + std::to_string(cfg.block_size));
+  MemoryPlan plan;
+  plan.batch = B;
+  plan.seq = T;
+  plan.training = true;
+  plan.device = opt.device;
+  plan.compute = opt.device == Device::CPU ? DType::F32 : opt.precision;
+  plan.extra_host_bytes = (uint64_t)B * (uint64_t)T * 8;
+  check_model_memory(cfg, plan, "bench step " + name, opt.device_index);
   auto backend = make_backend(opt);
   GPT model(cfg, *backend);
   model.init_weights(1);
@@ -53,7 +62,7 @@ StepBenchResult bench_step(const std::string& name, const GPTConfig& cfg, int B,
   r.median_ms = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
   r.min_ms = sorted.front();
   r.max_ms = sorted.back();
-  r.tokens_per_s = B * T / (r.median_ms / 1e3);
+  r.tokens_per_s = (double)B * T / (r.median_ms / 1e3);
   r.gflops = model.flops_per_step(B, T) / (r.median_ms / 1e3) / 1e9;
   return r;
 }

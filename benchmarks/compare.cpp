@@ -17,6 +17,7 @@
 #include "benchmarks/json_schema.h"
 #include "runtime/dist_env.h"
 #include "runtime/error.h"
+#include "runtime/input.h"
 
 namespace lt::bench {
 
@@ -28,10 +29,7 @@ std::string source_file(const std::string& rel) {
 }
 
 json load_suite_result(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw UserError(path + ": cannot read");
-  json doc = json::parse(f, nullptr, false);
-  if (doc.is_discarded()) throw UserError(path + ": not JSON (expected a `leasetrain bench suite --json` result)");
+  const json doc = read_json_file(path, "suite result");
   if (std::string e = check_schema(doc, suite_schema()); !e.empty())
     throw UserError(path + ": " + e + " (schema leasetrain.bench.suite/1)");
   return doc;
@@ -208,12 +206,7 @@ Floors read_floors(const toml::table& t, const std::string& where, const std::st
 }
 
 Thresholds read_thresholds(const std::string& file) {
-  toml::table root;
-  try {
-    root = toml::parse_file(file);
-  } catch (const toml::parse_error& e) {
-    throw UserError(file + ":" + std::to_string(e.source().begin.line) + ": " + std::string(e.description()));
-  }
+  const toml::table root = parse_toml_file(file, "thresholds");
   only_keys(root, {"default", "cpu", "gpu"}, "", file);
   Thresholds t;
   if (const toml::node* d = root.get("default")) {
@@ -377,27 +370,32 @@ void print_scorecard(const json& card, std::FILE* out) {
 
 json summarize_run(const std::string& run_dir) {
   const std::string path = (std::filesystem::path(run_dir) / "metrics.jsonl").string();
-  std::ifstream f(path);
-  if (!f) throw UserError(path + ": cannot read (expected a training run directory, as `train --out` writes)");
-  std::string line;
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec)))
+    throw UserError(path + ": cannot read (expected a training run directory, as `train --out` writes)");
+  // A long run's metrics can outgrow the default text bound: one line per step.
+  const std::string text = read_regular_file(path, "metrics file", uint64_t(4) << 30);
   int64_t n = 0, lineno = 0;
   double first_loss = 0, last_loss = 0, total_ms = 0, best_val = INFINITY, last_val = NAN;
   int64_t last_step = 0, best_val_step = 0;
   std::vector<double> tps;
-  while (std::getline(f, line)) {
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
     lineno++;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    json j = json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer() ||
-        !j.contains("loss") || !j["loss"].is_number())
-      throw UserError(path + ":" + std::to_string(lineno) + ": expected a JSON object with integer step and number loss");
-    if (n == 0) first_loss = j["loss"];
-    last_loss = j["loss"];
-    last_step = j["step"];
-    if (j.contains("ms") && j["ms"].is_number()) total_ms += j["ms"].get<double>();
-    if (j.contains("tokens_per_s") && j["tokens_per_s"].is_number()) tps.push_back(j["tokens_per_s"]);
-    if (j.contains("val_loss") && j["val_loss"].is_number()) {
-      last_val = j["val_loss"];
+    const std::string where = path + ":" + std::to_string(lineno);
+    const json j = parse_json(line, where);
+    const JsonFields f(j, where);
+    const int64_t step = f.integer("step", 0);
+    const double loss = f.number("loss");
+    if (n == 0) first_loss = loss;
+    last_loss = loss;
+    last_step = step;
+    if (auto ms = f.opt_number("ms", 0)) total_ms += *ms;
+    if (auto t = f.opt_number("tokens_per_s", 0)) tps.push_back(*t);
+    if (auto v = f.opt_number("val_loss")) {
+      last_val = *v;
       if (last_val < best_val) {
         best_val = last_val;
         best_val_step = last_step;

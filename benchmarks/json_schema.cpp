@@ -1,6 +1,8 @@
 // See json_schema.h.
 #include "benchmarks/json_schema.h"
 
+#include "runtime/input.h"
+
 namespace lt::bench {
 
 using json = nlohmann::json;
@@ -59,10 +61,10 @@ std::string check(const json& doc, const json& schema, const json& root, const s
       ok = ok || e == doc;
       expected += (expected.empty() ? "" : ", ") + e.dump();
     }
-    if (!ok) return where + ": expected one of " + expected + ", got " + doc.dump();
+    if (!ok) return where + ": expected one of " + expected + ", got " + json_excerpt(doc);
   }
   if (schema.contains("minimum") && doc.is_number() && doc.get<double>() < schema["minimum"].get<double>())
-    return where + ": expected at least " + schema["minimum"].dump() + ", got " + doc.dump();
+    return where + ": expected at least " + schema["minimum"].dump() + ", got " + json_excerpt(doc);
   if (doc.is_object()) {
     if (schema.contains("required"))
       for (const json& k : schema["required"])

@@ -20,6 +20,7 @@
 #include "runtime/backend.h"
 #include "runtime/dist_env.h"
 #include "runtime/error.h"
+#include "runtime/input.h"
 #include "runtime/model.h"
 #include "runtime/optim.h"
 #include "runtime/rng.h"
@@ -349,8 +350,12 @@ void allreduce_rows(Ctx& c, const std::string& backend, int ranks, const std::st
     argv.push_back(x);
   const std::string cmd = shell_join(argv) + " >/dev/null 2>&1";
   const int st = std::system(cmd.c_str());
-  std::ifstream f(out);
-  json rows = json::parse(f, nullptr, false);
+  json rows;
+  try {
+    rows = read_json_file(out.string(), "all-reduce result");
+  } catch (const UserError&) {
+    rows = json(json::value_t::discarded);  // reported below with the command's exit status
+  }
   std::error_code ec;
   std::filesystem::remove(out, ec);
   if (st != 0 || rows.is_discarded() || !rows.is_array())

@@ -18,10 +18,13 @@
 #include "benchmarks/bench_allreduce.h"
 #include "benchmarks/bench_step.h"
 #include "benchmarks/compare.h"
+#include "launcher/cli_checks.h"
 #include "launcher/cmd_bench_gpu.h"
 #include "launcher/commands.h"
 #include "runtime/dist_env.h"
 #include "runtime/error.h"
+#include "runtime/model.h"
+#include "runtime/input.h"
 
 namespace lt::cli {
 
@@ -37,7 +40,12 @@ json run_torch_peer(const std::string& model, int B, int T, int warmup, int step
                                     "--warmup", std::to_string(warmup), "--steps", std::to_string(steps),
                                     "--threads", std::to_string(threads)},
                                    &out);
-  json j = json::parse(out.substr(out.rfind('{') == std::string::npos ? 0 : out.rfind('{')), nullptr, false);
+  json j(json::value_t::discarded);
+  try {
+    j = parse_json(out.substr(out.rfind('{') == std::string::npos ? 0 : out.rfind('{')), "the PyTorch peer's output");
+    if (!j.contains("median_ms") || !j["median_ms"].is_number()) j = json(json::value_t::discarded);
+  } catch (const UserError&) {
+  }
   if (rc != 0 || j.is_discarded()) {
     std::fprintf(stderr, "bench: the PyTorch peer failed (is python3-torch installed?): %s\n", out.c_str());
     return nullptr;
@@ -57,8 +65,9 @@ int64_t parse_size(const std::string& flag, const std::string& v) {
   std::string unit = v.substr(used);
   const double mult = unit.empty() ? 1 : unit == "K" || unit == "k" ? 1024.0 : unit == "M" || unit == "m" ? 1048576.0
                       : unit == "G" || unit == "g" ? 1073741824.0 : -1;
-  if (used == 0 || mult < 0 || x * mult < 1)
-    throw UserError(flag + ": expected a byte count such as 8, 64K, 32M or 1G, got '" + v + "'");
+  // Finite and at most 1 TiB, so the cast below neither overflows nor takes a NaN.
+  if (used == 0 || mult < 0 || !(x * mult >= 1 && x * mult <= 1099511627776.0))
+    throw UserError(flag + ": expected a byte count from 1 to 1T such as 8, 64K, 32M or 1G, got '" + v + "'");
   return (int64_t)(x * mult);
 }
 
@@ -118,30 +127,30 @@ void add_bench_commands(CLI::App& app) {
   s->add_option("--device", a->device, "Backend: cpu or cuda (bf16 mixed precision)")
       ->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   s->add_option("--model", a->model, "tiny, 124m, 350m or all (tiny and 124m)")->capture_default_str();
-  s->add_option("--batch", a->batch, "Sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
-  s->add_option("--seq", a->seq, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
-  s->add_option("--warmup", a->warmup, "Untimed steps first")->check(CLI::NonNegativeNumber)->capture_default_str();
-  s->add_option("--steps", a->steps, "Timed steps")->check(CLI::PositiveNumber)->capture_default_str();
+  s->add_option("--batch", a->batch, "Sequences per step")->check(in_range(1, 1 << 20))->capture_default_str();
+  s->add_option("--seq", a->seq, "Tokens per sequence")->check(in_range(1, kMaxBlockSize))->capture_default_str();
+  s->add_option("--warmup", a->warmup, "Untimed steps first")->check(in_range(0, 1000000))->capture_default_str();
+  s->add_option("--steps", a->steps, "Timed steps")->check(in_range(1, 1000000))->capture_default_str();
   s->add_flag("--torch", a->torch, "Also time the PyTorch CPU eager peer (at this thread count and on one thread) and print the ratios");
   s->add_option("--json", a->json_out, "Write the results as JSON to this file ('-' for stdout)");
   s->add_option("--ranks", a->ranks,
                 "Data parallel: time N ranks (mpirun on this host, one process each) against 1 rank at the same "
                 "per-rank --batch: weak-scaling efficiency and the share of gradient reduction hidden by overlap")
-      ->check(CLI::Range(2, 1024));
+      ->check(in_range(2, 1024));
   s->add_option("--bucket-mb", a->bucket_mb, "With --ranks: bucket caps to compare, MB, comma-separated")
       ->capture_default_str();
   s->add_option("--first-bucket-mb", a->first_bucket_mb, "With --ranks: the first bucket's cap, MB")
-      ->capture_default_str();
+      ->check(in_range(1e-3, 1e6))->capture_default_str();
   s->add_option("--progress", a->progress, "With --ranks: MPI progress, thread or poll (see runtime/comm.h; poll, as configs/tiny.toml, suits ranks that fill the cores)")
       ->check(CLI::IsMember({"thread", "poll"}))->capture_default_str();
   s->add_option("--threads-per-rank", a->threads_per_rank, "With --ranks: OpenMP threads per rank")
-      ->check(CLI::PositiveNumber)->capture_default_str();
-  s->add_option("--zero", a->zero, "With --ranks: 1 for ZeRO-1")->check(CLI::Range(0, 1))->capture_default_str();
+      ->check(in_range(1, 1024))->capture_default_str();
+  s->add_option("--zero", a->zero, "With --ranks: 1 for ZeRO-1")->check(in_range(0, 1))->capture_default_str();
   s->add_option("--repeat", a->repeat, "With --ranks: rounds of every configuration, interleaved; rows show the "
-                "median over rounds")->check(CLI::PositiveNumber)->capture_default_str();
+                "median over rounds")->check(in_range(1, 1000))->capture_default_str();
   // Internal: one configuration on the ranks of an mpirun that --ranks started.
   s->add_option("--dp-worker", a->dp_worker)->group("");
-  s->add_option("--dp-bucket-mb", a->worker_bucket_mb)->group("");
+  s->add_option("--dp-bucket-mb", a->worker_bucket_mb)->group("")->check(in_range(1e-3, 1e6));
   s->add_option("--dp-overlap", a->worker_overlap)->group("");
   s->add_option("--dp-independent", a->worker_independent)->group("");
   s->callback([a] {
@@ -204,9 +213,12 @@ void add_bench_commands(CLI::App& app) {
         else
           cmd = shell_join(local_mpirun_argv(np, a->threads_per_rank)) + " " + shell_join(argv);
         if (run_shell(cmd) != 0) throw UserError("bench step --ranks: the run failed: " + cmd);
-        std::ifstream f(out);
-        json j = json::parse(f, nullptr, false);
-        if (j.is_discarded()) throw UserError(out + ": no result from: " + cmd);
+        json j;
+        try {
+          j = read_json_file(out, "bench step result");
+        } catch (const UserError& e) {
+          throw UserError(std::string(e.what()) + ": no result from: " + cmd);
+        }
         return j;
       };
       std::printf("bench step --ranks %d: model %s, batch %d x %d per rank, %d thread%s per rank, median of %d steps "
@@ -332,18 +344,19 @@ void add_bench_commands(CLI::App& app) {
             "busbw = algbw x 2(n-1)/n; inputs are small integers, so every result is checked exactly (-c).");
   r->add_option("-b,--minbytes", ar->b, "Smallest message (bytes; K, M, G suffixes)")->capture_default_str();
   r->add_option("-e,--maxbytes", ar->e, "Largest message")->capture_default_str();
-  r->add_option("-f,--stepfactor", ar->f, "Size multiplier between rows")->capture_default_str();
-  r->add_option("-n,--iters", ar->n, "Timed iterations per size")->check(CLI::PositiveNumber)->capture_default_str();
-  r->add_option("-w,--warmup_iters", ar->w, "Untimed iterations first")->check(CLI::NonNegativeNumber)
+  r->add_option("-f,--stepfactor", ar->f, "Size multiplier between rows")->check(in_range(1.0, 1e6))
       ->capture_default_str();
-  r->add_option("-c,--check", ar->c, "Checked iterations per size (0: no check)")->check(CLI::NonNegativeNumber)
+  r->add_option("-n,--iters", ar->n, "Timed iterations per size")->check(in_range(1, 1000000))->capture_default_str();
+  r->add_option("-w,--warmup_iters", ar->w, "Untimed iterations first")->check(in_range(0, 1000000))
+      ->capture_default_str();
+  r->add_option("-c,--check", ar->c, "Checked iterations per size (0: no check)")->check(in_range(0, 1000000))
       ->capture_default_str();
   r->add_option("-o,--op", ar->op, "sum, avg, max or min")->capture_default_str();
   r->add_option("--backend", ar->backend, "mpi (host buffers) or nccl (GPU)")->check(CLI::IsMember({"mpi", "nccl"}))
       ->capture_default_str();
   r->add_option("--progress", ar->progress, "MPI progress: thread or poll")->check(CLI::IsMember({"thread", "poll"}))
       ->capture_default_str();
-  r->add_option("--ranks", ar->ranks, "Start mpirun -np N on this host")->check(CLI::Range(1, 1024));
+  r->add_option("--ranks", ar->ranks, "Start mpirun -np N on this host")->check(in_range(1, 1024));
   r->add_option("--json", ar->json_out, "Also write the rows as JSON to this file ('-' for stdout)");
   r->callback([ar] {
     bench::AllReduceArgs a;

@@ -3,11 +3,13 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "launcher/cli_checks.h"
 #include "launcher/commands.h"
 #include "launcher/manifest.h"
 #include "runtime/backend.h"
@@ -46,8 +48,8 @@ int parse_positive(const std::string& flag, const std::string& v) {
   } catch (...) {
     used = 0;
   }
-  if (used == 0 || used != v.size() || x < 1 || x > (1l << 30))
-    throw UserError(flag + ": expected a positive integer, got '" + v + "'");
+  if (used == 0 || used != v.size() || x < 1 || x > 65536)
+    throw UserError(flag + ": expected an integer from 1 to 65536, got '" + v + "'");
   return (int)x;
 }
 
@@ -79,8 +81,8 @@ void add_gpu_bench_commands(CLI::App* bench) {
       "4096^3 target and GPT-2 124M's training GEMMs at 8192 tokens. Exit status 1 without a CUDA device.");
   gc->add_option("--shape", g->shapes, "MxNxK, repeatable")->capture_default_str();
   gc->add_option("--layouts", g->layouts, "Comma-separated subset of NT,NN,TN")->capture_default_str();
-  gc->add_option("--warmup", g->warmup, "Untimed runs first")->check(CLI::NonNegativeNumber)->capture_default_str();
-  gc->add_option("--iters", g->iters, "Timed runs (median reported)")->check(CLI::PositiveNumber)->capture_default_str();
+  gc->add_option("--warmup", g->warmup, "Untimed runs first")->check(in_range(0, 1000000))->capture_default_str();
+  gc->add_option("--iters", g->iters, "Timed runs (median reported)")->check(in_range(1, 1000000))->capture_default_str();
   gc->add_flag("--simt", g->simt, "Also time the SIMT fallback (slow)");
   gc->add_flag("--tiles", g->tiles,
                "Also time the mma.sync kernel forced to each CTA tile (rows mma.sync/<tile>); the plain mma.sync row "
@@ -95,8 +97,12 @@ void add_gpu_bench_commands(CLI::App* bench) {
     for (const std::string& s : g->shapes) {
       const std::vector<std::string> d = lease::split(s, 'x');
       if (d.size() != 3) throw UserError("--shape: expected MxNxK such as 4096x4096x4096, got '" + s + "'");
-      shapes.push_back({parse_positive("--shape", d[0]), parse_positive("--shape", d[1]),
-                        parse_positive("--shape", d[2])});
+      const Shape sh{parse_positive("--shape", d[0]), parse_positive("--shape", d[1]), parse_positive("--shape", d[2])};
+      // Each operand (M x K, N x K, M x N) must be indexable by int in the kernels.
+      for (int64_t n : {(int64_t)sh.M * sh.K, (int64_t)sh.N * sh.K, (int64_t)sh.M * sh.N})
+        if (n > std::numeric_limits<int32_t>::max())
+          throw UserError("--shape: " + s + ": an operand of " + std::to_string(n) + " elements exceeds 2^31-1");
+      shapes.push_back(sh);
     }
     const std::vector<std::string> layouts = lease::split(g->layouts, ',');
     for (const std::string& l : layouts)
@@ -153,9 +159,9 @@ void add_gpu_bench_commands(CLI::App* bench) {
       "without a CUDA device.");
   ac->add_option("--head-dim", a->head_dims, "Comma-separated head dims (64, 128)")->capture_default_str();
   ac->add_option("--max-seq", a->max_seq, "Longest sequence (powers of two from 512)")
-      ->check(CLI::Range(512, 65536))->capture_default_str();
-  ac->add_option("--warmup", a->warmup, "Untimed runs first")->check(CLI::NonNegativeNumber)->capture_default_str();
-  ac->add_option("--iters", a->iters, "Timed runs (median reported)")->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(in_range(512, 65536))->capture_default_str();
+  ac->add_option("--warmup", a->warmup, "Untimed runs first")->check(in_range(0, 1000000))->capture_default_str();
+  ac->add_option("--iters", a->iters, "Timed runs (median reported)")->check(in_range(1, 1000000))->capture_default_str();
   ac->add_flag("--no-backward", a->no_backward, "Forward only");
   ac->add_flag("--no-flush", a->no_flush, "Keep the L2 cache warm between timed runs");
   ac->add_option("--json", a->json_out, "Also write the results as JSON to this file ('-' for stdout)");

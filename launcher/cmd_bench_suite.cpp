@@ -7,6 +7,7 @@
 
 #include "benchmarks/compare.h"
 #include "benchmarks/suite.h"
+#include "launcher/cli_checks.h"
 #include "launcher/commands.h"
 #include "launcher/storage.h"
 #include "runtime/error.h"
@@ -47,7 +48,7 @@ void add_bench_suite_commands(CLI::App* bench) {
   su->add_option("--json", s->json_out, "Write the results here ('-' for stdout)")->required();
   su->add_option("--device", s->device, "auto (cuda when a GPU is present), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
-  su->add_option("--ranks", s->ranks, "All-reduce ranks on a CPU machine")->check(CLI::Range(2, 64))->capture_default_str();
+  su->add_option("--ranks", s->ranks, "All-reduce ranks on a CPU machine")->check(in_range(2, 64))->capture_default_str();
   su->callback([s] {
     const bool to_stdout = s->json_out == "-";
     if (!to_stdout) {  // refuse an unwritable destination before minutes of measuring
@@ -90,7 +91,8 @@ void add_bench_suite_commands(CLI::App* bench) {
               "with --price) through matplotlib (Debian's python3-matplotlib).");
   cmp->add_option("files", c->files, "Two or more suite results; the first is the reference")->required()
       ->check(CLI::ExistingFile);
-  cmp->add_option("--price", c->prices, "$ per GPU-hour of each file's machine, in file order (adds tokens per $)");
+  cmp->add_option("--price", c->prices, "$ per GPU-hour of each file's machine, in file order (adds tokens per $)")
+      ->check(in_range(0.0, 1e9));
   cmp->add_option("--plots", c->plots, "Write the plots into this directory");
   cmp->add_option("--json", c->json_out, "Write the comparison as JSON ('-' for stdout)");
   cmp->callback([c] {
@@ -135,7 +137,7 @@ void add_bench_suite_commands(CLI::App* bench) {
   ac->add_option("--thresholds", a->thresholds, "Thresholds file (default: benchmarks/accept.toml)");
   ac->add_option("--json", a->json_out, "Write the scorecard as JSON ('-' for stdout)");
   ac->add_option("--suite-json", a->suite_json, "Also keep the raw measurements (suite schema)");
-  ac->add_option("--ranks", a->ranks, "All-reduce ranks on a CPU machine")->check(CLI::Range(2, 64))->capture_default_str();
+  ac->add_option("--ranks", a->ranks, "All-reduce ranks on a CPU machine")->check(in_range(2, 64))->capture_default_str();
   ac->callback([a] {
     const std::string th = a->thresholds.empty() ? bench::source_file("benchmarks/accept.toml") : a->thresholds;
     if (!std::filesystem::is_regular_file(th)) throw UserError("--thresholds: " + th + ": no such file");

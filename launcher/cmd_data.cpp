@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "launcher/cli_checks.h"
 #include "launcher/commands.h"
 #include "runtime/data.h"
 
@@ -61,7 +62,7 @@ void add_prepare(CLI::App& data) {
       ->check(fraction_validator())
       ->capture_default_str();
   cmd->add_option("--shard-tokens", args->shard_tokens, "Tokens per shard file")
-      ->check(CLI::Range((size_t)1, (size_t)2147483647))
+      ->check(in_range<size_t>(1, 2147483647))
       ->capture_default_str();
   cmd->callback([args] {
     for (const ShardSummary& s :

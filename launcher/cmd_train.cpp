@@ -1,15 +1,25 @@
 // `leasetrain train`, `eval` and `sample`.
+#include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "launcher/cli_checks.h"
 #include "launcher/commands.h"
 #include "launcher/tenancy.h"
 #include "runtime/checkpoint.h"
 #include "runtime/data.h"
 #include "runtime/dist_env.h"
 #include "runtime/error.h"
+#include "runtime/input.h"
+#include "runtime/memory.h"
 #include "runtime/trainer.h"
 
 #ifdef LEASETRAIN_HAVE_CUDA
@@ -96,14 +106,55 @@ struct LoadedModel {
   std::string checkpoint;
 };
 
-LoadedModel load_model(const std::string& dir, const DeviceArgs& dev) {
+// The plan for a model on `backend` running batch x seq tokens (memory.h).
+MemoryPlan memory_plan(const BackendOptions& backend, int64_t batch, int64_t seq, bool training, int64_t micro_steps = 1) {
+  MemoryPlan p;
+  p.batch = batch;
+  p.seq = seq;
+  p.micro_steps = micro_steps;
+  p.training = training;
+  p.device = backend.device;
+  p.compute = backend.device == Device::CPU ? DType::F32 : backend.precision;
+  p.extra_host_bytes = (uint64_t)batch * (uint64_t)seq * 16;  // host token and target batches
+  // Ranks that mpirun started on this host share its memory. A malformed count is ignored here;
+  // read_dist_env reports malformed launcher variables.
+  if (const char* v = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) {
+    int64_t n = 0;
+    const char* end = v + std::strlen(v);
+    if (std::from_chars(v, end, n).ptr == end && n >= 1 && n <= 1 << 20) p.host_ranks = n;
+  }
+  return p;
+}
+
+// `plan` sees the checkpoint's model shape before anything is allocated for it (it may refuse a
+// shape that cannot run) and says what will run on it, which check_model_memory checks.
+LoadedModel load_model(const std::string& dir, const DeviceArgs& dev, const char* what,
+                       const std::function<MemoryPlan(const GPTConfig&, const BackendOptions&)>& plan) {
   LoadedModel m;
   m.checkpoint = require_checkpoint(dir);
   const DistEnv env = read_dist_env();
-  m.backend = make_backend(resolve_device(dev, env.rank, env.local_rank, nullptr).backend);
-  m.model = std::make_unique<GPT>(read_checkpoint_config(m.checkpoint), *m.backend);
+  const BackendOptions opts = resolve_device(dev, env.rank, env.local_rank, nullptr).backend;
+  const GPTConfig cfg = read_checkpoint_config(m.checkpoint);
+  check_model_memory(cfg, plan(cfg, opts), std::string(what) + " of " + m.checkpoint, opts.device_index);
+  m.backend = make_backend(opts);
+  m.model = std::make_unique<GPT>(cfg, *m.backend);
   load_model_weights(m.checkpoint, *m.model);
   return m;
+}
+
+// Before a run starts: the config parses, --out can hold a run directory, and the model (the
+// config's, or the checkpoint's it resumes or starts from) fits this machine with its
+// optimizer and a micro-batch of activations.
+void preflight_train(const TrainOptions& o) {
+  const TrainConfig cfg = load_train_config(o.config_path);
+  check_output_directory(o.out_dir, "--out");
+  GPTConfig model = cfg.model;
+  std::string ckpt;
+  if (o.resume) ckpt = latest_checkpoint(o.out_dir);
+  if (ckpt.empty() && !o.init_dir.empty()) ckpt = latest_checkpoint(o.init_dir);
+  if (!ckpt.empty()) model = read_checkpoint_config(ckpt);
+  check_model_memory(model, memory_plan(o.backend, cfg.micro_batch, cfg.seq_len, true, cfg.grad_accum),
+                     "train (" + cfg.source + (ckpt.empty() ? "" : ", " + ckpt) + ")", o.backend.device_index);
 }
 
 // The lease, as the trainer's RunPolicy: paths under the tenant's storage roots, the byte
@@ -177,8 +228,10 @@ void add_train_commands(CLI::App& app) {
   t->add_option("--out", train->out_dir, "Run directory for metrics and checkpoints")->capture_default_str();
   auto steps_opt = std::make_shared<int64_t>(0);
   auto seed_opt = std::make_shared<uint64_t>(0);
-  t->add_option("--steps", *steps_opt, "Total optimizer steps (overrides train.steps)")->check(CLI::PositiveNumber);
-  t->add_option("--seed", *seed_opt, "Seed for initialisation and data order (overrides train.seed)");
+  t->add_option("--steps", *steps_opt, "Total optimizer steps (overrides train.steps)")
+      ->check(in_range<int64_t>(1, kMaxSteps));
+  t->add_option("--seed", *seed_opt, "Seed for initialisation and data order (overrides train.seed)")
+      ->check(in_range<uint64_t>(0, kMaxSeed));
   auto* resume = t->add_flag("--resume", train->resume, "Continue from the newest complete checkpoint in --out");
   auto train_dev = std::make_shared<DeviceArgs>();
   train_dev->add_to(t);
@@ -192,6 +245,13 @@ void add_train_commands(CLI::App& app) {
     train_dev->read_counts(t);
     std::unique_ptr<LeasePolicy> policy = enter_lease(*train_dev, &train->backend);
     train->policy = policy.get();
+    try {
+      preflight_train(*train);
+    } catch (const UserError& e) {  // every rank fails alike, before any communicator: say which (as run_train)
+      const DistEnv env = read_dist_env();
+      if (env.world == 1) throw;
+      throw UserError("rank " + std::to_string(env.rank) + "/" + std::to_string(env.world) + ": " + e.what());
+    }
     run_train(*train);
   });
 
@@ -206,18 +266,29 @@ void add_train_commands(CLI::App& app) {
             "(llm.c's validation convention).");
   e->add_option("--checkpoint", ea->checkpoint, "Run or checkpoint directory")->required();
   e->add_option("--data", ea->data, "Glob of llm.c token shards")->required();
-  e->add_option("--batch", ea->batch, "Sequences per batch")->capture_default_str()->check(CLI::PositiveNumber);
-  e->add_option("--seq", ea->seq, "Tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
-  e->add_option("--batches", ea->batches, "Batches to average")->capture_default_str()->check(CLI::PositiveNumber);
+  e->add_option("--batch", ea->batch, "Sequences per batch")->capture_default_str()->check(in_range(1, 1 << 20));
+  e->add_option("--seq", ea->seq, "Tokens per sequence")->capture_default_str()->check(in_range(1, kMaxBlockSize));
+  e->add_option("--batches", ea->batches, "Batches to average")->capture_default_str()->check(in_range(1, 1 << 20));
   auto eval_dev = std::make_shared<DeviceArgs>();
   eval_dev->add_to(e);
   e->callback([ea, e, eval_dev] {
     eval_dev->read_counts(e);
-    LoadedModel m = load_model(ea->checkpoint, *eval_dev);
+    if ((int64_t)ea->batch * ea->seq > std::numeric_limits<int32_t>::max())
+      throw UserError("--batch x --seq: expected at most 2147483647 tokens per batch, got " +
+                      std::to_string((int64_t)ea->batch * ea->seq));
+    LoadedModel m = load_model(ea->checkpoint, *eval_dev, "eval", [&](const GPTConfig& c, const BackendOptions& b) {
+      return memory_plan(b, ea->batch, std::min<int64_t>(ea->seq, c.block_size), false);
+    });
     if (ea->seq > m.model->config().block_size)
       throw UserError("--seq: expected at most the model's context " + std::to_string(m.model->config().block_size) +
                       ", got " + std::to_string(ea->seq));
     EvalResult r = evaluate(*m.model, ea->data, ea->batch, ea->seq, ea->batches);
+    // NaN or Inf weights (or activations that overflow) give a loss that is no measurement: say
+    // so and fail, rather than print {"loss": null} with exit status 0.
+    if (!std::isfinite(r.loss))
+      throw CommandFailed("eval: the loss over " + std::to_string(r.batches) + " batches of " + ea->data + " is " +
+                          (std::isnan(r.loss) ? "NaN" : "infinite") + ": " + m.checkpoint +
+                          " holds non-finite weights or its activations overflow; no result");
     nlohmann::json j{{"loss", r.loss}, {"batches", r.batches}, {"tokens", r.tokens}, {"checkpoint", m.checkpoint}};
     std::printf("%s\n", j.dump().c_str());
   });
@@ -234,21 +305,35 @@ void add_train_commands(CLI::App& app) {
   s->footer("The prompt is tokenized bytewise, so text sampling needs the byte-level vocabulary (vocab_size 256).");
   s->add_option("--checkpoint", sa->checkpoint, "Run or checkpoint directory")->required();
   s->add_option("--prompt", sa->prompt, "Text to continue")->capture_default_str();
-  s->add_option("--tokens", sa->tokens, "Tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--tokens", sa->tokens, "Tokens to generate")->capture_default_str()->check(in_range(1, 1 << 20));
   s->add_option("--temperature", sa->temperature, "Softmax temperature (0: greedy)")->capture_default_str()
-      ->check(CLI::Range(0.0, 100.0));
+      ->check(in_range(0.0f, 100.0f));
   s->add_option("--top-k", sa->top_k, "Sample among the k likeliest tokens (0: all)")->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  s->add_option("--seed", sa->seed, "Sampling seed")->capture_default_str();
+      ->check(in_range(0, kMaxVocab));
+  s->add_option("--seed", sa->seed, "Sampling seed")->capture_default_str()->check(in_range<uint64_t>(0, kMaxSeed));
   auto sample_dev = std::make_shared<DeviceArgs>();
   sample_dev->add_to(s);
   s->callback([sa, s, sample_dev] {
     sample_dev->read_counts(s);
-    LoadedModel m = load_model(sa->checkpoint, *sample_dev);
-    if (m.model->config().vocab_size != kByteVocab)
-      throw UserError(m.checkpoint + "/config.json: vocab_size: text sampling expects the byte-level vocabulary (256), got " +
-                      std::to_string(m.model->config().vocab_size));
+    LoadedModel m = load_model(sa->checkpoint, *sample_dev, "sample", [&](const GPTConfig& c, const BackendOptions& b) {
+      if (c.vocab_size != kByteVocab)
+        throw UserError(latest_checkpoint(sa->checkpoint) +
+                        "/config.json: vocab_size: text sampling expects the byte-level vocabulary (256), got " +
+                        std::to_string(c.vocab_size));
+      return memory_plan(b, 1, c.block_size, false);
+    });
     std::vector<int32_t> prompt = encode_bytes(sa->prompt);
+    // Non-finite logits would sample garbage that looks like text: check the first step's.
+    {
+      std::vector<int32_t> ctx = prompt.empty() ? std::vector<int32_t>{0} : prompt;
+      const int T = std::min<int>((int)ctx.size(), m.model->config().block_size);
+      m.model->forward(ctx.data() + ctx.size() - T, nullptr, 1, T);
+      const std::vector<float> logits = m.model->backend().to_host_f32(m.model->logits());
+      for (float x : logits)
+        if (!std::isfinite(x))
+          throw CommandFailed("sample: " + m.checkpoint +
+                              " gives non-finite logits (non-finite weights or activations that overflow); no text");
+    }
     std::vector<int32_t> out = generate(*m.model, prompt, sa->tokens, sa->temperature, sa->top_k, sa->seed);
     std::printf("%s\n", decode_bytes(out.data(), (int)out.size()).c_str());
   });

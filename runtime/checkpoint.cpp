@@ -55,17 +55,9 @@ std::string config_string(const GPTConfig& c) {
          " vocab_size=" + std::to_string(c.vocab_size);
 }
 
-nlohmann::json read_json_file(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw UserError(path.string() + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw UserError(path.string() + ": not valid JSON (parse error at byte " + std::to_string(e.byte) + ")");
-  }
-}
+// Checkpoint JSON is untrusted (a checkpoint may come from anywhere): read it through the
+// validated reader (regular file, bounded size and nesting).
+nlohmann::json read_json_file(const fs::path& path) { return lt::read_json_file(path.string(), "checkpoint file"); }
 
 bool is_file(const fs::path& p) {
   std::error_code ec;
@@ -314,13 +306,10 @@ void install_dir(const WriteRoot& root, const std::string& tmp, const std::strin
   root.remove_all(aside);
 }
 
-int config_int(const nlohmann::json& j, const fs::path& path, const char* key, const char* fallback = nullptr) {
-  auto it = j.find(key);
-  if (it == j.end() && fallback) it = j.find(fallback);
-  if (it == j.end()) throw UserError(path.string() + ": key '" + key + "' missing");
-  if (!it->is_number_integer() || it->get<int64_t>() <= 0 || it->get<int64_t>() > (1 << 30))
-    throw UserError(path.string() + ": key '" + it.key() + "' must be a positive integer, got " + it->dump());
-  return (int)it->get<int64_t>();
+// A model dimension from config.json, under `key` or HF's older `fallback` name, in [1, hi].
+int config_int(const JsonFields& f, const char* key, const char* fallback, int hi) {
+  const char* name = !f.has(key) && fallback && f.has(fallback) ? fallback : key;
+  return (int)f.integer(name, 1, hi);
 }
 
 }  // namespace
@@ -419,9 +408,10 @@ std::string require_checkpoint(const std::string& run_dir_or_ckpt_dir) {
 
 GPTConfig read_checkpoint_config(const std::string& ckpt_dir) {
   const fs::path path = fs::path(ckpt_dir) / kConfigFile;
-  if (!is_file(path)) throw UserError(path.string() + ": missing (not a checkpoint directory?)");
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(path, ec))) throw UserError(path.string() + ": missing (not a checkpoint directory?)");
   const nlohmann::json j = read_json_file(path);
-  if (!j.is_object()) throw UserError(path.string() + ": expected a JSON object");
+  const JsonFields f(j, path.string());
   auto check_string = [&](const char* key, std::initializer_list<const char*> allowed) {
     auto it = j.find(key);
     if (it == j.end() || it->is_null()) return;
@@ -429,18 +419,18 @@ GPTConfig read_checkpoint_config(const std::string& ckpt_dir) {
       if (it->is_string() && it->get<std::string>() == a) return;
     std::string want;
     for (const char* a : allowed) want += (want.empty() ? "\"" : " or \"") + std::string(a) + "\"";
-    throw UserError(path.string() + ": key '" + key + "' is " + it->dump() + ", expected " + want);
+    throw UserError(path.string() + ": key '" + key + "' is " + json_excerpt(*it) + ", expected " + want);
   };
   check_string("model_type", {"gpt2"});
   // Both names are the tanh-approximated GELU our kernels implement.
   check_string("activation_function", {"gelu_new", "gelu_pytorch_tanh"});
 
   GPTConfig c;
-  c.n_layer = config_int(j, path, "n_layer");
-  c.n_head = config_int(j, path, "n_head");
-  c.n_embd = config_int(j, path, "n_embd");
-  c.block_size = config_int(j, path, "n_positions", "n_ctx");
-  c.vocab_size = config_int(j, path, "vocab_size");
+  c.n_layer = config_int(f, "n_layer", nullptr, kMaxLayers);
+  c.n_head = config_int(f, "n_head", nullptr, kMaxHeads);
+  c.n_embd = config_int(f, "n_embd", nullptr, kMaxEmbd);
+  c.block_size = config_int(f, "n_positions", "n_ctx", kMaxBlockSize);
+  c.vocab_size = config_int(f, "vocab_size", nullptr, kMaxVocab);
   if (c.n_embd % c.n_head != 0)
     throw UserError(path.string() + ": key 'n_head' (" + std::to_string(c.n_head) + ") must divide n_embd (" +
                     std::to_string(c.n_embd) + ")");
@@ -448,16 +438,16 @@ GPTConfig read_checkpoint_config(const std::string& ckpt_dir) {
   // Options that change the architecture away from what the model computes.
   if (auto it = j.find("n_inner"); it != j.end() && !it->is_null() &&
                                    !(it->is_number_integer() && it->get<int64_t>() == 4 * (int64_t)c.n_embd))
-    throw UserError(path.string() + ": key 'n_inner' is " + it->dump() + ", expected null or " +
+    throw UserError(path.string() + ": key 'n_inner' is " + json_excerpt(*it) + ", expected null or " +
                     std::to_string(4 * c.n_embd));
   if (auto it = j.find("tie_word_embeddings"); it != j.end() && !(it->is_boolean() && it->get<bool>()))
-    throw UserError(path.string() + ": key 'tie_word_embeddings' is " + it->dump() + ", expected true");
+    throw UserError(path.string() + ": key 'tie_word_embeddings' is " + json_excerpt(*it) + ", expected true");
   if (auto it = j.find("layer_norm_epsilon");
       it != j.end() && !(it->is_number() && std::fabs(it->get<double>() - 1e-5) <= 1e-12))
-    throw UserError(path.string() + ": key 'layer_norm_epsilon' is " + it->dump() + ", expected 1e-05");
+    throw UserError(path.string() + ": key 'layer_norm_epsilon' is " + json_excerpt(*it) + ", expected 1e-05");
   for (const char* key : {"scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"})
     if (auto it = j.find(key); it != j.end() && !(it->is_boolean() && !it->get<bool>()))
-      throw UserError(path.string() + ": key '" + key + "' is " + it->dump() + ", expected false");
+      throw UserError(path.string() + ": key '" + key + "' is " + json_excerpt(*it) + ", expected false");
   return c;
 }
 

@@ -5,10 +5,12 @@
 #include <toml++/toml.h>
 
 #include <functional>
+#include <limits>
 #include <map>
 #include <sstream>
 
 #include "runtime/error.h"
+#include "runtime/input.h"
 
 namespace lt {
 
@@ -44,6 +46,15 @@ struct Reader {
     }
   }
 
+  // An integer in [lo, hi] stored into T: the range must fit T, so nothing is truncated.
+  template <class T>
+  T as(const toml::node& v, const std::string& key, int64_t lo, int64_t hi) const {
+    static_assert(std::is_integral_v<T>);
+    LT_CHECK(lo >= (int64_t)std::numeric_limits<T>::min() && (uint64_t)hi <= (uint64_t)std::numeric_limits<T>::max(),
+             key + ": the accepted range does not fit the field's type");
+    return (T)integer(v, key, lo, hi);
+  }
+
   int64_t integer(const toml::node& v, const std::string& key, int64_t lo, int64_t hi) const {
     auto i = v.value<int64_t>();
     if (!v.is_integer() || !i) fail(key, std::string("expected an integer, got ") + type_name(v));
@@ -56,9 +67,12 @@ struct Reader {
   float number(const toml::node& v, const std::string& key, double lo, double hi) const {
     if (!v.is_number()) fail(key, std::string("expected a number, got ") + type_name(v));
     double d = *v.value<double>();
-    if (!(d >= lo && d <= hi)) {
+    // Fields are stored as float: a nonzero value that rounds to 0 would silently change meaning.
+    const bool underflows = d != 0 && (float)d == 0;
+    if (!(d >= lo && d <= hi) || underflows) {
       std::ostringstream s;
-      s << "expected a number in [" << lo << ", " << hi << "], got " << d;
+      s << "expected a number in [" << lo << ", " << hi << "]" << (underflows ? " that a 32-bit float can hold" : "")
+        << ", got " << d;
       fail(key, s.str());
     }
     return (float)d;
@@ -90,19 +104,11 @@ struct Reader {
 }  // namespace
 
 TrainConfig load_train_config(const std::string& path) {
-  toml::table root;
-  try {
-    root = toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    const auto& src = e.source();
-    if (!src.begin) throw UserError(path + ": cannot read the file");
-    throw UserError(path + ":" + std::to_string(src.begin.line) + ":" + std::to_string(src.begin.column) +
-                    ": TOML syntax error: " + std::string(e.description()));
-  }
+  toml::table root = parse_toml_file(path, "config");
   Reader r{path};
   TrainConfig c;
   c.source = path;
-  const int64_t big = int64_t(1) << 40;
+  const int64_t big = kMaxSteps;
   bool min_lr_set = false;
   for (const auto& [k, v] : root)
     if (!v.is_table())
@@ -114,11 +120,11 @@ TrainConfig load_train_config(const std::string& path) {
       r.fail(std::string(k.str()), "unknown section (expected [model], [data], [optim], [train] or [dist])");
 
   r.table(root, "model",
-          {{"n_layer", [&](auto& v, auto& k) { c.model.n_layer = (int)r.integer(v, k, 1, 1024); }},
-           {"n_head", [&](auto& v, auto& k) { c.model.n_head = (int)r.integer(v, k, 1, 1024); }},
-           {"n_embd", [&](auto& v, auto& k) { c.model.n_embd = (int)r.integer(v, k, 1, 65536); }},
-           {"block_size", [&](auto& v, auto& k) { c.model.block_size = (int)r.integer(v, k, 1, 1 << 20); }},
-           {"vocab_size", [&](auto& v, auto& k) { c.model.vocab_size = (int)r.integer(v, k, 2, 65536); }}});
+          {{"n_layer", [&](auto& v, auto& k) { c.model.n_layer = r.as<int>(v, k, 1, kMaxLayers); }},
+           {"n_head", [&](auto& v, auto& k) { c.model.n_head = r.as<int>(v, k, 1, kMaxHeads); }},
+           {"n_embd", [&](auto& v, auto& k) { c.model.n_embd = r.as<int>(v, k, 1, kMaxEmbd); }},
+           {"block_size", [&](auto& v, auto& k) { c.model.block_size = r.as<int>(v, k, 1, kMaxBlockSize); }},
+           {"vocab_size", [&](auto& v, auto& k) { c.model.vocab_size = r.as<int>(v, k, 2, kMaxVocab); }}});
   r.table(root, "data",
           {{"train", [&](auto& v, auto& k) { c.train_data = r.string(v, k); }},
            {"val", [&](auto& v, auto& k) { c.val_data = r.string(v, k); }}},
@@ -126,28 +132,28 @@ TrainConfig load_train_config(const std::string& path) {
   r.table(root, "optim",
           {{"lr", [&](auto& v, auto& k) { c.optim.lr = r.number(v, k, 0, 10); }},
            {"min_lr", [&](auto& v, auto& k) { c.optim.min_lr = r.number(v, k, 0, 10), min_lr_set = true; }},
-           {"warmup_steps", [&](auto& v, auto& k) { c.optim.warmup_steps = (int)r.integer(v, k, 0, big); }},
+           {"warmup_steps", [&](auto& v, auto& k) { c.optim.warmup_steps = r.as<int>(v, k, 0, std::numeric_limits<int>::max()); }},
            {"beta1", [&](auto& v, auto& k) { c.optim.beta1 = r.number(v, k, 0, 0.999999); }},
            {"beta2", [&](auto& v, auto& k) { c.optim.beta2 = r.number(v, k, 0, 0.999999); }},
            {"eps", [&](auto& v, auto& k) { c.optim.eps = r.number(v, k, 0, 1); }},
            {"weight_decay", [&](auto& v, auto& k) { c.optim.weight_decay = r.number(v, k, 0, 10); }},
            {"grad_clip", [&](auto& v, auto& k) { c.optim.grad_clip = r.number(v, k, 0, 1e9); }}});
   r.table(root, "train",
-          {{"micro_batch", [&](auto& v, auto& k) { c.micro_batch = (int)r.integer(v, k, 1, 1 << 20); }},
-           {"seq_len", [&](auto& v, auto& k) { c.seq_len = (int)r.integer(v, k, 1, 1 << 20); }},
-           {"grad_accum", [&](auto& v, auto& k) { c.grad_accum = (int)r.integer(v, k, 1, 1 << 20); }},
-           {"steps", [&](auto& v, auto& k) { c.steps = r.integer(v, k, 1, big); }},
-           {"eval_interval", [&](auto& v, auto& k) { c.eval_interval = r.integer(v, k, 0, big); }},
-           {"eval_batches", [&](auto& v, auto& k) { c.eval_batches = (int)r.integer(v, k, 1, 1 << 20); }},
-           {"checkpoint_interval", [&](auto& v, auto& k) { c.checkpoint_interval = r.integer(v, k, 0, big); }},
-           {"log_interval", [&](auto& v, auto& k) { c.log_interval = r.integer(v, k, 1, big); }},
-           {"seed", [&](auto& v, auto& k) { c.seed = (uint64_t)r.integer(v, k, 0, INT64_MAX); }}});
+          {{"micro_batch", [&](auto& v, auto& k) { c.micro_batch = r.as<int>(v, k, 1, 1 << 20); }},
+           {"seq_len", [&](auto& v, auto& k) { c.seq_len = r.as<int>(v, k, 1, 1 << 20); }},
+           {"grad_accum", [&](auto& v, auto& k) { c.grad_accum = r.as<int>(v, k, 1, 1 << 20); }},
+           {"steps", [&](auto& v, auto& k) { c.steps = r.as<int64_t>(v, k, 1, big); }},
+           {"eval_interval", [&](auto& v, auto& k) { c.eval_interval = r.as<int64_t>(v, k, 0, big); }},
+           {"eval_batches", [&](auto& v, auto& k) { c.eval_batches = r.as<int>(v, k, 1, 1 << 20); }},
+           {"checkpoint_interval", [&](auto& v, auto& k) { c.checkpoint_interval = r.as<int64_t>(v, k, 0, big); }},
+           {"log_interval", [&](auto& v, auto& k) { c.log_interval = r.as<int64_t>(v, k, 1, big); }},
+           {"seed", [&](auto& v, auto& k) { c.seed = r.as<uint64_t>(v, k, 0, kMaxSeed); }}});
   r.table(root, "dist",
-          {{"zero", [&](auto& v, auto& k) { c.dist.zero = (int)r.integer(v, k, 0, 1); }},
+          {{"zero", [&](auto& v, auto& k) { c.dist.zero = r.as<int>(v, k, 0, 1); }},
            {"bucket_mb", [&](auto& v, auto& k) { c.dist.bucket_mb = r.number(v, k, 1e-3, 1e6); }},
            {"first_bucket_mb", [&](auto& v, auto& k) { c.dist.first_bucket_mb = r.number(v, k, 1e-3, 1e6); }},
            {"overlap", [&](auto& v, auto& k) { c.dist.overlap = r.boolean(v, k); }},
-           {"checksum_interval", [&](auto& v, auto& k) { c.dist.checksum_interval = r.integer(v, k, 0, big); }},
+           {"checksum_interval", [&](auto& v, auto& k) { c.dist.checksum_interval = r.as<int64_t>(v, k, 0, big); }},
            {"watchdog_timeout", [&](auto& v, auto& k) { c.dist.watchdog_timeout = r.number(v, k, 0.1, 1e7); }},
            {"progress", [&](auto& v, auto& k) {
               c.dist.progress = r.string(v, k);
@@ -162,6 +168,10 @@ TrainConfig load_train_config(const std::string& path) {
     r.fail("train.seq_len", "expected at most model.block_size (" + std::to_string(c.model.block_size) +
                                 "), got " + std::to_string(c.seq_len));
   if (c.train_data.empty()) r.fail("data.train", "missing (a glob of token shards)");
+  // Tokens of one micro-batch index int buffers and kernels; keep the product inside int.
+  if ((int64_t)c.micro_batch * c.seq_len > std::numeric_limits<int32_t>::max())
+    r.fail("train.micro_batch", "expected micro_batch x seq_len (" + std::to_string(c.micro_batch) + " x " +
+                                    std::to_string(c.seq_len) + ") to be at most 2147483647 tokens");
   if (!min_lr_set) c.optim.min_lr = c.optim.lr * 0.1f;  // the usual floor: a tenth of the peak
   if (c.optim.min_lr > c.optim.lr) r.fail("optim.min_lr", "expected at most optim.lr");
   return c;

@@ -9,6 +9,11 @@
 
 namespace lt {
 
+// The largest step count (train.steps, --steps) and seed (train.seed, --seed) accepted anywhere.
+// Seeds stay within int64 so every JSON reader of a saved state reads them back unchanged.
+inline constexpr int64_t kMaxSteps = int64_t(1) << 40;
+inline constexpr uint64_t kMaxSeed = (uint64_t)INT64_MAX;
+
 // [dist]: data parallelism across ranks (ignored by a single-rank run). See runtime/ddp.h.
 struct DistConfig {
   int zero = 0;                     // 1: ZeRO-1 (optimizer state sharded across ranks)

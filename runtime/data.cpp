@@ -18,6 +18,7 @@
 
 #include "runtime/error.h"
 #include "runtime/input.h"
+#include "runtime/memory.h"
 
 // Tokens are read straight out of the mapping and written straight from memory.
 static_assert(std::endian::native == std::endian::little, "shards are little-endian");
@@ -63,12 +64,12 @@ struct SplitMix64 {
 };
 
 std::vector<unsigned char> read_file_bytes(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw UserError(path + ": cannot open: " + errno_str());
+  const int fd = open_regular_file(path, "input");
   struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd, &st) != 0) {
+    const std::string err = errno_str();
     ::close(fd);
-    throw UserError(path + ": not a regular file");
+    throw UserError(path + ": cannot stat input: " + err);
   }
   std::vector<unsigned char> bytes((size_t)st.st_size);
   size_t got = 0;
@@ -113,12 +114,13 @@ std::vector<std::string> glob_files(const std::string& pattern) {
 }
 
 Shard::Shard(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw UserError(path + ": cannot open: " + errno_str());
+  // A FIFO, device or directory matched by a glob is refused here, without blocking.
+  const int fd = open_regular_file(path, "shard");
   struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd, &st) != 0) {
+    const std::string err = errno_str();
     ::close(fd);
-    throw UserError(path + ": not a regular file");
+    throw UserError(path + ": cannot stat shard: " + err);
   }
   const size_t bytes = (size_t)st.st_size;
   if (bytes < kShardHeaderBytes) {
@@ -269,6 +271,8 @@ DataLoader::DataLoader(const std::string& glob_pattern, int T, int vocab_size, u
   if (n_windows_ > std::numeric_limits<uint32_t>::max())
     throw UserError(glob_pattern + ": " + std::to_string(n_windows_) +
                     " windows exceed the loader's limit of 2^32-1; use a longer T");
+  require_memory(n_windows_ * sizeof(uint32_t), Device::CPU, 0,
+                 "data: the shuffle of " + std::to_string(n_windows_) + " windows of " + glob_pattern);
 }
 
 uint64_t DataLoader::num_tokens() const {
@@ -421,7 +425,19 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
                     std::to_string(shard_tokens));
 
   // Read everything before writing anything: a bad input must not leave partial output.
+  // Everything is held at once (the text and one shard's uint16 tokens): check it fits first.
+  uint64_t total_bytes = 0;
+  for (const std::string& in : inputs) {
+    const int fd = open_regular_file(in, "input");
+    struct stat st;
+    const int rc = ::fstat(fd, &st);
+    ::close(fd);
+    if (rc == 0) total_bytes += (uint64_t)st.st_size;
+  }
+  require_memory(total_bytes + 2 * std::min<uint64_t>(total_bytes, shard_tokens), Device::CPU, 0,
+                 "prepare: the inputs (" + std::to_string(total_bytes) + " bytes)");
   std::vector<unsigned char> text;
+  text.reserve(total_bytes);
   for (const std::string& in : inputs) {
     std::vector<unsigned char> b = read_file_bytes(in);
     text.insert(text.end(), b.begin(), b.end());

@@ -2,12 +2,16 @@
 #include "runtime/input.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "runtime/error.h"
 
@@ -16,6 +20,7 @@ namespace lt {
 namespace {
 
 const char* file_kind(mode_t m) {
+  if (S_ISREG(m)) return "a regular file";
   if (S_ISDIR(m)) return "a directory";
   if (S_ISFIFO(m)) return "a FIFO";
   if (S_ISSOCK(m)) return "a socket";
@@ -49,7 +54,131 @@ int json_depth_exceeds(const std::string& s, int limit, size_t* at) {
   return 0;
 }
 
+// The line of the first dotted key or table header with more than `limit` dots, or 0. toml++
+// bounds nested values itself but builds a dotted key's tables recursively, so a key of 10^5
+// parts overflows the stack. A small scanner of TOML's lexical structure: strings (basic,
+// literal, multi-line), comments, and which brackets open values (arrays, inline tables) versus
+// table headers; dots count only where a key is being read.
+size_t toml_key_depth_exceeds(const std::string& s, int limit) {
+  std::vector<char> open;  // value brackets: '[' array, '{' inline table
+  bool key = true, header = false, line_start = true;
+  int dots = 0;
+  size_t line = 1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (c == '"' || c == '\'') {
+      const bool multi = s.compare(i, 3, std::string(3, c)) == 0;
+      i += multi ? 3 : 1;
+      for (; i < s.size(); ++i) {
+        if (s[i] == '\n') ++line;
+        if (c == '"' && s[i] == '\\') {
+          if (i + 1 < s.size() && s[i + 1] == '\n') ++line;
+          ++i;
+          continue;
+        }
+        if (s[i] == c && (!multi || s.compare(i, 3, std::string(3, c)) == 0)) {
+          if (multi) i += 2;
+          break;
+        }
+        if (!multi && s[i] == '\n') break;  // unterminated: toml++ reports it
+      }
+      line_start = false;
+      continue;
+    }
+    if (c == '#') {
+      while (i + 1 < s.size() && s[i + 1] != '\n') ++i;
+      continue;
+    }
+    if (c == '\n') {
+      ++line;
+      header = false;
+      if (open.empty()) key = true, dots = 0, line_start = true;
+      continue;
+    }
+    if (c == ' ' || c == '\t' || c == '\r') continue;
+    if (line_start && open.empty() && c == '[') header = true, key = true, dots = 0;
+    line_start = false;
+    if (c == '.' && key && ++dots > limit) return line;
+    if (header) continue;
+    if (key && c == '=') {
+      key = false;
+    } else if (!key && (c == '[' || c == '{')) {
+      open.push_back(c);
+      if (c == '{') key = true, dots = 0;
+    } else if ((c == ']' || c == '}') && !open.empty()) {
+      open.pop_back();
+      key = false;
+    } else if (c == ',' && !open.empty() && open.back() == '{') {
+      key = true, dots = 0;
+    }
+  }
+  return 0;
+}
+
+// Kernel filesystems where a run directory cannot (or must not) be created.
+const char* pseudo_filesystem(const std::string& path) {
+  struct statfs fs;
+  if (::statfs(path.c_str(), &fs) != 0) return nullptr;
+  switch ((unsigned long)fs.f_type) {
+    case PROC_SUPER_MAGIC: return "/proc (procfs)";
+    case SYSFS_MAGIC: return "/sys (sysfs)";
+    case CGROUP_SUPER_MAGIC:
+    case CGROUP2_SUPER_MAGIC: return "a cgroup filesystem";
+    case DEBUGFS_MAGIC: return "debugfs";
+    case TRACEFS_MAGIC: return "tracefs";
+    case SECURITYFS_MAGIC: return "securityfs";
+    case DEVPTS_SUPER_MAGIC: return "devpts";
+    case BPF_FS_MAGIC: return "bpffs";
+    default: return nullptr;
+  }
+}
+
 }  // namespace
+
+void check_output_directory(const std::string& path, const char* what) {
+  if (path.empty()) throw UserError(std::string(what) + ": empty path");
+  // The directory itself, or the nearest ancestor that exists (which the writer would create
+  // the rest under).
+  std::string at = path;
+  bool exists_itself = true;
+  struct stat st;
+  for (;;) {
+    if (::stat(at.c_str(), &st) == 0) break;
+    const int err = errno;
+    if (err != ENOENT)
+      throw UserError(path + ": " + what + ": cannot use " + at + " (" + std::strerror(err) + ")");
+    exists_itself = false;
+    while (at.size() > 1 && at.back() == '/') at.pop_back();
+    const size_t slash = at.find_last_of('/');
+    at = slash == std::string::npos ? "." : slash == 0 ? "/" : at.substr(0, slash);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (exists_itself)
+      throw UserError(path + ": " + what + " must be a directory, this is " + file_kind(st.st_mode));
+    throw UserError(path + ": " + what + ": cannot be created: " + at + " is " + file_kind(st.st_mode));
+  }
+  if (const char* fs = pseudo_filesystem(at))
+    throw UserError(path + ": " + what + ": " + at + " is on " + fs + ", not a place for a run's files");
+  struct statvfs vfs;
+  if (::statvfs(at.c_str(), &vfs) == 0 && (vfs.f_flag & ST_RDONLY))
+    throw UserError(path + ": " + what + ": " + at + " is on a read-only filesystem");
+  if (::access(at.c_str(), W_OK | X_OK) != 0)
+    throw UserError(path + ": " + what + ": " + at + " is not writable (" + std::strerror(errno) + ")");
+}
+
+toml::table parse_toml_file(const std::string& path, const char* what) {
+  const std::string text = read_regular_file(path, what);
+  if (const size_t line = toml_key_depth_exceeds(text, kMaxTomlKeyDepth))
+    throw UserError(path + ":" + std::to_string(line) + ": " + what + ": a dotted key or table header with more than " +
+                    std::to_string(kMaxTomlKeyDepth) + " parts");
+  try {
+    return toml::parse(text, path);
+  } catch (const toml::parse_error& e) {
+    const auto& src = e.source();
+    throw UserError(path + ":" + std::to_string(src.begin.line) + ":" + std::to_string(src.begin.column) +
+                    ": TOML syntax error: " + std::string(e.description()));
+  }
+}
 
 int open_regular_file(const std::string& path, const char* what) {
   if (path.empty()) throw UserError(std::string(what) + ": empty path");

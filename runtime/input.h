@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <toml++/toml.h>
 
 namespace lt {
 
@@ -34,6 +35,18 @@ std::string read_regular_fd(int fd, const std::string& path, const char* what,
 // Throws UserError unless `path` is an existing directory (not following a final symlink is
 // not required here: directories a job writes are resolved by the write path).
 void require_directory(const std::string& path, const char* what);
+
+// Throws UserError unless a run can write into `path` as a directory: it is one already, or the
+// nearest existing ancestor is a writable directory on a real filesystem (not read-only, not
+// /proc, /sys or another kernel pseudo-filesystem). Creates nothing: the writer does, after
+// its own path checks.
+void check_output_directory(const std::string& path, const char* what);
+
+// read_regular_file + toml::parse: a TOML syntax error is "<path>:<line>:<col>: TOML syntax
+// error: ...". toml++ bounds nested arrays and inline tables itself (TOML_MAX_NESTED_VALUES);
+// dotted keys and table headers are bounded here (kMaxTomlKeyDepth).
+inline constexpr int kMaxTomlKeyDepth = 64;
+toml::table parse_toml_file(const std::string& path, const char* what);
 
 // Parses JSON text from `source` (named in errors) with the nesting bounded by kMaxJsonDepth.
 nlohmann::json parse_json(const std::string& text, const std::string& source);

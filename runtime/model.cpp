@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "runtime/error.h"
+#include "runtime/memory.h"
 #include "runtime/rng.h"
 
 namespace lt {
@@ -18,9 +19,21 @@ enum LayerParam { LN1W, LN1B, QKVW, QKVB, PROJW, PROJB, LN2W, LN2B, FCW, FCB, FC
 GPT::GPT(const GPTConfig& cfg, Backend& backend) : cfg_(cfg), be_(&backend), cdt_(backend.compute_dtype()) {
   const int64_t C = cfg.n_embd, L = cfg.n_layer;
   if (cfg.n_layer < 1 || cfg.n_head < 1 || cfg.n_embd < 1 || cfg.block_size < 1 || cfg.vocab_size < 1 ||
-      cfg.n_embd % cfg.n_head != 0)
-    throw UserError("model: n_layer, n_head, n_embd, block_size, vocab_size must be positive and n_embd a "
-                    "multiple of n_head");
+      cfg.n_layer > kMaxLayers || cfg.n_head > kMaxHeads || cfg.n_embd > kMaxEmbd || cfg.block_size > kMaxBlockSize ||
+      cfg.vocab_size > kMaxVocab || cfg.n_embd % cfg.n_head != 0)
+    throw UserError("model: n_layer, n_head, n_embd, block_size, vocab_size must be positive and within the limits "
+                    "of runtime/model.h, and n_embd a multiple of n_head");
+  // Callers check the whole job up front (check_model_memory); this catches any other path to
+  // a model too large for the machine before the allocation aborts.
+  {
+    MemoryPlan plan;
+    plan.batch = 0;
+    plan.device = backend.device();
+    plan.compute = cdt_;
+    const MemoryEstimate e = estimate_memory(cfg, plan);
+    require_memory(plan.device == Device::CPU ? e.host : e.device, plan.device, 0, "the model",
+                   std::to_string(e.params) + " parameters");
+  }
   auto add = [&](std::string name, std::vector<int64_t> shape, bool transposed, int layer) {
     ParamInfo p;
     p.name = std::move(name);
@@ -110,6 +123,8 @@ void GPT::ensure_activations(int B, int T) {
   if (B == B_ && T == T_) return;
   const int64_t C = cfg_.n_embd, L = cfg_.n_layer, NH = cfg_.n_head;
   LT_CHECK(pending_losses_ == 0, "the batch shape changed before take_losses()");
+  require_memory(activation_bytes(cfg_, B, T, 1, be_->device(), cdt_), be_->device(), 0,
+                 "activations for a batch of " + std::to_string(B) + " x " + std::to_string(T) + " tokens");
   auto act = [&](int64_t width) { return be_->empty(cdt_, {B, T, width}); };
   auto stat = [&]() { return be_->empty(DType::F32, {(int64_t)B * T}); };
   tokens_ = be_->empty(DType::I32, {B, T});
@@ -227,7 +242,7 @@ void GPT::backward(float loss_scale) {
   const int lnf_w = 2 + L * kPerLayer;
   const Tensor wte = wparams_.view(infos_[0].offset, infos_[0].shape);
   const Tensor lnf_weight = wparams_.view(infos_[lnf_w].offset, infos_[lnf_w].shape);
-  const float dloss = loss_scale / (float)(B_ * T_);
+  const float dloss = loss_scale / (float)((int64_t)B_ * T_);
   // logits_ holds the probabilities; the logits' gradient overwrites them in place.
   be.crossentropy_backward(logits_, logits_, targets_, dloss, cfg_.vocab_size);
   be.matmul_backward(dln_, grad("wte.weight"), Tensor{}, logits_, lnf_, wte);

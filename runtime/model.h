@@ -17,6 +17,12 @@
 
 namespace lt {
 
+// The largest shapes any config (TOML or a checkpoint's config.json) may declare. Token ids are
+// uint16, so no vocabulary exceeds 65536. These bound the types, not the machine: what it cannot
+// hold is refused by the memory estimate (memory.h) before anything is allocated.
+inline constexpr int kMaxLayers = 1 << 30, kMaxHeads = 1024, kMaxEmbd = 65536, kMaxBlockSize = 1 << 20,
+                     kMaxVocab = 65536;
+
 struct GPTConfig {
   int n_layer = 4;
   int n_head = 4;

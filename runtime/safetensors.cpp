@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/error.h"
+#include "runtime/input.h"
 
 namespace lt {
 
@@ -174,8 +175,7 @@ void write_safetensors(const std::string& path, const std::vector<StEntry>& entr
 }
 
 SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) throw UserError(path + ": cannot open (" + errno_text(errno) + ")");
+  fd_ = open_regular_file(path, "safetensors file");  // a FIFO or device is refused without blocking
   // From here on a throw skips the destructor, so close the descriptor on the way out.
   try {
     struct stat st;
@@ -198,12 +198,7 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     data_start_ = 8 + header_len;
     const uint64_t buffer_size = file_size - data_start_;
 
-    nlohmann::json header;
-    try {
-      header = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw UserError(path + ": header is not valid JSON (parse error at byte " + std::to_string(e.byte) + ")");
-    }
+    const nlohmann::json header = parse_json(text, path + ": header");
     if (!header.is_object()) throw UserError(path + ": header is not a JSON object");
 
     for (auto it = header.begin(); it != header.end(); ++it) {

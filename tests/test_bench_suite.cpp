@@ -119,7 +119,7 @@ TEST(BenchCompare, BadInputIsOneLineNamingFileAndFieldAndDamagesNothing) {
   write_file(d / "notjson.json", "{");
   r = run_cli("bench compare " + kFix + "a100.json " + d / "notjson.json");
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.err.find(d / "notjson.json" + ": not JSON"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(d / "notjson.json" + ": not valid JSON"), std::string::npos) << r.err;
   r = run_cli("bench compare " + kFix + "a100.json " + kFix + "h100.json --price 1.5");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("--price: expected one price per file (2), got 1"), std::string::npos) << r.err;
@@ -280,7 +280,7 @@ TEST(Report, PlotsLossAndThroughputOfARun) {
   r = run_cli("report " + d / "run");
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.err, "leasetrain: error: " + d / "run/metrics.jsonl" +
-                       ":41: expected a JSON object with integer step and number loss\n");
+                       ":41: field 'step' must be an integer in [0, 9223372036854775807], got \"x\"\n");
   r = run_cli("report " + d / "nowhere");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("nowhere/metrics.jsonl: cannot read"), std::string::npos) << r.err;

@@ -136,7 +136,7 @@ TEST_F(DataTest, ShortBody) {
 
 TEST_F(DataTest, MissingShardAndGlob) {
   EXPECT_EQ(error_of([&] { lt::Shard s(path("nope.bin")); }),
-            path("nope.bin") + ": cannot open: No such file or directory");
+            path("nope.bin") + ": cannot open shard (No such file or directory)");
   EXPECT_EQ(error_of([&] { lt::glob_files(path("*.bin")); }), path("*.bin") + ": no files match");
   EXPECT_EQ(error_of([&] { lt::DataLoader dl(path("*.bin"), 4, 256, 1); }),
             path("*.bin") + ": no files match");
@@ -401,7 +401,7 @@ TEST_F(DataTest, PrepareMissingInputWritesNothing) {
   EXPECT_EQ(error_of([&] {
               lt::prepare_text_shards({path("a.txt"), path("missing.txt")}, path("out/ds"));
             }),
-            path("missing.txt") + ": cannot open: No such file or directory");
+            path("missing.txt") + ": cannot open input (No such file or directory)");
   EXPECT_FALSE(fs::exists(path("out")));
   EXPECT_EQ(error_of([&] { lt::prepare_text_shards({path("a.txt")}, path("ds"), 1.0); }),
             "prepare: val_fraction: expected a value in [0, 1), got 1.000000");
