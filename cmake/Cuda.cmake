@@ -195,10 +195,11 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
   set(LT_RT ${PROJECT_SOURCE_DIR}/runtime)
   add_executable(test_model_emulated
     ${LT_RT}/tensor.cpp ${LT_RT}/backend.cpp ${LT_RT}/cuda_backend.cpp ${LT_RT}/cpu_backend.cpp ${LT_RT}/model.cpp
-    ${LT_RT}/optim.cpp ${LT_RT}/safetensors.cpp ${PROJECT_SOURCE_DIR}/tests/cuda/test_model_gpu.cpp)
+    ${LT_RT}/optim.cpp ${LT_RT}/safetensors.cpp ${LT_RT}/input.cpp ${LT_RT}/memory.cpp
+    ${PROJECT_SOURCE_DIR}/tests/cuda/test_model_gpu.cpp)
   target_compile_definitions(test_model_emulated PRIVATE LEASETRAIN_HAVE_CUDA=1)
   target_link_libraries(test_model_emulated PRIVATE leasetrain_emulated_kernels nlohmann_json::nlohmann_json
-    GTest::gtest_main)
+    tomlplusplus::tomlplusplus GTest::gtest_main)
   gtest_discover_tests(test_model_emulated
     TEST_PREFIX "emulated."
     PROPERTIES LABELS cuda-emulated SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" TIMEOUT 900

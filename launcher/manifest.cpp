@@ -555,68 +555,8 @@ void check_window(const Lease& l, TimePoint now) {
 
 // ---- parsing --------------------------------------------------------------------------------
 
-namespace {
-
-// toml++ bounds nested arrays and inline tables (256) but not dotted keys: `x.x.x...` a few
-// hundred thousand parts deep builds as many nested tables and overflows the stack. Scans
-// the keys (table headers, `key =`, keys inside inline tables; strings and comments skipped)
-// and refuses one with more than kMaxKeyParts parts before toml++ sees the text.
-constexpr int kMaxKeyParts = 32;
-
-void check_key_depth(std::string_view t, const std::string& origin) {
-  bool key_mode = true;          // reading a key (else a value)
-  std::vector<char> open;        // '[' and '{' of the value being read
-  int dots = 0;
-  int64_t line = 1;
-  for (size_t i = 0; i < t.size();) {
-    const char c = t[i];
-    if (c == '\n') {
-      ++line, ++i;
-      if (open.empty()) key_mode = true, dots = 0;
-      continue;
-    }
-    if (c == '#') {
-      while (i < t.size() && t[i] != '\n') ++i;
-      continue;
-    }
-    if (c == '"' || c == '\'') {
-      const bool multi = t.substr(i, 3) == std::string(3, c);
-      const size_t len = multi ? 3 : 1;
-      size_t j = i + len;
-      while (j < t.size()) {
-        if (c == '"' && t[j] == '\\') {
-          j += 2;
-          continue;
-        }
-        if (t[j] == '\n') {
-          if (!multi) break;  // toml++ reports the unterminated string
-          ++line;
-        }
-        if (t.substr(j, len) == std::string(len, c)) break;
-        ++j;
-      }
-      i = std::min(t.size(), j + len);
-      continue;
-    }
-    if (key_mode) {
-      if (c == '.' && ++dots >= kMaxKeyParts)
-        fail_at(origin, line, "(syntax)", "a key of more than " + std::to_string(kMaxKeyParts) + " dotted parts");
-      if (c == '=') key_mode = false, dots = 0;
-      if (c == '}' && !open.empty()) open.pop_back(), key_mode = false;  // empty inline table
-    } else {
-      if (c == '[' || c == '{') open.push_back(c);
-      if (c == '{') key_mode = true, dots = 0;
-      if ((c == ']' || c == '}') && !open.empty()) open.pop_back();
-      if (c == ',' && !open.empty() && open.back() == '{') key_mode = true, dots = 0;
-    }
-    ++i;
-  }
-}
-
-}  // namespace
-
 Manifest parse_manifest(const std::string& text, const std::string& origin) {
-  check_key_depth(text, origin);
+  check_toml_key_depth(text, origin, "manifest");
   toml::table root;
   try {
     root = toml::parse(text, origin);

@@ -166,11 +166,15 @@ void check_output_directory(const std::string& path, const char* what) {
     throw UserError(path + ": " + what + ": " + at + " is not writable (" + std::strerror(errno) + ")");
 }
 
+void check_toml_key_depth(const std::string& text, const std::string& source, const char* what) {
+  if (const size_t line = toml_key_depth_exceeds(text, kMaxTomlKeyDepth))
+    throw UserError(source + ":" + std::to_string(line) + ": " + what + ": a dotted key or table header with more than " +
+                    std::to_string(kMaxTomlKeyDepth) + " parts");
+}
+
 toml::table parse_toml_file(const std::string& path, const char* what) {
   const std::string text = read_regular_file(path, what);
-  if (const size_t line = toml_key_depth_exceeds(text, kMaxTomlKeyDepth))
-    throw UserError(path + ":" + std::to_string(line) + ": " + what + ": a dotted key or table header with more than " +
-                    std::to_string(kMaxTomlKeyDepth) + " parts");
+  check_toml_key_depth(text, path, what);
   try {
     return toml::parse(text, path);
   } catch (const toml::parse_error& e) {

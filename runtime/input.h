@@ -46,6 +46,11 @@ void check_output_directory(const std::string& path, const char* what);
 // error: ...". toml++ bounds nested arrays and inline tables itself (TOML_MAX_NESTED_VALUES);
 // dotted keys and table headers are bounded here (kMaxTomlKeyDepth).
 inline constexpr int kMaxTomlKeyDepth = 64;
+// Throws UserError("<source>:<line>: <what>: a dotted key or table header with more than ...")
+// when a key has more than kMaxTomlKeyDepth parts: toml++ builds one nested table per part
+// recursively and a few hundred thousand overflow the stack. Every TOML reader calls it first
+// (parse_toml_file does).
+void check_toml_key_depth(const std::string& text, const std::string& source, const char* what);
 toml::table parse_toml_file(const std::string& path, const char* what);
 
 // Parses JSON text from `source` (named in errors) with the nesting bounded by kMaxJsonDepth.
