@@ -7,7 +7,7 @@ LT      := $(BUILD)/leasetrain
 DATA    := data/fortunes
 RUN     ?= runs/tiny
 
-.PHONY: all setup configure build test train data bench clean
+.PHONY: all setup configure build test check-sanitize fuzz train data bench clean
 
 all: build
 
@@ -22,6 +22,22 @@ build: configure
 
 test: build
 	@ctest --preset default -j $(JOBS)
+
+# The `cpu` tests again in an ASan + UBSan build (GCC, CUDA and MPI off) in build-sanitize.
+CCACHE  := $(if $(shell command -v ccache),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+check-sanitize: setup
+	@cmake --preset sanitize $(CCACHE) >/dev/null
+	@cmake --build --preset sanitize -j $(JOBS)
+	@ctest --preset sanitize -j $(JOBS)
+
+# libFuzzer targets for the untrusted-input readers (tests/fuzz), built with clang in
+# build-fuzz and run FUZZ_SECONDS each; findings go to build-fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@bash scripts/setup.sh --fuzz
+	@cmake --preset fuzz $(CCACHE) >/dev/null
+	@cmake --build --preset fuzz -j $(JOBS)
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh build-fuzz
 
 # The default job: the tiny GPT-2 on English text from Debian's fortunes package.
 data: build
@@ -44,4 +60,4 @@ bench: build
 	@$(LT) bench step --device cpu --torch
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-sanitize build-fuzz

@@ -79,7 +79,9 @@ EnvFilter filter_environment(const EnvMap& inherited, const Policy& policy) {
     plugin = it->second;
   }
   f.passed["NCCL_NET_PLUGIN"] = plugin;
-  for (const auto& [name, value] : inherited) {
+  for (const auto& entry : inherited) {  // no structured binding: clang 14 cannot capture one
+    const std::string& name = entry.first;
+    const auto& value = entry.second;
     if (name == "NCCL_NET_PLUGIN") continue;
     bool pass = !is_lease_controlled_env(name) &&
                 (std::find(kBase.begin(), kBase.end(), name) != kBase.end() ||
