@@ -81,7 +81,9 @@ EnvFilter filter_environment(const EnvMap& inherited, const Policy& policy) {
     plugin = it->second;
   }
   f.passed["NCCL_NET_PLUGIN"] = plugin;
-  for (const auto& [name, value] : inherited) {
+  for (const auto& entry : inherited) {  // no structured binding: clang 14 cannot capture one
+    const std::string& name = entry.first;
+    const auto& value = entry.second;
     if (name == "NCCL_NET_PLUGIN") continue;
     // A dangerous name passes only by its exact entry in allow_dangerous_env: no wildcard, no
     // default list, and no exact allow_env entry of a policy built in code reaches it.

@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config git
   libopenblas-openmp-dev
-  libcli11-dev libtomlplusplus-dev nlohmann-json3-dev
+  libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libssl-dev
   libgtest-dev googletest
   openmpi-bin libopenmpi-dev
   python3 python3-matplotlib
@@ -14,6 +14,11 @@ PKGS=(
 )
 # `setup.sh --bench` adds the peers the benchmarks compare against (PyTorch CPU).
 if [ "${1:-}" = "--bench" ]; then PKGS+=(python3-torch python3-numpy); fi
+# `setup.sh --fuzz` adds what `make fuzz` builds with: clang, its compiler-rt (the ASan/UBSan
+# runtimes and libFuzzer, libclang_rt.fuzzer, which -fsanitize=fuzzer links), clang's OpenMP
+# runtime and llvm-symbolizer for readable stacks. `make check-sanitize` uses GCC's own
+# libasan/libubsan, which build-essential already brings.
+if [ "${1:-}" = "--fuzz" ]; then PKGS+=(clang libclang-rt-dev libomp-dev llvm); fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

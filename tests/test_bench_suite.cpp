@@ -228,7 +228,8 @@ TEST(BenchSuite, CpuModeEndToEnd) {
     }
   r = run_cli("bench compare " + d / "cpu.json " + d / "cpu.json --json -");
   ASSERT_EQ(r.code, 0) << r.both();
-  for (const json& row : json::parse(r.out)["rows"]) EXPECT_DOUBLE_EQ(row["ratios"][1].get<double>(), 1.0) << row.dump();
+  const json compared = json::parse(r.out);  // alive for the loop: a range-for keeps only the outer temporary
+  for (const json& row : compared["rows"]) EXPECT_DOUBLE_EQ(row["ratios"][1].get<double>(), 1.0) << row.dump();
 }
 
 TEST(BenchSuite, UnwritableDestinationIsRefusedBeforeMeasuring) {

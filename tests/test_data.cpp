@@ -49,7 +49,8 @@ class DataTest : public ::testing::Test {
   std::string raw_shard(const std::string& name, std::vector<int32_t> words, size_t body_bytes,
                         size_t header_bytes = lt::kShardHeaderBytes) {
     std::vector<char> bytes(header_bytes + body_bytes, 0);
-    std::memcpy(bytes.data(), words.data(), std::min(words.size() * sizeof(int32_t), header_bytes));
+    if (!words.empty())  // memcpy from an empty vector's null data() is undefined, even for 0 bytes
+      std::memcpy(bytes.data(), words.data(), std::min(words.size() * sizeof(int32_t), header_bytes));
     std::ofstream(path(name), std::ios::binary).write(bytes.data(), (std::streamsize)bytes.size());
     return path(name);
   }
