@@ -56,8 +56,10 @@ struct Reader {
   }
 
   int64_t integer(const toml::node& v, const std::string& key, int64_t lo, int64_t hi) const {
+    // Type first: value<int64_t>() converts a float node, and 1e28 overflows that conversion.
+    if (!v.is_integer()) fail(key, std::string("expected an integer, got ") + type_name(v));
     auto i = v.value<int64_t>();
-    if (!v.is_integer() || !i) fail(key, std::string("expected an integer, got ") + type_name(v));
+    if (!i) fail(key, std::string("expected an integer, got ") + type_name(v));
     if (*i < lo || *i > hi)
       fail(key, "expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
                     std::to_string(*i));

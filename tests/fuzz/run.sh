@@ -25,7 +25,17 @@ for t in "${targets[@]}"; do
   bin="$BUILD/fuzz/fuzz_$t"
   [ -x "$bin" ] || { echo "fuzz: $bin missing (make fuzz builds it)" >&2; exit 1; }
   mkdir -p "$BUILD/corpus/$t"
-  echo "fuzz: $t for ${SECONDS_EACH}s"
+  # Every input a fuzzer ever found (tests/fuzz/findings/<target>-*) is replayed first: each
+  # is a crash that was fixed and must stay fixed.
+  shopt -s nullglob
+  found=(tests/fuzz/findings/"$t"-*)
+  shopt -u nullglob
+  if [ ${#found[@]} -gt 0 ] && ! "$bin" -runs=1 "${found[@]}" >"$BUILD/artifacts/$t-findings.log" 2>&1; then
+    failed+=("$t (a past finding: see $BUILD/artifacts/$t-findings.log)")
+    grep -E "ERROR|SUMMARY|uncaught|Running: " "$BUILD/artifacts/$t-findings.log" | head -8 >&2
+    continue
+  fi
+  echo "fuzz: $t for ${SECONDS_EACH}s (${#found[@]} past findings replayed)"
   if ! "$bin" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -max_len="${MAX_LEN[$t]}" \
        -artifact_prefix="$BUILD/artifacts/$t-" -print_final_stats=1 \
        "$BUILD/corpus/$t" "tests/fuzz/corpus/$t" >"$BUILD/artifacts/$t.log" 2>&1; then
