@@ -17,6 +17,7 @@
 #include "launcher/lease_plan.h"
 #include "launcher/manifest.h"
 #include "runtime/error.h"
+#include "tests/lease_fixtures.h"
 #include "tests/util.h"
 
 namespace fs = std::filesystem;
@@ -25,21 +26,6 @@ using namespace lt::test;
 using nlohmann::json;
 
 namespace {
-
-const std::string kFixtures = std::string(LT_SOURCE_DIR) + "/tests/fixtures/leases";
-const std::string kSysfs = kFixtures + "/sysfs";
-
-const std::string& base() {
-  static const std::string text = read_file(kFixtures + "/shared-cluster.toml");
-  return text;
-}
-
-std::string replace_once(std::string s, const std::string& from, const std::string& to) {
-  size_t pos = s.find(from);
-  EXPECT_NE(pos, std::string::npos) << "test case text not found: " << from;
-  if (pos != std::string::npos) s.replace(pos, from.size(), to);
-  return s;
-}
 
 // The error parse_manifest gives `text`, or "" when it accepts it.
 std::string refusal(const std::string& text) {

@@ -19,6 +19,7 @@
 #include "launcher/manifest.h"
 #include "launcher/pkey.h"
 #include "runtime/error.h"
+#include "tests/lease_fixtures.h"
 #include "tests/util.h"
 
 namespace fs = std::filesystem;
@@ -27,10 +28,6 @@ using namespace lt::test;
 using nlohmann::json;
 
 namespace {
-
-const std::string kFixtures = std::string(LT_SOURCE_DIR) + "/tests/fixtures/leases";
-const std::string kManifest = kFixtures + "/shared-cluster.toml";
-const std::string kSysfs = kFixtures + "/sysfs";
 
 // The fixture's tenants admit alice (acme) and group globex-ml (globex); unit tests plan as
 // someone who is both, through the identity seam.

@@ -10,6 +10,7 @@
 #include "launcher/manifest.h"
 #include "launcher/manifest_sign.h"
 #include "runtime/error.h"
+#include "tests/lease_fixtures.h"
 #include "tests/util.h"
 
 namespace fs = std::filesystem;
@@ -17,20 +18,6 @@ using namespace lt::lease;
 using namespace lt::test;
 
 namespace {
-
-const std::string kFixtures = std::string(LT_SOURCE_DIR) + "/tests/fixtures/leases";
-
-const std::string& base() {
-  static const std::string text = read_file(kFixtures + "/shared-cluster.toml");
-  return text;
-}
-
-std::string replace_once(std::string s, const std::string& from, const std::string& to) {
-  size_t pos = s.find(from);
-  EXPECT_NE(pos, std::string::npos) << "test case text not found: " << from;
-  if (pos != std::string::npos) s.replace(pos, from.size(), to);
-  return s;
-}
 
 // Runs `leasetrain ARGS` and expects exit code `code` and `says` in what it prints (on either stream).
 RunResult expect_cli(const std::string& args, int code, const std::string& says) {

@@ -13,6 +13,7 @@
 #include "launcher/manifest.h"
 #include "launcher/tenancy.h"
 #include "runtime/error.h"
+#include "tests/lease_fixtures.h"
 #include "tests/util.h"
 
 namespace fs = std::filesystem;
@@ -20,9 +21,8 @@ using namespace lt::lease;
 
 namespace {
 
-const std::string kFixtures = std::string(LT_SOURCE_DIR) + "/tests/fixtures/leases";
-const std::string kManifest = kFixtures + "/shared-cluster.toml";
-
+using lt::test::kFixtures;
+using lt::test::kManifest;
 using lt::test::read_file;
 
 // A fresh directory by its canonical path: the guard compares paths with symlinks resolved.
