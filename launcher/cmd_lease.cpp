@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launcher/audit.h"
+#include "launcher/cli_checks.h"
 #include "launcher/commands.h"
 #include "launcher/launch.h"
 #include "launcher/lease_plan.h"
@@ -41,7 +42,7 @@ void add_lease_options(CLI::App* cmd, LeaseArgs& a) {
                   "machine's own GPUs, or CPU ranks when it has none");
   cmd->add_option("--lease", a.lease, "Lease id inside the manifest (required with --manifest)");
   cmd->add_option("--np", a.np, "Ranks to start (default: every leased slot, up to quota.max_ranks)")
-      ->check(CLI::PositiveNumber);
+      ->check(in_range<int>(1, kMaxJobRanks));
   cmd->add_option("--sysfs-root", a.sysfs_root,
                   "Where to read InfiniBand P_Key tables (default $LEASETRAIN_SYSFS_ROOT or /sys)");
   cmd->add_option("--operator-key", a.operator_key,

@@ -64,6 +64,14 @@ bool is_file(const fs::path& p) {
   return fs::is_regular_file(p, ec);
 }
 
+// Whether anything is at `p` (not following a final symlink). Files that are present are then
+// opened through the validated reader, which names a FIFO, a directory or a device as such
+// instead of calling it missing or skipping it.
+bool present(const fs::path& p) {
+  std::error_code ec;
+  return fs::exists(fs::symlink_status(p, ec));
+}
+
 // The tensor's shape as Hugging Face stores it: Conv1D weights transposed to [in, out], and
 // the embedding without our vocabulary padding rows.
 std::vector<int64_t> hf_shape(const ParamInfo& p, const GPTConfig& cfg) {
@@ -454,7 +462,7 @@ GPTConfig read_checkpoint_config(const std::string& ckpt_dir) {
 void load_model_weights(const std::string& ckpt_dir, GPT& model) {
   const fs::path dir(ckpt_dir);
   const fs::path path = dir / kModelFile;
-  if (!is_file(path)) throw UserError(path.string() + ": missing");
+  if (!present(path)) throw UserError(path.string() + ": missing");
   // A checkpoint of ours (it has trainer.json) is trusted only sealed; a bare export has none.
   std::error_code ec;
   if (fs::exists(fs::symlink_status(dir / kTrainerFile, ec)) || fs::exists(fs::symlink_status(dir / kSealFile, ec))) {
@@ -463,7 +471,7 @@ void load_model_weights(const std::string& ckpt_dir, GPT& model) {
     verify_checksum(dir, sealed, kModelFile);
   }
   const GPTConfig& cfg = model.config();
-  if (is_file(dir / kConfigFile)) {
+  if (present(dir / kConfigFile)) {
     GPTConfig saved = read_checkpoint_config(ckpt_dir);
     if (!(saved == cfg))
       throw UserError((dir / kConfigFile).string() + ": checkpoint config (" + config_string(saved) +
