@@ -75,9 +75,11 @@ bool is_env_pattern(std::string_view s) {
   if (s.empty()) return false;
   std::string_view body = s.back() == '*' ? s.substr(0, s.size() - 1) : s;
   if (body.empty()) return false;  // a bare '*' would pass everything
+  // POSIX names: letters of either case (OMPI_MCA_btl_tcp_if_include is a real one), digits
+  // and '_', not starting with a digit.
+  if (std::isdigit(static_cast<unsigned char>(body[0]))) return false;
   return std::all_of(body.begin(), body.end(), [](char c) {
-    return std::isupper(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) ||
-           c == '_';
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
   });
 }
 
@@ -781,7 +783,7 @@ void validate_manifest(const Manifest& m) {
     for (size_t k = 0; k < l.policy.allow_env.size(); ++k) {
       const std::string& e = l.policy.allow_env[k];
       std::string ep = lp + ".policy.allow_env[" + std::to_string(k) + "]";
-      if (!is_env_pattern(e)) fail(ep, "expected a variable name or a prefix ending in '*' (NCCL_DEBUG, OMP_*), got " + quote_name(e));
+      if (!is_env_pattern(e)) fail(ep, "expected a variable name or a prefix ending in '*' (NCCL_DEBUG, OMP_*: letters, digits, '_'), got " + quote_name(e));
       if (e == "NCCL_COMM_ID" || e == "NCCL_*" || e == "NCCL_COMM*")
         fail(ep, "NCCL_COMM_ID makes NCCL use a fixed connection magic; it can never be allowed");
       if (is_lease_controlled_env(e)) fail(ep, e + " is set from the lease and cannot be passed through");

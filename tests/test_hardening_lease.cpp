@@ -234,7 +234,8 @@ TEST(DangerousEnv, ManifestRules) {
   const std::string from = "allow_env = [\"NCCL_ALGO\", \"NCCL_PROTO\"]";
   auto policy = [&](const std::string& to) { return replace_once(base(), from, to); };
   expect_refused(policy("allow_env = [\"LD_PRELOAD\"]"), {"lease[0].policy.allow_env[0]", "allow_dangerous_env"});
-  expect_refused(policy("allow_env = [\"OMPI_MCA_btl_tcp_if_exclude\"]"), {"lease[0].policy.allow_env[0]"});
+  expect_refused(policy("allow_env = [\"OMPI_MCA_btl_tcp_if_exclude\"]"),
+                 {"lease[0].policy.allow_env[0]", "allow_dangerous_env"});
   expect_refused(policy("allow_dangerous_env = [\"LD_*\"]"), {"lease[0].policy.allow_dangerous_env[0]", "no wildcard"});
   expect_refused(policy("allow_dangerous_env = [\"NCCL_ALGO\"]"), {"lease[0].policy.allow_dangerous_env[0]", "allow_env instead"});
   expect_refused(policy("allow_dangerous_env = [\"LEASETRAIN_WRITE_ROOTS\"]"), {"lease[0].policy.allow_dangerous_env[0]", "set from the lease"});
@@ -242,6 +243,9 @@ TEST(DangerousEnv, ManifestRules) {
   EXPECT_EQ(refusal(policy("allow_env = [\"LD_*\", \"OMPI_*\", \"NCCL_IB_*\"]")), "");  // wildcards are fine: they skip them
   Manifest m = parse_manifest(policy("allow_dangerous_env = [\"LD_LIBRARY_PATH\"]"), "m.toml");
   EXPECT_EQ(m.lease("acme-2024").policy.allow_dangerous_env, std::vector<std::string>{"LD_LIBRARY_PATH"});
+  // Real MPI variables have lower-case parts; the operator can name them exactly.
+  Manifest o = parse_manifest(policy("allow_dangerous_env = [\"OMPI_MCA_btl_tcp_if_include\"]"), "m.toml");
+  EXPECT_EQ(o.lease("acme-2024").policy.allow_dangerous_env, std::vector<std::string>{"OMPI_MCA_btl_tcp_if_include"});
 }
 
 TEST(DangerousEnv, ManifestCheckPlanAndLaunchWarnLoudly) {
