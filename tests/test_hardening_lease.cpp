@@ -244,8 +244,8 @@ TEST(DangerousEnv, ManifestRules) {
   Manifest m = parse_manifest(policy("allow_dangerous_env = [\"LD_LIBRARY_PATH\"]"), "m.toml");
   EXPECT_EQ(m.lease("acme-2024").policy.allow_dangerous_env, std::vector<std::string>{"LD_LIBRARY_PATH"});
   // Real MPI variables have lower-case parts; the operator can name them exactly.
-  Manifest o = parse_manifest(policy("allow_dangerous_env = [\"OMPI_MCA_btl_tcp_if_include\"]"), "m.toml");
-  EXPECT_EQ(o.lease("acme-2024").policy.allow_dangerous_env, std::vector<std::string>{"OMPI_MCA_btl_tcp_if_include"});
+  Manifest o = parse_manifest(policy("allow_dangerous_env = [\"OMPI_MCA_pml_ucx_verbose\"]"), "m.toml");
+  EXPECT_EQ(o.lease("acme-2024").policy.allow_dangerous_env, std::vector<std::string>{"OMPI_MCA_pml_ucx_verbose"});
 }
 
 TEST(DangerousEnv, ManifestCheckPlanAndLaunchWarnLoudly) {
