@@ -372,248 +372,331 @@ std::unique_ptr<MetricsLog> open_outputs(const TrainOptions& o, int64_t start, b
   return std::make_unique<MetricsLog>(root, "metrics.jsonl");
 }
 
-TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm, Backend& backend) {
-  const int rank = comm.rank(), world = comm.world();
-  const bool log = !o.quiet && rank == 0;  // progress, metrics and checkpoints: rank 0 only
-  static const RunPolicy unrestricted;
-  const RunPolicy& policy = o.policy ? *o.policy : unrestricted;
-  // Everything the run reads or writes must be inside what the policy (the lease) allows.
-  policy.check_path(o.out_dir, true);
-  for (const std::string* pattern : {&cfg.train_data, &cfg.val_data})
-    if (!pattern->empty())
-      for (const std::string& f : glob_files(*pattern)) policy.check_path(f, false);
-  const fs::path out(o.out_dir);
-  const Fault fault = test_fault();
-
-  // Start-up checks all come before the first write: a run refused here leaves --out as it was.
-  const std::string resume_from = choose_start(o, log);
-
-  GPTConfig mcfg = cfg.model;
-  std::string init_ckpt;
-  if (!resume_from.empty()) {
-    mcfg = read_checkpoint_config(resume_from);  // --init is moot once the run has its own checkpoint
-  } else if (!o.init_dir.empty()) {
-    init_ckpt = require_checkpoint(o.init_dir);
-    mcfg = read_checkpoint_config(init_ckpt);
+// One training run, in the phases a reader looks for: set-up (everything checked and loaded
+// before the first write), then per step train_step, evaluate_into and checkpoint, and the
+// lease's deadline check. train_with builds one and runs it.
+class TrainingRun {
+ public:
+  TrainingRun(const TrainOptions& o, TrainConfig cfg, Communicator& comm, Backend& backend)
+      : o_(o), cfg_(std::move(cfg)), comm_(comm), backend_(backend), rank_(comm.rank()), world_(comm.world()),
+        log_(!o.quiet && rank_ == 0), policy_(o.policy ? *o.policy : unrestricted()), out_(o.out_dir),
+        fault_(test_fault()), unwatch_{comm} {
+    set_up();
   }
-  if (resume_from.empty() && init_ckpt.empty()) mcfg = cfg.model;
-  if (cfg.seq_len > mcfg.block_size)
-    throw UserError(cfg.source + ": train.seq_len: expected at most the model's context " +
-                    std::to_string(mcfg.block_size) + ", got " + std::to_string(cfg.seq_len));
 
-  std::shared_ptr<Watchdog> watchdog;
-  if (world > 1) {
-    const double timeout = cfg.dist.watchdog_timeout;
-    watchdog = std::make_shared<Watchdog>(timeout, [&comm, timeout](const Work& w, double waited) {
+  TrainResult run() {
+    for (int64_t step = start_; step < cfg_.steps; step++) {
+      comm_.set_step(step + 1);
+      inject_fault_before(step + 1);
+      json line = train_step(step);
+      const int64_t done = step + 1;
+      const bool last = done == cfg_.steps;
+      if (!cfg_.val_data.empty() && ((cfg_.eval_interval > 0 && done % cfg_.eval_interval == 0) || last))
+        evaluate_into(line);
+      if (metrics_) metrics_->append(line.dump());
+      print_progress(line, done, last);
+      const bool saved = last || (cfg_.checkpoint_interval > 0 && done % cfg_.checkpoint_interval == 0);
+      if (saved) checkpoint(done);
+      result_.steps_done = done;
+      if (!last && stop_for_deadline(done, saved, line["ms"].get<double>() / 1e3)) break;
+    }
+    if (metrics_) metrics_->close();
+    return result_;
+  }
+
+ private:
+  static const RunPolicy& unrestricted() {
+    static const RunPolicy p;
+    return p;
+  }
+
+  // ---- set-up: every check and every load happens here, before rank 0's first write --------
+  void set_up() {
+    // Everything the run reads or writes must be inside what the policy (the lease) allows.
+    policy_.check_path(o_.out_dir, true);
+    for (const std::string* pattern : {&cfg_.train_data, &cfg_.val_data})
+      if (!pattern->empty())
+        for (const std::string& f : glob_files(*pattern)) policy_.check_path(f, false);
+
+    resume_from_ = choose_start(o_, log_);
+    mcfg_ = cfg_.model;
+    if (!resume_from_.empty()) {
+      mcfg_ = read_checkpoint_config(resume_from_);  // --init is moot once the run has its own checkpoint
+    } else if (!o_.init_dir.empty()) {
+      init_ckpt_ = require_checkpoint(o_.init_dir);
+      mcfg_ = read_checkpoint_config(init_ckpt_);
+    }
+    if (cfg_.seq_len > mcfg_.block_size)
+      throw UserError(cfg_.source + ": train.seq_len: expected at most the model's context " +
+                      std::to_string(mcfg_.block_size) + ", got " + std::to_string(cfg_.seq_len));
+
+    start_watchdog();
+    model_ = std::make_unique<GPT>(mcfg_, backend_);
+    dp_ = std::make_unique<DataParallel>(*model_, comm_, cfg_.dist);
+    optim_ = dp_->make_optimizer(cfg_.optim);
+    train_ = std::make_unique<DataLoader>(cfg_.train_data, cfg_.seq_len, mcfg_.vocab_size, cfg_.seed);
+    check_validation_data();
+    load_start_state();
+    dp_->broadcast_parameters(0);
+
+    // The first writes, rank 0 only: everything below resolves beneath --out (safe_path.h).
+    if (rank_ == 0) metrics_ = open_outputs(o_, start_, log_, root_);
+    print_plan();
+  }
+
+  void start_watchdog() {
+    if (world_ == 1) return;
+    const double timeout = cfg_.dist.watchdog_timeout;
+    Communicator& comm = comm_;
+    watchdog_ = std::make_shared<Watchdog>(timeout, [&comm, timeout](const Work& w, double waited) {
       std::fprintf(stderr,
                    "leasetrain: %s: watchdog: %s not done %.1f s after it was issued (timeout %g s, "
                    "dist.watchdog_timeout): another rank is stalled or dead; aborting the job\n",
                    comm.who().c_str(), w.describe().c_str(), waited, timeout);
       comm.abort(3);
     });
-    comm.set_watchdog(watchdog);
+    comm_.set_watchdog(watchdog_);
     // Every rank has looked at the run directory before rank 0 writes into it.
-    comm.set_step(0);
-    comm.set_tag("start-up barrier");
-    comm.barrier()->wait();
+    comm_.set_step(0);
+    comm_.set_tag("start-up barrier");
+    comm_.barrier()->wait();
   }
-  struct Unwatch {  // a borrowed communicator must not keep calling into this run's watchdog
-    Communicator& c;
-    ~Unwatch() { c.set_watchdog(nullptr); }
-  } unwatch{comm};
 
-  GPT model(mcfg, backend);
-  DataParallel dp(model, comm, cfg.dist);
-  std::unique_ptr<AdamW> optim = dp.make_optimizer(cfg.optim);
-  DataLoader train(cfg.train_data, cfg.seq_len, mcfg.vocab_size, cfg.seed);
-  if (!cfg.val_data.empty()) {  // fail now, not at the first evaluation after files are written
-    EvalLoader check(cfg.val_data, mcfg.vocab_size);
-    const int GB = cfg.micro_batch * world;
-    const size_t have = check.num_batches(GB, cfg.seq_len);
-    if (have < (size_t)cfg.eval_batches)
+  // Fail now, not at the first evaluation after files are written.
+  void check_validation_data() const {
+    if (cfg_.val_data.empty()) return;
+    EvalLoader check(cfg_.val_data, mcfg_.vocab_size);
+    const int GB = cfg_.micro_batch * world_;
+    const size_t have = check.num_batches(GB, cfg_.seq_len);
+    if (have < (size_t)cfg_.eval_batches)
       throw UserError(check.shard().path() + ": validation shard holds " + std::to_string(check.shard().size()) +
                       " tokens, " + std::to_string(have) + " batches of " + std::to_string(GB) + " x " +
-                      std::to_string(cfg.seq_len + 1) + ", but " + cfg.source + " asks for train.eval_batches = " +
-                      std::to_string(cfg.eval_batches) + " (lower it or use a larger validation shard)");
+                      std::to_string(cfg_.seq_len + 1) + ", but " + cfg_.source + " asks for train.eval_batches = " +
+                      std::to_string(cfg_.eval_batches) + " (lower it or use a larger validation shard)");
   }
 
-  int64_t start = 0;
-  if (!resume_from.empty()) {
-    load_model_weights(resume_from, model);
+  // Weights and optimizer state from the checkpoint resumed (or the --init weights, or a fresh
+  // initialisation), and the step and data position to continue from.
+  void load_start_state() {
+    if (resume_from_.empty()) {
+      if (!init_ckpt_.empty()) {
+        load_model_weights(init_ckpt_, *model_);
+        if (log_) std::printf("init: weights from %s\n", init_ckpt_.c_str());
+      } else {
+        model_->init_weights(cfg_.seed);
+      }
+      return;
+    }
+    load_model_weights(resume_from_, *model_);
     // The checkpoint reader fills host-resident moments; device moments go through a host copy.
     auto load_state = [&](AdamW& dst) {
-      if (dst.m().device() == Device::CPU) return load_training_state(resume_from, dst);
-      AdamW host(cfg.optim, model, AdamW::HostMoments{});
-      json s = load_training_state(resume_from, host);
+      if (dst.m().device() == Device::CPU) return load_training_state(resume_from_, dst);
+      AdamW host(cfg_.optim, *model_, AdamW::HostMoments{});
+      json s = load_training_state(resume_from_, host);
       dst.load_state_from(host);
       return s;
     };
     json st;
-    if (optim->sharded()) {  // checkpoints hold the full state; keep this rank's blocks
-      AdamW full(cfg.optim, model);
+    if (optim_->sharded()) {  // checkpoints hold the full state; keep this rank's blocks
+      AdamW full(cfg_.optim, *model_);
       st = load_state(full);
-      dp.scatter_optimizer(full, *optim);
+      dp_->scatter_optimizer(full, *optim_);
     } else {
-      st = load_state(*optim);
+      st = load_state(*optim_);
     }
     // Every field through the validated reader: a wrong type or range is one line naming it.
-    const JsonFields f(st, resume_from + "/trainer.json");
-    start = f.integer("step", 0, int64_t(1) << 53);  // load_training_state checked it
-    train.load_state(f.object("data").json(), f.source(), "data.");
+    const JsonFields f(st, resume_from_ + "/trainer.json");
+    start_ = f.integer("step", 0, int64_t(1) << 53);  // load_training_state checked it
+    train_->load_state(f.object("data").json(), f.source(), "data.");
     const std::string init = f.opt_string("init").value_or("");
     const int64_t saved_world = f.opt_integer("world", 1, 1 << 24).value_or(1);
-    if (init.empty() && !(mcfg == cfg.model))
-      throw UserError(cfg.source + ": [model]: differs from the checkpoint " + resume_from +
+    if (init.empty() && !(mcfg_ == cfg_.model))
+      throw UserError(cfg_.source + ": [model]: differs from the checkpoint " + resume_from_ +
                       "/config.json being resumed; resume with the run's own config");
-    if (log) {
-      std::printf("resume: %s (step %lld", resume_from.c_str(), (long long)start);
-      if (saved_world != world)
+    if (log_) {
+      std::printf("resume: %s (step %lld", resume_from_.c_str(), (long long)start_);
+      if (saved_world != world_)
         std::printf(", written by %lld rank%s, resumed on %d", (long long)saved_world, saved_world == 1 ? "" : "s",
-                    world);
+                    world_);
       std::printf(")\n");
     }
-  } else if (!init_ckpt.empty()) {
-    load_model_weights(init_ckpt, model);
-    if (log) std::printf("init: weights from %s\n", init_ckpt.c_str());
-  } else {
-    model.init_weights(cfg.seed);
   }
-  dp.broadcast_parameters(0);
 
-  // The first writes, rank 0 only: everything below resolves beneath --out (safe_path.h).
-  WriteRoot root;
-  std::unique_ptr<MetricsLog> metrics;
-  if (rank == 0) metrics = open_outputs(o, start, log, root);
-
-  const int B = cfg.micro_batch, T = cfg.seq_len;
-  const int64_t tokens_per_step = (int64_t)B * T * cfg.grad_accum * world;
-  if (log) {
+  void print_plan() const {
+    if (!log_) return;
+    const GPTConfig& m = mcfg_;
     std::printf("model: %d layers, %d heads, %d wide, context %d, vocab %d (%.2fM parameters) | batch %d x %d x %d "
                 "accum",
-                mcfg.n_layer, mcfg.n_head, mcfg.n_embd, mcfg.block_size, mcfg.vocab_size,
-                (double)(model.num_params() - (int64_t)(mcfg.padded_vocab() - mcfg.vocab_size) * mcfg.n_embd) / 1e6, B,
-                T, cfg.grad_accum);
-    if (world > 1) std::printf(" x %d ranks", world);
-    std::printf(" = %lld tokens/step | %lld steps | data %llu tokens, %llu windows/epoch\n", (long long)tokens_per_step,
-                (long long)cfg.steps, (unsigned long long)train.num_tokens(),
-                (unsigned long long)train.samples_per_epoch());
-    if (backend.device() != Device::CPU) std::printf("device: %s\n", backend.name().c_str());
-    if (world > 1)
-      std::printf("dist: %d ranks (%s%s) | %s%s | %s | checksum every %lld steps | watchdog %g s\n", world,
-                  comm.backend().c_str(), comm.backend() == "mpi" ? (", progress " + cfg.dist.progress).c_str() : "",
-                  dp.zero() ? "ZeRO-1 | " : "", dp.describe_buckets().c_str(),
-                  cfg.dist.overlap ? "overlapped with backward" : "after backward",
-                  (long long)cfg.dist.checksum_interval, cfg.dist.watchdog_timeout);
+                m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size,
+                (double)(model_->num_params() - (int64_t)(m.padded_vocab() - m.vocab_size) * m.n_embd) / 1e6,
+                cfg_.micro_batch, cfg_.seq_len, cfg_.grad_accum);
+    if (world_ > 1) std::printf(" x %d ranks", world_);
+    std::printf(" = %lld tokens/step | %lld steps | data %llu tokens, %llu windows/epoch\n",
+                (long long)tokens_per_step(), (long long)cfg_.steps, (unsigned long long)train_->num_tokens(),
+                (unsigned long long)train_->samples_per_epoch());
+    if (backend_.device() != Device::CPU) std::printf("device: %s\n", backend_.name().c_str());
+    if (world_ > 1)
+      std::printf("dist: %d ranks (%s%s) | %s%s | %s | checksum every %lld steps | watchdog %g s\n", world_,
+                  comm_.backend().c_str(), comm_.backend() == "mpi" ? (", progress " + cfg_.dist.progress).c_str() : "",
+                  dp_->zero() ? "ZeRO-1 | " : "", dp_->describe_buckets().c_str(),
+                  cfg_.dist.overlap ? "overlapped with backward" : "after backward",
+                  (long long)cfg_.dist.checksum_interval, cfg_.dist.watchdog_timeout);
     std::fflush(stdout);
   }
 
-  TrainResult result;
-  std::vector<int32_t> in((size_t)B * T), tgt((size_t)B * T);
-  using clock = std::chrono::steady_clock;
-  double total_s = 0;
-  double save_s = 0;  // how long the last checkpoint took: the deadline margin needs it
-  auto save = [&](int64_t step) {
-    const auto s0 = clock::now();
-    if (rank == 0) policy.reserve_bytes((uint64_t)model.num_params() * sizeof(float) * 3 + (1 << 20));
-    json st{{"step", step}, {"seed", cfg.seed}, {"total_steps", cfg.steps}, {"data", train.state()},
-            {"init", init_ckpt}};
-    if (world > 1) st["world"] = world;
-    // ZeRO-1: every rank sends its blocks to rank 0; the checkpoint holds the full state either way.
-    std::unique_ptr<AdamW> full = optim->sharded() ? dp.gather_optimizer(*optim, cfg.optim) : nullptr;
-    if (rank == 0) {
-      metrics->sync();
-      result.last_checkpoint = save_checkpoint(root, model, full ? *full : *optim, st);
-      if (log) std::printf("checkpoint: %s\n", result.last_checkpoint.c_str());
-    } else {
-      char name[32];
-      std::snprintf(name, sizeof name, "step-%08lld", (long long)step);
-      result.last_checkpoint = (out / "checkpoints" / name).string();
-    }
-    save_s = std::chrono::duration<double>(clock::now() - s0).count();
-  };
-  for (int64_t step = start; step < cfg.steps; step++) {
-    comm.set_step(step + 1);
-    if (fault.rank == rank && fault.step == step + 1) {
-      if (fault.kind == "stall")
-        for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
-      if (fault.kind == "kill") std::raise(SIGKILL);
-      if (fault.kind == "throw") throw UserError("LEASETRAIN_TEST_FAULT: injected failure at step " + std::to_string(step + 1));
-    }
+  int64_t tokens_per_step() const {
+    return (int64_t)cfg_.micro_batch * cfg_.seq_len * cfg_.grad_accum * world_;
+  }
+
+  // ---- step ---------------------------------------------------------------------------------
+  void inject_fault_before(int64_t step) const {
+    if (fault_.rank != rank_ || fault_.step != step) return;
+    if (fault_.kind == "stall")
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    if (fault_.kind == "kill") std::raise(SIGKILL);
+    if (fault_.kind == "throw") throw UserError("LEASETRAIN_TEST_FAULT: injected failure at step " + std::to_string(step));
+  }
+
+  // One optimizer step (grad_accum micro-steps, the gradient reduction, AdamW); returns the
+  // step's metrics line.
+  json train_step(int64_t step) {
+    const int B = cfg_.micro_batch, T = cfg_.seq_len;
+    in_.resize((size_t)B * T);
+    tgt_.resize((size_t)B * T);
     const auto t0 = clock::now();
     double loss = 0;
     // The whole step is queued before anything is read back: the losses stay on the device
     // until take_losses(), and the gradient norm until the optimizer step is queued.
-    for (int micro = 0; micro < cfg.grad_accum; micro++) {
-      train.next_batch(in.data(), tgt.data(), B, rank, world);
-      dp.begin_micro_step(micro == cfg.grad_accum - 1);
-      model.forward_async(in.data(), tgt.data(), B, T);
-      model.backward(1.f / (float)cfg.grad_accum);
+    for (int micro = 0; micro < cfg_.grad_accum; micro++) {
+      train_->next_batch(in_.data(), tgt_.data(), B, rank_, world_);
+      dp_->begin_micro_step(micro == cfg_.grad_accum - 1);
+      model_->forward_async(in_.data(), tgt_.data(), B, T);
+      model_->backward(1.f / (float)cfg_.grad_accum);
     }
-    dp.finish_gradients();
-    const float lr = lr_at(cfg.optim, step, cfg.steps);
-    const float norm = dp.step(*optim, lr);
-    for (float micro_loss : model.take_losses()) loss += micro_loss / cfg.grad_accum;
-    if (world > 1) loss = dp.average({(float)loss})[0];
+    dp_->finish_gradients();
+    const float lr = lr_at(cfg_.optim, step, cfg_.steps);
+    const float norm = dp_->step(*optim_, lr);
+    for (float micro_loss : model_->take_losses()) loss += micro_loss / cfg_.grad_accum;
+    if (world_ > 1) loss = dp_->average({(float)loss})[0];
     const double secs = std::chrono::duration<double>(clock::now() - t0).count();
     if (!std::isfinite(loss))
-      throw UserError(cfg.source + ": training diverged at step " + std::to_string(step + 1) +
+      throw UserError(cfg_.source + ": training diverged at step " + std::to_string(step + 1) +
                       " (loss is not finite); lower optim.lr or raise optim.warmup_steps");
     const int64_t done = step + 1;
-    if (fault.kind == "perturb" && fault.rank == rank && fault.step == done) {
+    if (fault_.kind == "perturb" && fault_.rank == rank_ && fault_.step == done) {
       float p0 = 0;
-      backend.to_host(&p0, model.params().view(0, {1}));
+      backend_.to_host(&p0, model_->params().view(0, {1}));
       p0 += 1e-3f;
-      backend.from_host(model.params().view(0, {1}), &p0);
+      backend_.from_host(model_->params().view(0, {1}), &p0);
     }
-    if (world > 1 && cfg.dist.checksum_interval > 0 && done % cfg.dist.checksum_interval == 0)
-      dp.check_parameters(done);
-    if (o.on_step) o.on_step(done, model);
-    total_s += secs;
-    result.losses.push_back((float)loss);
-    json line{{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", tokens_per_step / secs},
-              {"ms", secs * 1e3}};
-    if (world > 1) {
-      const ReduceStats& rs = dp.last_stats();
+    if (world_ > 1 && cfg_.dist.checksum_interval > 0 && done % cfg_.dist.checksum_interval == 0)
+      dp_->check_parameters(done);
+    if (o_.on_step) o_.on_step(done, *model_);
+    total_s_ += secs;
+    result_.losses.push_back((float)loss);
+    json line{{"step", done},      {"loss", loss},
+              {"lr", lr},          {"grad_norm", norm},
+              {"tokens_per_s", (double)tokens_per_step() / secs}, {"ms", secs * 1e3}};
+    if (world_ > 1) {
+      const ReduceStats& rs = dp_->last_stats();
       line["comm_exposed_ms"] = rs.exposed_ms + rs.step_comm_ms;
     }
-    const bool last = done == cfg.steps;
-    if (!cfg.val_data.empty() && ((cfg.eval_interval > 0 && done % cfg.eval_interval == 0) || last)) {
-      comm.set_tag("evaluation");
-      EvalResult ev = evaluate(model, cfg.val_data, B, T, cfg.eval_batches, &dp);
-      line["val_loss"] = ev.loss;
-      result.last_val_loss = (float)ev.loss;
-    }
-    if (metrics) metrics->append(line.dump());
-    if (log && (done % cfg.log_interval == 0 || last || line.contains("val_loss"))) {
-      const double eta = total_s / (double)(done - start) * (double)(cfg.steps - done);
-      std::printf("step %*lld/%lld | loss %.4f | lr %.2e | norm %.3f | %s tok/s | %.1f ms | ETA %s",
-                  (int)std::to_string(cfg.steps).size(), (long long)done, (long long)cfg.steps, loss, lr, norm,
-                  format_rate(tokens_per_step / secs).c_str(), secs * 1e3, format_duration(eta).c_str());
-      if (line.contains("val_loss")) std::printf(" | val_loss %.4f", line["val_loss"].get<double>());
-      std::printf("\n");
-      std::fflush(stdout);
-    }
-    const bool saved = last || (cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0);
-    if (saved) save(done);
-    result.steps_done = done;
-    // The lease ends soon: checkpoint while there is time for two more steps and a save, then
-    // stop cleanly. Every rank must agree, or one would wait for the others in a collective.
-    if (!last) {
-      const double margin = 2 * secs + std::max(save_s, 1.0);
-      bool stop = (double)policy.seconds_until_deadline() <= margin;
-      if (world > 1) stop = dp.average({stop ? 1.f : 0.f})[0] > 0.f;
-      if (stop) {
-        if (!saved) save(done);
-        result.stopped_for_deadline = true;
-        if (rank == 0)
-          std::printf("lease: %s; checkpointed step %lld and stopped (continue with --resume)\n",
-                      policy.deadline_message().c_str(), (long long)done);
-        break;
-      }
-    }
+    return line;
   }
-  if (metrics) metrics->close();
-  return result;
+
+  void print_progress(const json& line, int64_t done, bool last) const {
+    if (!log_ || !(done % cfg_.log_interval == 0 || last || line.contains("val_loss"))) return;
+    const double secs = line["ms"].get<double>() / 1e3;
+    const double eta = total_s_ / (double)(done - start_) * (double)(cfg_.steps - done);
+    std::printf("step %*lld/%lld | loss %.4f | lr %.2e | norm %.3f | %s tok/s | %.1f ms | ETA %s",
+                (int)std::to_string(cfg_.steps).size(), (long long)done, (long long)cfg_.steps,
+                line["loss"].get<double>(), line["lr"].get<double>(), line["grad_norm"].get<double>(),
+                format_rate((double)tokens_per_step() / secs).c_str(), secs * 1e3, format_duration(eta).c_str());
+    if (line.contains("val_loss")) std::printf(" | val_loss %.4f", line["val_loss"].get<double>());
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+
+  // ---- eval ---------------------------------------------------------------------------------
+  void evaluate_into(json& line) {
+    comm_.set_tag("evaluation");
+    EvalResult ev = evaluate(*model_, cfg_.val_data, cfg_.micro_batch, cfg_.seq_len, cfg_.eval_batches, dp_.get());
+    line["val_loss"] = ev.loss;
+    result_.last_val_loss = (float)ev.loss;
+  }
+
+  // ---- checkpoint ---------------------------------------------------------------------------
+  void checkpoint(int64_t step) {
+    const auto s0 = clock::now();
+    if (rank_ == 0) policy_.reserve_bytes((uint64_t)model_->num_params() * sizeof(float) * 3 + (1 << 20));
+    json st{{"step", step}, {"seed", cfg_.seed}, {"total_steps", cfg_.steps}, {"data", train_->state()},
+            {"init", init_ckpt_}};
+    if (world_ > 1) st["world"] = world_;
+    // ZeRO-1: every rank sends its blocks to rank 0; the checkpoint holds the full state either way.
+    std::unique_ptr<AdamW> full = optim_->sharded() ? dp_->gather_optimizer(*optim_, cfg_.optim) : nullptr;
+    if (rank_ == 0) {
+      metrics_->sync();
+      result_.last_checkpoint = save_checkpoint(root_, *model_, full ? *full : *optim_, st);
+      if (log_) std::printf("checkpoint: %s\n", result_.last_checkpoint.c_str());
+    } else {
+      char name[32];
+      std::snprintf(name, sizeof name, "step-%08lld", (long long)step);
+      result_.last_checkpoint = (out_ / "checkpoints" / name).string();
+    }
+    save_s_ = std::chrono::duration<double>(clock::now() - s0).count();
+  }
+
+  // The lease ends soon: checkpoint while there is time for two more steps and a save, then
+  // stop cleanly. Every rank must agree, or one would wait for the others in a collective.
+  bool stop_for_deadline(int64_t done, bool saved, double step_s) {
+    const double margin = 2 * step_s + std::max(save_s_, 1.0);
+    bool stop = (double)policy_.seconds_until_deadline() <= margin;
+    if (world_ > 1) stop = dp_->average({stop ? 1.f : 0.f})[0] > 0.f;
+    if (!stop) return false;
+    if (!saved) checkpoint(done);
+    result_.stopped_for_deadline = true;
+    if (rank_ == 0)
+      std::printf("lease: %s; checkpointed step %lld and stopped (continue with --resume)\n",
+                  policy_.deadline_message().c_str(), (long long)done);
+    return true;
+  }
+
+  using clock = std::chrono::steady_clock;
+  struct Unwatch {  // a borrowed communicator must not keep calling into this run's watchdog
+    Communicator& c;
+    ~Unwatch() { c.set_watchdog(nullptr); }
+  };
+
+  const TrainOptions& o_;
+  const TrainConfig cfg_;
+  Communicator& comm_;
+  Backend& backend_;
+  const int rank_, world_;
+  const bool log_;  // progress, metrics and checkpoints: rank 0 only
+  const RunPolicy& policy_;
+  const fs::path out_;
+  const Fault fault_;
+
+  std::string resume_from_, init_ckpt_;  // the checkpoint continued, or the --init weights
+  GPTConfig mcfg_;
+  std::shared_ptr<Watchdog> watchdog_;
+  Unwatch unwatch_;  // declared before the model: it outlives everything that reaches the watchdog
+  std::unique_ptr<GPT> model_;
+  std::unique_ptr<DataParallel> dp_;
+  std::unique_ptr<AdamW> optim_;
+  std::unique_ptr<DataLoader> train_;
+  WriteRoot root_;
+  std::unique_ptr<MetricsLog> metrics_;
+  int64_t start_ = 0;
+
+  TrainResult result_;
+  std::vector<int32_t> in_, tgt_;
+  double total_s_ = 0;
+  double save_s_ = 0;  // how long the last checkpoint took: the deadline margin needs it
+};
+
+TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm, Backend& backend) {
+  return TrainingRun(o, std::move(cfg), comm, backend).run();
 }
 
 }  // namespace
