@@ -33,6 +33,7 @@ struct Fixture {
 
   Fixture() {
     run = lt_fuzz::scratch_dir() / "run";
+    fs::create_directories(run);  // save_checkpoint writes beneath an existing run directory
     fs::create_directories(lt_fuzz::scratch_dir() / "data");
     shard = lt_fuzz::scratch_dir() / "data" / "train_000000.bin";
     std::vector<uint16_t> tokens(64);
@@ -66,7 +67,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const nlohmann::json st = lt::load_training_state(fx.ckpt.string(), fx.opt);
     if (st.is_object() && st.contains("data")) {
       lt::DataLoader loader(fx.shard.string(), kT, kTiny.vocab_size, 1);
-      loader.load_state(st["data"]);
+      loader.load_state(st["data"], "trainer.json", "data.");
     }
   });
   return 0;
