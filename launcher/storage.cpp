@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "runtime/error.h"
+#include "runtime/safe_path.h"
 
 namespace lt::lease {
 
@@ -72,33 +73,13 @@ uint64_t disk_usage(const std::string& root) {
 }
 
 void write_file_atomic(const std::string& path, const std::string& content, unsigned mode) {
-  fs::path p(path);
+  // The one atomic writer (runtime/safe_path.h), beneath the file's directory: a symbolic link in
+  // place of the file or of its temporary is refused, never followed.
+  const fs::path p(path);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
   std::error_code ec;
-  if (p.has_parent_path()) fs::create_directories(p.parent_path(), ec);
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) throw UserError(tmp + ": cannot create: " + std::strerror(errno));
-  size_t off = 0;
-  while (off < content.size()) {
-    ssize_t w = ::write(fd, content.data() + off, content.size() - off);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw UserError(tmp + ": write failed: " + std::strerror(e));
-    }
-    off += size_t(w);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    throw UserError(tmp + ": cannot flush to disk");
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    throw UserError(path + ": cannot replace: " + std::strerror(e));
-  }
+  fs::create_directories(dir, ec);
+  lt::write_file_atomic(WriteRoot(dir.string()), p.filename().string(), content, (mode_t)mode);
 }
 
 }  // namespace lt::lease

@@ -20,6 +20,7 @@
 #include "launcher/pkey.h"
 #include "launcher/storage.h"
 #include "runtime/error.h"
+#include "runtime/safe_path.h"
 
 namespace lt::lease {
 namespace {
@@ -315,7 +316,10 @@ void LeaseGuard::record_runtime(int rank, const std::vector<std::string>& device
                       {"nccl_version", nccl_version},
                       {"cuda_version", cuda_version},
                       {"start", format_time(clock_())}};
-  write_file_atomic(job_dir_ + "/rank-" + std::to_string(rank) + ".json", j.dump() + "\n");
+  // A rank's write like any other: beneath the lease's storage roots (LEASETRAIN_WRITE_ROOTS),
+  // no symbolic link followed.
+  lt::write_file_atomic(WriteRoot::open_out_dir(job_dir_), "rank-" + std::to_string(rank) + ".json",
+                        j.dump() + "\n");
 }
 
 }  // namespace lt::lease

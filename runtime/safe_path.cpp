@@ -312,11 +312,11 @@ void write_all_or_throw(int fd, const void* data, size_t n, const std::string& w
   if (sync && ::fsync(fd) != 0) throw_write_error(what, "fsync failed", errno);
 }
 
-void write_file_atomic(const WriteRoot& root, const std::string& rel, const std::string& text) {
+void write_file_atomic(const WriteRoot& root, const std::string& rel, const std::string& text, mode_t mode) {
   const std::string tmp = rel + ".tmp-" + std::to_string(::getpid());
   root.remove_all(tmp);
   try {
-    Fd f = root.open_file(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    Fd f = root.open_file(tmp, O_WRONLY | O_CREAT | O_EXCL, mode);
     write_all_or_throw(f.get(), text.data(), text.size(), root.display(rel), true);
     f.close_checked(root.display(rel));
     root.rename(tmp, rel);

@@ -86,7 +86,7 @@ void write_all_or_throw(int fd, const void* data, size_t n, const std::string& w
 
 // Writes `text` to `rel` beneath `root` through a temporary sibling that is fsynced and renamed
 // over it, so `rel` is either the old file or the whole new one.
-void write_file_atomic(const WriteRoot& root, const std::string& rel, const std::string& text);
+void write_file_atomic(const WriteRoot& root, const std::string& rel, const std::string& text, mode_t mode = 0644);
 
 // The exception for a failed write: IoError (exit 1) for the machine's troubles (ENOSPC, EIO,
 // EFBIG, EDQUOT), UserError (exit 2) when the user can fix the path (EACCES, EROFS, ELOOP...).

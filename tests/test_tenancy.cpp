@@ -360,3 +360,28 @@ TEST(FromVars, RecordsRuntimeInTheJobDir) {
 }
 
 }  // namespace
+
+namespace {
+
+// A rank's record goes through the one write resolver: beneath LEASETRAIN_WRITE_ROOTS, with no
+// symbolic link followed, so a job directory linked elsewhere is refused and nothing lands there.
+TEST(FromVars, RankRecordNeverFollowsALinkOutOfTheStorageRoot) {
+  if (fs::exists("/etc/leasetrain/operator.pub")) GTEST_SKIP() << "this node requires signed manifests";
+  CanonicalDir root, elsewhere;
+  fs::create_directories(root.path + "/jobs");
+  fs::create_symlink(elsewhere.path, root.path + "/jobs/j1");
+  ::setenv("LEASETRAIN_WRITE_ROOTS", root.path.c_str(), 1);
+  EnvMap v = {{"LEASETRAIN_MANIFEST", kManifest}, {"LEASETRAIN_LEASE", "acme-2024"}, {"LEASETRAIN_NODE", "node01"},
+              {"LEASETRAIN_JOB_DIR", root.path + "/jobs/j1"}};
+  LeaseGuard g = LeaseGuard::from_vars(v, "node01", fixed("2025-01-01T00:00:00Z"));
+  EXPECT_THROW(g.record_runtime(0, {A1}, "2.21.5", "12.4"), lt::UserError);
+  EXPECT_FALSE(fs::exists(elsewhere.path + "/rank-0.json"));
+  // The same job directory as a real directory beneath the root is written.
+  fs::remove(root.path + "/jobs/j1");
+  fs::create_directory(root.path + "/jobs/j1");
+  g.record_runtime(0, {A1}, "2.21.5", "12.4");
+  EXPECT_TRUE(fs::exists(root.path + "/jobs/j1/rank-0.json"));
+  ::unsetenv("LEASETRAIN_WRITE_ROOTS");
+}
+
+}  // namespace
