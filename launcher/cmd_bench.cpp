@@ -176,6 +176,7 @@ void add_bench_commands(CLI::App& app) {
       require_not_a_rank("--ranks");
       const std::string name = a->model == "all" ? "tiny" : a->model;
       bench::named_model(name);  // validate before starting anything
+      (void)local_mpirun_argv(a->ranks, a->threads_per_rank);  // ranks x threads within the cores
       std::vector<double> caps;
       std::stringstream ss(a->bucket_mb);
       for (std::string item; std::getline(ss, item, ',');) {

@@ -489,7 +489,13 @@ bool is_dangerous_env(std::string_view n) {
       "CUDA_CACHE_PATH",     "CUDA_COREDUMP_FILE",   "NVIDIA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
       // OpenMP tools and OpenSSL engines/providers are shared libraries loaded by name.
       "OMP_TOOL",            "OMP_TOOL_LIBRARIES",   "OMP_TOOL_VERBOSE_INIT", "OPENSSL_CONF",
-      "OPENSSL_ENGINES",     "OPENSSL_MODULES",      "LOCPATH",             "NLSPATH"};
+      "OPENSSL_ENGINES",     "OPENSSL_MODULES",      "LOCPATH",             "NLSPATH",
+      // What a shell or an interpreter the job starts would run or load: startup files, module
+      // paths (PATH itself is the job's own, passed as the base environment).
+      "BASH_ENV",            "ENV",                  "SHELLOPTS",           "PYTHONPATH",
+      "PYTHONHOME",          "PYTHONSTARTUP",        "PYTHONUSERBASE",      "PYTHONPLATLIBDIR",
+      "PERL5LIB",            "PERL5OPT",             "PERLLIB",             "RUBYLIB",
+      "RUBYOPT",             "NODE_OPTIONS",         "NODE_PATH",           "TCLLIBPATH"};
   for (std::string_view p : prefixes)
     if (n.substr(0, p.size()) == p) return true;
   return names.count(n) > 0;
@@ -727,6 +733,7 @@ void validate_manifest(const Manifest& m) {
     std::transform(host_key.begin(), host_key.end(), host_key.begin(), [](unsigned char ch) { return char(std::tolower(ch)); });
     if (!hostnames.insert(host_key).second) fail(np + ".hostname", "duplicate node " + quote_name(n.hostname) + " (host names compare without case and domain)");
     std::set<std::string> buses, netdevs, hcas;
+    std::map<int, std::string> minors;
     auto unique_uuid = [&](const std::string& u, const std::string& path) {
       auto [it, fresh] = seen_uuid.emplace(uuid_key(u), path);
       if (!fresh) fail(path, quote_name(u) + " is already declared at " + it->second);
@@ -736,6 +743,13 @@ void validate_manifest(const Manifest& m) {
       unique_uuid(n.gpus[g].uuid, gp + ".uuid");
       if (!buses.insert(n.gpus[g].pci_bus_id).second)
         fail(gp + ".pci_bus_id", "duplicate PCI bus id " + n.gpus[g].pci_bus_id + " on node " + n.hostname);
+      // The device node is what isolation grants: two GPUs on one /dev/nvidiaN are one GPU.
+      if (const int minor = n.gpus[g].minor; minor >= 0) {
+        auto [it, fresh] = minors.emplace(minor, gp);
+        if (!fresh)
+          fail(gp + ".minor", "minor " + std::to_string(minor) + " (/dev/nvidia" + std::to_string(minor) +
+                                  ") on node " + n.hostname + " is already " + it->second + "'s");
+      }
     }
     for (size_t s = 0; s < n.mig.size(); ++s) {
       std::string sp = np + "." + idx("mig", s);
@@ -784,7 +798,9 @@ void validate_manifest(const Manifest& m) {
       const std::string& e = l.policy.allow_env[k];
       std::string ep = lp + ".policy.allow_env[" + std::to_string(k) + "]";
       if (!is_env_pattern(e)) fail(ep, "expected a variable name or a prefix ending in '*' (NCCL_DEBUG, OMP_*: letters, digits, '_'), got " + quote_name(e));
-      if (e == "NCCL_COMM_ID" || e == "NCCL_*" || e == "NCCL_COMM*")
+      // Any pattern that would cover NCCL_COMM_ID (NCCL_*, NCCL_COMM_*, N*, ...), not just those spelt so.
+      if (e.back() == '*' ? std::string_view("NCCL_COMM_ID").starts_with(std::string_view(e).substr(0, e.size() - 1))
+                          : e == "NCCL_COMM_ID")
         fail(ep, "NCCL_COMM_ID makes NCCL use a fixed connection magic; it can never be allowed");
       if (is_lease_controlled_env(e)) fail(ep, e + " is set from the lease and cannot be passed through");
       if (e.back() != '*' && is_dangerous_env(e))

@@ -160,6 +160,14 @@ std::string seal_problem(const fs::path& dir, Sealed* out, bool* legacy = nullpt
       if (h.size() != 64) files.fail(name, "a SHA-256 (64 hex digits)");
       s.files[name] = h;
     }
+    // Nothing in a checkpoint goes unchecked: the files it vouches for are exactly ours, and the
+    // fields only recorded for people (seed, total_steps) still have their types.
+    for (const auto& [name, _] : files.json().items())
+      if (!s.files.count(name)) files.fail(name, "absent (a checkpoint lists model.safetensors, config.json and optimizer.safetensors)");
+    f.opt_integer("seed", 0, std::numeric_limits<int64_t>::max());
+    f.opt_integer("total_steps", 0, kMaxStep);
+    f.opt_string("init");
+    f.opt_integer("world", 1, 1 << 24);
     if (out) *out = std::move(s);
     return "";
   } catch (const UserError& e) {

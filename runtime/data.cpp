@@ -145,7 +145,9 @@ Shard::Shard(const std::string& path) : path_(path) {
           std::to_string(version);
   } else if (count < 0) {
     err = "token count: header says " + std::to_string(count) + " tokens";
-  } else if ((size_t)count * 2 > bytes - kShardHeaderBytes) {
+  } else if ((size_t)count * 2 != bytes - kShardHeaderBytes) {
+    // Exactly: bytes past the count are a shard cut short by a rewrite or a wrong header, and
+    // training on the count alone would silently leave them out (llm.c refuses them too).
     err = "token count: header says " + std::to_string(count) + " tokens (" +
           std::to_string((size_t)count * 2) + " bytes) but the file holds " +
           std::to_string(bytes - kShardHeaderBytes) + " bytes after the header";

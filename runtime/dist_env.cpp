@@ -71,8 +71,16 @@ std::unique_ptr<Communicator> make_cpu_communicator(const DistEnv& e, const Dist
 }
 
 std::vector<std::string> local_mpirun_argv(int np, int threads_per_rank) {
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  // Far past the cores a local job measures the scheduler, and a thousand ranks of a thousand
+  // threads each exhaust the machine (processes, memory) before any of them reports.
+  if ((int64_t)np * threads_per_rank > (int64_t)kMaxLocalThreadsPerCore * cores)
+    throw UserError("--ranks " + std::to_string(np) + " x --threads-per-rank " + std::to_string(threads_per_rank) +
+                    " is " + std::to_string((int64_t)np * threads_per_rank) + " threads on this host's " +
+                    std::to_string(cores) + " cores; at most " + std::to_string(kMaxLocalThreadsPerCore) +
+                    " per core");
   std::vector<std::string> a = {"mpirun", "-np", std::to_string(np)};
-  if ((unsigned)np > std::max(1u, std::thread::hardware_concurrency())) a.push_back("--oversubscribe");
+  if ((unsigned)np > cores) a.push_back("--oversubscribe");
   if (::geteuid() == 0) a.push_back("--allow-run-as-root");
   for (const char* s : {"--bind-to", "none"}) a.push_back(s);
   for (const char* var : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"}) {

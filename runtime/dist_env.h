@@ -30,6 +30,8 @@ std::unique_ptr<Communicator> make_cpu_communicator(const DistEnv& env, const Di
 // mpirun -np N on this host: --oversubscribe when N exceeds the cores, --allow-run-as-root as
 // root, no core binding (each rank's communication thread must be free to run beside its
 // compute thread), and one OpenMP/BLAS thread per rank unless threads_per_rank says otherwise.
+// Refuses (UserError) more than kMaxLocalThreadsPerCore threads, ranks x threads, per core.
+inline constexpr int kMaxLocalThreadsPerCore = 8;
 std::vector<std::string> local_mpirun_argv(int np, int threads_per_rank = 1);
 // argv joined for /bin/sh, each word single-quoted when it needs it.
 std::string shell_join(const std::vector<std::string>& argv);

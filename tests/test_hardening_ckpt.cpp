@@ -106,6 +106,20 @@ TEST(HardenCkpt, TrainerJsonStepMustMatchDirectoryAndHaveItsType) {
   t["files"]["model.safetensors"] = 7;
   reseal(ckpt, t.dump());
   EXPECT_HAS(user_error([&] { load_model_weights(ckpt, b.model); }), "field 'files.model.safetensors' must be a string");
+  // Second review: every field has its type, even those kept only for people, and the files
+  // vouched for are exactly the checkpoint's own.
+  t = good;
+  t["files"]["../../../etc/passwd"] = std::string(64, 'a');
+  reseal(ckpt, t.dump());
+  EXPECT_HAS(user_error([&] { load_training_state(ckpt, b.opt); }), "field 'files.../../../etc/passwd' must be absent");
+  t = good;
+  t["total_steps"] = "4";
+  reseal(ckpt, t.dump());
+  EXPECT_HAS(user_error([&] { load_training_state(ckpt, b.opt); }), "field 'total_steps' must be an integer");
+  t = good;
+  t["seed"] = json(18446744073709551615ull);
+  reseal(ckpt, t.dump());
+  EXPECT_HAS(user_error([&] { load_training_state(ckpt, b.opt); }), "field 'seed' must be an integer");
   t = good;
   reseal(ckpt, json::array({t}).dump());
   EXPECT_HAS(user_error([&] { load_training_state(ckpt, b.opt); }), "expected a JSON object");

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -16,6 +17,8 @@
 
 #include "runtime/backend.h"
 #include "runtime/config.h"
+#include "runtime/data.h"
+#include "runtime/dist_env.h"
 #include "runtime/error.h"
 #include "runtime/input.h"
 #include "runtime/memory.h"
@@ -446,6 +449,33 @@ TEST_F(Cli, CompareInputsAreBoundedAndTyped) {
   const std::string f = tmp_ / "r.json";
   write_file(f, "{\"schema\": " + nested("[", "]", 1000000) + "}");
   expect_user_error(run_cli_bounded("bench compare " + f + " " + f), {f, "nested deeper"});
+}
+
+}  // namespace
+}  // namespace lt::test
+
+namespace lt::test {
+namespace {
+
+// Second review: a shard longer than its header's count was read on the count alone, and a
+// local job of ranks x threads far past the cores exhausted the machine before reporting.
+TEST(SecondReview, ShardBytesMustMatchTheHeaderCount) {
+  TempDir dir;
+  const std::vector<uint16_t> tokens(100, 7);
+  lt::write_shard(dir / "s.bin", tokens.data(), tokens.size());
+  {
+    std::ofstream f(dir / "s.bin", std::ios::binary | std::ios::app);
+    f.put('x');  // one byte past the declared count
+  }
+  RunResult r = run_cli_bounded("data inspect " + (dir / "s.bin"));
+  expect_user_error(r, {dir / "s.bin", "header says 100 tokens", "201 bytes after the header"});
+}
+
+TEST(SecondReview, LocalJobsAreBoundedByTheCores) {
+  EXPECT_NE(user_error_of([] { lt::local_mpirun_argv(1024, 1024); }).find("threads on this host"), std::string::npos);
+  EXPECT_NO_THROW(lt::local_mpirun_argv(2, 1));
+  RunResult r = run_cli_bounded("bench step --model tiny --ranks 1024 --threads-per-rank 1024");
+  expect_user_error(r, {"--threads-per-rank 1024", "per core"});
 }
 
 }  // namespace

@@ -584,3 +584,30 @@ TEST(Found, RanksCheckTheirCallerToo) {
   EXPECT_EQ(r.code, 2) << r.both();
   EXPECT_NE(r.err.find("belongs to tenant t"), std::string::npos) << r.both();
 }
+
+namespace {
+
+// Review, second round: new examples of the device-identity and environment classes.
+TEST(SecondReview, OneDeviceNodeUnderTwoGpusIsRefused) {
+  // Same /dev/nvidia3 under a new UUID and bus id: one GPU, two leases could get it.
+  const std::string twice = replace_once(base(), "  minor = 3\n  [[node.nic]]",
+                                         "  minor = 3\n  [[node.gpu]]\n  uuid = \"GPU-11111111-0000-4000-8000-0000000000ff\"\n"
+                                         "  pci_bus_id = \"0000:cc:00.0\"\n  numa = 1\n  minor = 3\n  [[node.nic]]");
+  expect_refused(twice, {".minor", "/dev/nvidia3", "node01"});
+}
+
+TEST(SecondReview, EveryPatternCoveringANeverAllowedNameIsRefused) {
+  const std::string from = "allow_env = [\"NCCL_ALGO\", \"NCCL_PROTO\"]";
+  for (const char* p : {"NCCL_COMM_*", "NCCL_C*", "N*"})
+    expect_refused(replace_once(base(), from, std::string("allow_env = [\"") + p + "\"]"),
+                   {"lease[0].policy.allow_env[0]", "NCCL_COMM_ID"});
+  // What a shell or an interpreter loads is code, like LD_PRELOAD: only by exact opt-in.
+  for (const char* v : {"PYTHONPATH", "BASH_ENV", "PYTHONSTARTUP", "PERL5OPT", "NODE_OPTIONS"}) {
+    expect_refused(replace_once(base(), from, std::string("allow_env = [\"") + v + "\"]"), {"allow_dangerous_env"});
+    Policy p;
+    p.allow_env = {"P*", "B*", "N*"};
+    EXPECT_EQ(filter_environment({{v, "/tmp/x"}}, p).passed.count(v), 0u) << v;
+  }
+}
+
+}  // namespace
