@@ -254,7 +254,10 @@ nlohmann::json parse_json(const std::string& text, const std::string& source) {
   } catch (const nlohmann::json::parse_error& e) {
     throw UserError(source + ": not valid JSON (parse error at byte " + std::to_string(e.byte) + ")");
   } catch (const nlohmann::json::exception& e) {
-    throw UserError(source + ": not valid JSON (" + e.what() + ")");
+    // The library's own tag ("[json.exception.out_of_range.406] ") means nothing to a user.
+    std::string why = e.what();
+    if (why.starts_with("[json.exception.")) why = why.substr(why.find("] ") + 2);
+    throw UserError(source + ": not valid JSON (" + why + ")");
   }
 }
 

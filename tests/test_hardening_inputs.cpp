@@ -104,6 +104,9 @@ TEST(InputReader, JsonNestingIsBoundedAndFieldsAreTyped) {
   EXPECT_NE(user_error_of([&] { f.integer("n", 0, 10); }).find("field 'n'"), std::string::npos);
   EXPECT_NE(user_error_of([&] { f.integer("missing", 0, 10); }).find("field 'missing'"), std::string::npos);
   EXPECT_EQ(f.integer("ok", 0, 10), 3);
+  // A number past double's range is the file's fault, said without the library's tag.
+  const std::string big = user_error_of([] { parse_json(R"({"n_layer": 1e400})", "c.json"); });
+  EXPECT_EQ(big.rfind("c.json: not valid JSON (number overflow", 0), 0u) << big;
 }
 
 TEST(InputReader, TomlDottedKeysAreBounded) {
