@@ -126,9 +126,8 @@ struct Sealed {
 // *legacy is set when it has trainer.json but no seal: written before checkpoints were sealed.
 std::string seal_problem(const fs::path& dir, Sealed* out, bool* legacy = nullptr) {
   const fs::path trainer_path = dir / kTrainerFile, seal_path = dir / kSealFile;
-  std::error_code ec;
-  if (!fs::exists(fs::symlink_status(seal_path, ec))) {
-    if (fs::exists(fs::symlink_status(trainer_path, ec))) {
+  if (!present(seal_path)) {
+    if (present(trainer_path)) {
       if (legacy) *legacy = true;
       return seal_path.string() + ": missing, so trainer.json is not covered by a checksum (a checkpoint written "
                                   "before checkpoints were sealed, or a damaged one)";
@@ -424,8 +423,7 @@ std::string require_checkpoint(const std::string& run_dir_or_ckpt_dir) {
 
 GPTConfig read_checkpoint_config(const std::string& ckpt_dir) {
   const fs::path path = fs::path(ckpt_dir) / kConfigFile;
-  std::error_code ec;
-  if (!fs::exists(fs::symlink_status(path, ec))) throw UserError(path.string() + ": missing (not a checkpoint directory?)");
+  if (!present(path)) throw UserError(path.string() + ": missing (not a checkpoint directory?)");
   const nlohmann::json j = read_json_file(path);
   const JsonFields f(j, path.string());
   auto check_string = [&](const char* key, std::initializer_list<const char*> allowed) {
@@ -472,8 +470,7 @@ void load_model_weights(const std::string& ckpt_dir, GPT& model) {
   const fs::path path = dir / kModelFile;
   if (!present(path)) throw UserError(path.string() + ": missing");
   // A checkpoint of ours (it has trainer.json) is trusted only sealed; a bare export has none.
-  std::error_code ec;
-  if (fs::exists(fs::symlink_status(dir / kTrainerFile, ec)) || fs::exists(fs::symlink_status(dir / kSealFile, ec))) {
+  if (present(dir / kTrainerFile) || present(dir / kSealFile)) {
     const Sealed sealed = read_sealed(dir);
     verify_checksum(dir, sealed, kConfigFile);  // it decides the model's shape
     verify_checksum(dir, sealed, kModelFile);
