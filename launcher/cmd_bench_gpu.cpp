@@ -11,7 +11,7 @@
 
 #include "launcher/cli_checks.h"
 #include "launcher/commands.h"
-#include "launcher/manifest.h"
+#include "lease/manifest.h"
 #include "runtime/backend.h"
 #include "runtime/error.h"
 

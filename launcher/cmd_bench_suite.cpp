@@ -9,7 +9,7 @@
 #include "benchmarks/suite.h"
 #include "launcher/cli_checks.h"
 #include "launcher/commands.h"
-#include "launcher/storage.h"
+#include "lease/storage.h"
 #include "runtime/error.h"
 
 namespace lt::cli {

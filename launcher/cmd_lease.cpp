@@ -13,14 +13,14 @@
 
 #include <nlohmann/json.hpp>
 
-#include "launcher/audit.h"
+#include "lease/audit.h"
 #include "launcher/cli_checks.h"
 #include "launcher/commands.h"
-#include "launcher/launch.h"
-#include "launcher/lease_plan.h"
-#include "launcher/manifest.h"
-#include "launcher/manifest_sign.h"
-#include "launcher/tenancy.h"
+#include "lease/launch.h"
+#include "lease/lease_plan.h"
+#include "lease/manifest.h"
+#include "lease/manifest_sign.h"
+#include "lease/tenancy.h"
 #include "runtime/error.h"
 #include "runtime/input.h"
 

@@ -13,7 +13,7 @@
 
 #include "launcher/cli_checks.h"
 #include "launcher/commands.h"
-#include "launcher/tenancy.h"
+#include "lease/tenancy.h"
 #include "runtime/checkpoint.h"
 #include "runtime/data.h"
 #include "runtime/dist_env.h"

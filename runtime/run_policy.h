@@ -1,5 +1,5 @@
 // What a training run asks of the place it runs in: which paths it may touch, how many bytes it
-// may write, how long it may run. The launcher's lease guard (launcher/tenancy.h) implements it
+// may write, how long it may run. The launcher's lease guard (lease/tenancy.h) implements it
 // for leased jobs; the default allows everything. Keeping it an interface here keeps the
 // runtime free of the launcher (dependencies point downward).
 #pragma once

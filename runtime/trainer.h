@@ -31,7 +31,7 @@ struct TrainOptions {
   // MpiComm under mpirun/srun), and then a failing rank prints its error with its rank and
   // aborts the job. A communicator given here (tests) is borrowed and errors are rethrown.
   Communicator* comm = nullptr;
-  // Paths, storage quota and deadline of a leased job (launcher/tenancy.h); null: no limits.
+  // Paths, storage quota and deadline of a leased job (lease/tenancy.h); null: no limits.
   const RunPolicy* policy = nullptr;
   // Called on every rank after every optimizer step (tests: cross-rank parameter checks).
   std::function<void(int64_t step, const GPT& model)> on_step;

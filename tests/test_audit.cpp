@@ -11,7 +11,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "launcher/audit.h"
+#include "lease/audit.h"
 #include "runtime/error.h"
 #include "tests/util.h"
 

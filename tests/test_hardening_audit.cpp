@@ -20,7 +20,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "launcher/audit.h"
+#include "lease/audit.h"
 #include "runtime/error.h"
 #include "tests/util.h"
 

@@ -12,10 +12,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "launcher/audit.h"
-#include "launcher/launch.h"
-#include "launcher/lease_plan.h"
-#include "launcher/manifest.h"
+#include "lease/audit.h"
+#include "lease/launch.h"
+#include "lease/lease_plan.h"
+#include "lease/manifest.h"
 #include "runtime/error.h"
 #include "tests/lease_fixtures.h"
 #include "tests/util.h"

@@ -7,8 +7,8 @@
 
 #include <gtest/gtest.h>
 
-#include "launcher/manifest.h"
-#include "launcher/manifest_sign.h"
+#include "lease/manifest.h"
+#include "lease/manifest_sign.h"
 #include "runtime/error.h"
 #include "tests/lease_fixtures.h"
 #include "tests/util.h"

@@ -9,9 +9,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "launcher/lease_plan.h"
-#include "launcher/manifest.h"
-#include "launcher/tenancy.h"
+#include "lease/lease_plan.h"
+#include "lease/manifest.h"
+#include "lease/tenancy.h"
 #include "runtime/error.h"
 #include "tests/lease_fixtures.h"
 #include "tests/util.h"

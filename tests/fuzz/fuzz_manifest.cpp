@@ -1,6 +1,6 @@
 // Fuzz target: a lease manifest (TOML) through load_manifest (parse and validate) and the
 // lookups `plan` and `launch` make on an accepted one.
-#include "launcher/manifest.h"
+#include "lease/manifest.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

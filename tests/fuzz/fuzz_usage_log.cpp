@@ -6,7 +6,7 @@
 #include <sstream>
 #include <string>
 
-#include "launcher/audit.h"
+#include "lease/audit.h"
 #include "runtime/input.h"
 #include "tests/fuzz/fuzz_util.h"
 

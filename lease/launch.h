@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "launcher/lease_plan.h"
+#include "lease/lease_plan.h"
 
 namespace lt::lease {
 

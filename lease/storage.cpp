@@ -1,5 +1,5 @@
 // Storage-root containment and small atomic writes (see storage.h).
-#include "launcher/storage.h"
+#include "lease/storage.h"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -1,5 +1,5 @@
 // Environment allowlist, mpirun/srun command building and the supervised start (launch.h).
-#include "launcher/launch.h"
+#include "lease/launch.h"
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -11,7 +11,7 @@
 #include <set>
 #include <sstream>
 
-#include "launcher/storage.h"
+#include "lease/storage.h"
 #include "runtime/error.h"
 #include "runtime/sha256.h"
 

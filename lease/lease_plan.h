@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "launcher/manifest.h"
+#include "lease/manifest.h"
 
 namespace lt::lease {
 

@@ -1,5 +1,5 @@
 // P_Key table lookup in sysfs (see pkey.h).
-#include "launcher/pkey.h"
+#include "lease/pkey.h"
 
 #include <cstdio>
 #include <filesystem>

@@ -1,5 +1,5 @@
 // Ed25519 manifest signatures through libsodium loaded with dlopen (see manifest_sign.h).
-#include "launcher/manifest_sign.h"
+#include "lease/manifest_sign.h"
 
 #include <dlfcn.h>
 #include <sys/stat.h>
@@ -10,7 +10,7 @@
 #include <mutex>
 #include <sstream>
 
-#include "launcher/storage.h"
+#include "lease/storage.h"
 #include "runtime/error.h"
 #include "runtime/input.h"
 #include "runtime/sha256.h"

@@ -1,5 +1,5 @@
 // LeaseGuard: the per-rank checks (see tenancy.h).
-#include "launcher/tenancy.h"
+#include "lease/tenancy.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -15,10 +15,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "launcher/lease_plan.h"
-#include "launcher/manifest_sign.h"
-#include "launcher/pkey.h"
-#include "launcher/storage.h"
+#include "lease/lease_plan.h"
+#include "lease/manifest_sign.h"
+#include "lease/pkey.h"
+#include "lease/storage.h"
 #include "runtime/error.h"
 #include "runtime/safe_path.h"
 

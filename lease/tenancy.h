@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
-#include "launcher/launch.h"
-#include "launcher/manifest.h"
+#include "lease/launch.h"
+#include "lease/manifest.h"
 
 namespace lt::lease {
 

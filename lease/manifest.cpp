@@ -1,6 +1,6 @@
 // Parsing (toml++) and validation of the operator's lease manifest. Unknown keys are errors: a
 // misspelt quota or policy key must not silently fall back to a default.
-#include "launcher/manifest.h"
+#include "lease/manifest.h"
 
 #include <algorithm>
 #include <cctype>

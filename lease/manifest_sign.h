@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <string>
 
-#include "launcher/manifest.h"
+#include "lease/manifest.h"
 
 namespace lt::lease {
 

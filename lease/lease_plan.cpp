@@ -1,5 +1,5 @@
 // Lease -> per-node / per-rank plan (see lease_plan.h), and the embedded local lease.
-#include "launcher/lease_plan.h"
+#include "lease/lease_plan.h"
 
 #include <fcntl.h>
 #include <grp.h>
@@ -13,9 +13,9 @@
 #include <set>
 #include <sstream>
 
-#include "launcher/audit.h"
-#include "launcher/pkey.h"
-#include "launcher/storage.h"
+#include "lease/audit.h"
+#include "lease/pkey.h"
+#include "lease/storage.h"
 #include "runtime/error.h"
 
 namespace lt::lease {

@@ -1,6 +1,6 @@
 // The usage-record hash chain (see audit.h): the one validated reader of a log, appends with
 // their syslog anchors, and verification against a kept head or exported anchors.
-#include "launcher/audit.h"
+#include "lease/audit.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -17,7 +17,7 @@
 #include <optional>
 #include <set>
 
-#include "launcher/manifest.h"
+#include "lease/manifest.h"
 #include "runtime/error.h"
 #include "runtime/input.h"
 #include "runtime/sha256.h"
