@@ -368,17 +368,23 @@ void print_scorecard(const json& card, std::FILE* out) {
 
 // ---- run reports ----------------------------------------------------------------------------
 
-json summarize_run(const std::string& run_dir) {
+namespace {
+
+struct MetricsLine {
+  int64_t step = 0;
+  double loss = 0, ms = 0, tokens_per_s = -1, val_loss = NAN;
+};
+
+// Every record of RUN_DIR/metrics.jsonl, each field read through the validated reader.
+std::vector<MetricsLine> read_run_metrics(const std::string& run_dir) {
   const std::string path = (std::filesystem::path(run_dir) / "metrics.jsonl").string();
   std::error_code ec;
   if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec)))
     throw UserError(path + ": cannot read (expected a training run directory, as `train --out` writes)");
   // A long run's metrics can outgrow the default text bound: one line per step.
   const std::string text = read_regular_file(path, "metrics file", uint64_t(4) << 30);
-  int64_t n = 0, lineno = 0;
-  double first_loss = 0, last_loss = 0, total_ms = 0, best_val = INFINITY, last_val = NAN;
-  int64_t last_step = 0, best_val_step = 0;
-  std::vector<double> tps;
+  std::vector<MetricsLine> out;
+  int64_t lineno = 0;
   std::istringstream lines(text);
   std::string line;
   while (std::getline(lines, line)) {
@@ -387,31 +393,85 @@ json summarize_run(const std::string& run_dir) {
     const std::string where = path + ":" + std::to_string(lineno);
     const json j = parse_json(line, where);
     const JsonFields f(j, where);
-    const int64_t step = f.integer("step", 0);
-    const double loss = f.number("loss");
-    if (n == 0) first_loss = loss;
-    last_loss = loss;
-    last_step = step;
-    if (auto ms = f.opt_number("ms", 0)) total_ms += *ms;
-    if (auto t = f.opt_number("tokens_per_s", 0)) tps.push_back(*t);
-    if (auto v = f.opt_number("val_loss")) {
-      last_val = *v;
+    MetricsLine m;
+    m.step = f.integer("step", 0);
+    m.loss = f.number("loss");
+    m.ms = f.opt_number("ms", 0).value_or(0);
+    m.tokens_per_s = f.opt_number("tokens_per_s", 0).value_or(-1);
+    m.val_loss = f.opt_number("val_loss").value_or(NAN);
+    out.push_back(m);
+  }
+  if (out.empty()) throw UserError(path + ": no steps recorded yet");
+  return out;
+}
+
+}  // namespace
+
+json summarize_run(const std::string& run_dir) {
+  const std::vector<MetricsLine> lines = read_run_metrics(run_dir);
+  double total_ms = 0, best_val = INFINITY, last_val = NAN;
+  int64_t best_val_step = 0;
+  std::vector<double> tps;
+  for (const MetricsLine& m : lines) {
+    total_ms += m.ms;
+    if (m.tokens_per_s >= 0) tps.push_back(m.tokens_per_s);
+    if (!std::isnan(m.val_loss)) {
+      last_val = m.val_loss;
       if (last_val < best_val) {
         best_val = last_val;
-        best_val_step = last_step;
+        best_val_step = m.step;
       }
     }
-    n++;
   }
-  if (n == 0) throw UserError(path + ": no steps recorded yet");
   std::sort(tps.begin(), tps.end());
   const double med = tps.empty() ? 0 : tps.size() % 2 ? tps[tps.size() / 2] : 0.5 * (tps[tps.size() / 2 - 1] + tps[tps.size() / 2]);
-  json s{{"run", run_dir},          {"steps", n},           {"last_step", last_step},     {"first_loss", first_loss},
-         {"last_loss", last_loss},  {"median_tokens_per_s", med}, {"train_seconds", total_ms / 1e3}};
+  json s{{"run", run_dir},
+         {"steps", (int64_t)lines.size()},
+         {"last_step", lines.back().step},
+         {"first_loss", lines.front().loss},
+         {"last_loss", lines.back().loss},
+         {"median_tokens_per_s", med},
+         {"train_seconds", total_ms / 1e3}};
   s["last_val_loss"] = std::isnan(last_val) ? json(nullptr) : json(last_val);
   s["best_val_loss"] = std::isinf(best_val) ? json(nullptr) : json(best_val);
   s["best_val_step"] = std::isinf(best_val) ? json(nullptr) : json(best_val_step);
   return s;
+}
+
+json compare_runs(const std::string& run_dir, const std::string& against_dir) {
+  const std::vector<MetricsLine> a = read_run_metrics(run_dir), b = read_run_metrics(against_dir);
+  std::map<int64_t, const MetricsLine*> by_step;
+  for (const MetricsLine& m : b) by_step[m.step] = &m;  // the last record of a step wins
+  std::map<int64_t, const MetricsLine*> mine;
+  for (const MetricsLine& m : a) mine[m.step] = &m;
+  int64_t common = 0, common_val = 0, worst_step = -1;
+  double max_abs = 0, max_rel = 0, max_val = 0;
+  for (const auto& [step, m] : mine) {
+    auto it = by_step.find(step);
+    if (it == by_step.end()) continue;
+    common++;
+    const double d = std::fabs(m->loss - it->second->loss);
+    if (worst_step < 0 || d > max_abs) {
+      worst_step = step;
+      max_abs = d;
+    }
+    max_rel = std::max(max_rel, d / std::max(std::fabs(it->second->loss), 1e-30));
+    if (!std::isnan(m->val_loss) && !std::isnan(it->second->val_loss)) {
+      common_val++;
+      max_val = std::max(max_val, std::fabs(m->val_loss - it->second->val_loss));
+    }
+  }
+  if (common == 0)
+    throw UserError(against_dir + "/metrics.jsonl: no step in common with " + run_dir + "/metrics.jsonl");
+  json r{{"run", run_dir},
+         {"against", against_dir},
+         {"common_steps", common},
+         {"max_abs_loss_diff", max_abs},
+         {"max_rel_loss_diff", max_rel},
+         {"worst_step", worst_step},
+         {"common_val_steps", common_val}};
+  r["max_abs_val_loss_diff"] = common_val ? json(max_val) : json(nullptr);
+  return r;
 }
 
 int run_python(const std::string& script, const std::vector<std::string>& args, std::string* out) {
@@ -427,9 +487,9 @@ int run_python(const std::string& script, const std::vector<std::string>& args, 
 }
 
 std::vector<std::string> run_plot(const std::string& mode, const std::string& input, const std::string& outdir,
-                                  const std::string& extra) {
+                                  const std::vector<std::string>& extra) {
   std::vector<std::string> args = {mode, input, outdir};
-  if (!extra.empty()) args.push_back(extra);
+  args.insert(args.end(), extra.begin(), extra.end());
   std::string out;
   const int rc = run_python("scripts/plot.py", args, &out);
   if (rc < 0) throw std::runtime_error("plots: cannot start python3");

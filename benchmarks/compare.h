@@ -35,15 +35,22 @@ void print_scorecard(const nlohmann::json& card, std::FILE* out);
 // is not a metrics record.
 nlohmann::json summarize_run(const std::string& run_dir);
 
+// Two runs of the same job step by step (an interrupted and restarted run against an
+// uninterrupted one): {"run", "against", "common_steps", "max_abs_loss_diff",
+// "max_rel_loss_diff", "worst_step", "common_val_steps", "max_abs_val_loss_diff"} over the steps
+// both recorded (a resumed run's metrics hold each step once). UserError as summarize_run, or
+// when the runs share no step.
+nlohmann::json compare_runs(const std::string& run_dir, const std::string& against_dir);
+
 // Runs a script shipped in the source tree (source_file(script)) under Debian's /usr/bin/python3
 // with `args`; `out` gets everything it printed (stdout and stderr). Its exit status, or -1 when
 // python3 could not be started.
 int run_python(const std::string& script, const std::vector<std::string>& args, std::string* out);
 
-// Runs scripts/plot.py MODE INPUT OUTDIR [extra]; returns the files written. std::runtime_error
+// Runs scripts/plot.py MODE INPUT OUTDIR [extra...]; returns the files written. std::runtime_error
 // with the plotting tool's message when it fails (e.g. python3-matplotlib missing).
 std::vector<std::string> run_plot(const std::string& mode, const std::string& input, const std::string& outdir,
-                                  const std::string& extra = "");
+                                  const std::vector<std::string>& extra = {});
 
 // A file shipped in the source tree (benchmarks/..., scripts/...): under $LEASETRAIN_HOME when
 // set, else the source directory this binary was built from.

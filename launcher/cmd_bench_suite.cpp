@@ -165,7 +165,7 @@ void add_bench_suite_commands(CLI::App* bench) {
 
 void add_report_commands(CLI::App& app) {
   struct ReportCli {
-    std::string run, out;
+    std::string run, out, against;
     bool json = false;
   };
   auto r = std::make_shared<ReportCli>();
@@ -175,17 +175,26 @@ void add_report_commands(CLI::App& app) {
               "(default RUN_DIR/report).");
   rep->add_option("run_dir", r->run, "A training run's output directory")->required();
   rep->add_option("--out", r->out, "Where to write the plots and summary.json");
+  rep->add_option("--against", r->against,
+                  "Another run of the same job (e.g. uninterrupted, against one restarted after a failure): "
+                  "its losses are drawn on the same plot and the summary gets the largest loss difference over "
+                  "the steps both recorded");
   rep->add_flag("--json", r->json, "Print the summary as JSON instead of text");
   rep->callback([r] {
     json s = bench::summarize_run(r->run);
+    if (!r->against.empty()) s["against"] = bench::compare_runs(r->run, r->against);
     const std::string out = r->out.empty() ? (std::filesystem::path(r->run) / "report").string() : r->out;
     std::error_code ec;
     std::filesystem::create_directories(out, ec);
     if (ec) throw UserError("--out: " + out + ": cannot create (" + ec.message() + ")");
     std::vector<std::string> files;
     try {
-      files = bench::run_plot("report", (std::filesystem::path(r->run) / "metrics.jsonl").string(), out,
-                              std::filesystem::path(r->run).filename().string());
+      std::vector<std::string> extra = {std::filesystem::path(r->run).filename().string()};
+      if (!r->against.empty()) {
+        extra.push_back((std::filesystem::path(r->against) / "metrics.jsonl").string());
+        extra.push_back(std::filesystem::path(r->against).lexically_normal().filename().string());
+      }
+      files = bench::run_plot("report", (std::filesystem::path(r->run) / "metrics.jsonl").string(), out, extra);
     } catch (const std::runtime_error& e) {
       throw CommandFailed(e.what());
     }
@@ -202,6 +211,16 @@ void add_report_commands(CLI::App& app) {
                 s["first_loss"].get<double>(), s["last_loss"].get<double>(), num("last_val_loss").c_str(),
                 num("best_val_loss").c_str(), s["best_val_step"].is_null() ? "-" : s["best_val_step"].dump().c_str(),
                 s["median_tokens_per_s"].get<double>(), s["train_seconds"].get<double>());
+    if (s.contains("against")) {
+      const json& c = s["against"];
+      std::printf("against %s: %lld common steps, largest loss difference %.3g (%.3g relative, step %lld)",
+                  r->against.c_str(), (long long)c["common_steps"].get<int64_t>(), c["max_abs_loss_diff"].get<double>(),
+                  c["max_rel_loss_diff"].get<double>(), (long long)c["worst_step"].get<int64_t>());
+      if (!c["max_abs_val_loss_diff"].is_null())
+        std::printf(", validation %.3g over %lld evaluations", c["max_abs_val_loss_diff"].get<double>(),
+                    (long long)c["common_val_steps"].get<int64_t>());
+      std::printf("\n");
+    }
     for (const std::string& f : files) std::printf("wrote %s\n", f.c_str());
     std::printf("wrote %s\n", (std::filesystem::path(out) / "summary.json").string().c_str());
   });

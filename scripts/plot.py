@@ -4,7 +4,7 @@ python3-matplotlib). Every figure is written as PNG and SVG; the paths written g
 one per line.
 
   plot.py compare DATA.json OUTDIR   DATA: what `bench compare --json` writes
-  plot.py report METRICS.jsonl OUTDIR [TITLE]
+  plot.py report METRICS.jsonl OUTDIR [TITLE [AGAINST_METRICS.jsonl AGAINST_LABEL]]
 """
 import json
 import math
@@ -14,6 +14,7 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
+matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: searchable, and smaller
 import matplotlib.pyplot as plt  # noqa: E402
 
 
@@ -73,33 +74,48 @@ def compare(data_path, outdir):
                 log=True)
 
 
-def report(metrics_path, outdir, title):
-    steps, loss, tps, vsteps, vloss = [], [], [], [], []
+def read_metrics(metrics_path):
+    """steps, loss, tokens/s, validation steps, validation loss; a step recorded twice keeps its last record."""
+    rows = {}
     with open(metrics_path) as f:
         for line in f:
             line = line.strip()
-            if not line:
-                continue
-            j = json.loads(line)
-            steps.append(j["step"])
-            loss.append(j["loss"])
-            tps.append(j.get("tokens_per_s", math.nan))
-            if "val_loss" in j:
-                vsteps.append(j["step"])
-                vloss.append(j["val_loss"])
+            if line:
+                j = json.loads(line)
+                rows[j["step"]] = j
+    steps = sorted(rows)
+    loss = [rows[s]["loss"] for s in steps]
+    tps = [rows[s].get("tokens_per_s", math.nan) for s in steps]
+    vsteps = [s for s in steps if "val_loss" in rows[s]]
+    vloss = [rows[s]["val_loss"] for s in vsteps]
+    return steps, loss, tps, vsteps, vloss
+
+
+def report(metrics_path, outdir, title, against_path=None, against_label=None):
+    steps, loss, tps, vsteps, vloss = read_metrics(metrics_path)
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    a1.plot(steps, loss, lw=0.8, alpha=0.6, label="train loss")
-    if len(loss) >= 20:  # a moving mean shows the trend under the per-step noise
+    mine = f"{title}: " if against_path else ""
+    a1.plot(steps, loss, lw=0.8, alpha=0.6, label=f"{mine}train loss")
+    if len(loss) >= 20 and not against_path:  # a moving mean shows the trend under the per-step noise
         k = max(5, len(loss) // 50)
         mean = [sum(loss[max(0, i - k + 1):i + 1]) / (i - max(0, i - k + 1) + 1) for i in range(len(loss))]
         a1.plot(steps, mean, lw=1.5, label=f"train loss, mean of {k}")
     if vsteps:
-        a1.plot(vsteps, vloss, "o-", lw=1.5, label="validation loss")
+        a1.plot(vsteps, vloss, "o-", lw=1.5, label=f"{mine}validation loss")
+    if against_path:
+        s2, l2, t2, v2s, v2 = read_metrics(against_path)
+        a1.plot(s2, l2, "--", lw=0.8, alpha=0.8, label=f"{against_label}: train loss")
+        if v2s:
+            a1.plot(v2s, v2, "s--", lw=1.0, mfc="none", label=f"{against_label}: validation loss")
+        a2.plot(s2, t2, "--", lw=0.8, label=against_label)
+        title = f"{title} against {against_label}"
     a1.set_ylabel("loss (nats/token)")
     a1.set_title(title)
     a1.grid(alpha=0.3)
     a1.legend(fontsize=8)
-    a2.plot(steps, tps, lw=0.8)
+    a2.plot(steps, tps, lw=0.8, label=mine.rstrip(": ") or None)
+    if against_path:
+        a2.legend(fontsize=8)
     a2.set_ylabel("tokens/s")
     a2.set_xlabel("step")
     a2.grid(alpha=0.3)
@@ -114,7 +130,8 @@ def main(argv):
     if argv[1] == "compare":
         compare(argv[2], argv[3])
     else:
-        report(argv[2], argv[3], argv[4] if len(argv) > 4 else os.path.basename(os.path.dirname(argv[2])))
+        title = argv[4] if len(argv) > 4 else os.path.basename(os.path.dirname(argv[2]))
+        report(argv[2], argv[3], title, *(argv[5:7] if len(argv) > 6 else []))
     return 0
 
 

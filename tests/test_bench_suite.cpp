@@ -288,4 +288,40 @@ TEST(Report, PlotsLossAndThroughputOfARun) {
 }
 
 }  // namespace
+
+// An interrupted run (steps 1..12, a restart re-running 9..12 after its checkpoint at 8, then
+// 13..20 on fewer ranks) against an uninterrupted one: one plot with both, and the largest loss
+// difference over the steps both recorded, each step taken once (the last record of a step).
+TEST(Report, DrawsARunAgainstAnotherAndNamesTheLargestLossDifference) {
+  TempDir d;
+  auto line = [](int s, double loss, bool val) {
+    json j{{"step", s}, {"loss", loss}, {"lr", 1e-3}, {"grad_norm", 1.0}, {"tokens_per_s", 1000.0}, {"ms", 10.0}};
+    if (val) j["val_loss"] = loss + 0.5;
+    return j.dump() + "\n";
+  };
+  std::string straight, restarted;
+  for (int s = 1; s <= 20; s++) straight += line(s, 5.0 - 0.1 * s, s % 10 == 0);
+  for (int s = 1; s <= 12; s++) restarted += line(s, 5.0 - 0.1 * s + (s > 8 ? 0.3 : 0.0), false);  // lost steps
+  for (int s = 9; s <= 20; s++) restarted += line(s, 5.0 - 0.1 * s + (s == 17 ? 2e-6 : 0.0), s % 10 == 0);
+  std::filesystem::create_directories(d / "a");
+  std::filesystem::create_directories(d / "b");
+  write_file(d / "a/metrics.jsonl", restarted);
+  write_file(d / "b/metrics.jsonl", straight);
+  auto r = run_cli("report " + d / "a" + " --against " + d / "b" + " --json");
+  ASSERT_EQ(r.code, 0) << r.both();
+  const json s = json::parse(r.out)["against"];
+  EXPECT_EQ(s["common_steps"], 20);
+  EXPECT_NEAR(s["max_abs_loss_diff"].get<double>(), 2e-6, 1e-9);
+  EXPECT_EQ(s["worst_step"], 17);
+  EXPECT_EQ(s["common_val_steps"], 2);
+  EXPECT_NEAR(s["max_abs_val_loss_diff"].get<double>(), 0.0, 1e-12);
+  EXPECT_EQ(read_file(d / "a/report/training.png").substr(1, 3), "PNG");
+  EXPECT_NE(read_file(d / "a/report/training.svg").find("b: train loss"), std::string::npos);
+
+  write_file(d / "b/metrics.jsonl", line(99, 1.0, false));
+  r = run_cli("report " + d / "a" + " --against " + d / "b");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("b/metrics.jsonl: no step in common with"), std::string::npos) << r.err;
+}
+
 }  // namespace lt
