@@ -294,7 +294,10 @@ std::string first_telling_line(const std::string& err) {
     size_t end = err.find('\n', pos);
     std::string line = err.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
     pos = end == std::string::npos ? err.size() : end + 1;
-    if (line.find_first_not_of("- \t\r") == std::string::npos) continue;
+    // OpenMPI's banner on any non-zero exit says nothing of the cause.
+    if (line.find_first_not_of("- \t\r") == std::string::npos || line.rfind("Primary job", 0) == 0 ||
+        line.rfind("a non-zero exit code.", 0) == 0)
+      continue;
     if (line.rfind("leasetrain: ", 0) == 0) line = line.substr(12);
     return line.substr(0, 200);
   }
