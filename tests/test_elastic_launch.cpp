@@ -171,6 +171,39 @@ TEST(ElasticLaunch, GivesUpAfterNRestartsWhenEachAttemptProgresses) {
   EXPECT_EQ(a[2]["ranks"], 2);
 }
 
+TEST(ElasticLaunch, GrowTakesBackASlotWhoseNodePassesItsProbe) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  const std::string rank =
+      "if [ $LEASETRAIN_ATTEMPT = 1 ] && [ $OMPI_COMM_WORLD_RANK = 1 ]; then sleep 1; kill -9 $$; fi; sleep 3";
+  RunResult r = launch(dir, "--np 4 --restarts 1 --grow -- sh -c " + lt::test::shell_quote(rank));
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_NE(r.err.find("leaving out rank 1's slot"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("; admitted again"), std::string::npos) << r.err;
+  json a = attempts(dir);
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(a[1]["ranks"], 4);
+}
+
+// SIGTERM to launch: the ranks get SIGUSR1 (they checkpoint and exit 75), the attempt is
+// recorded as preempted, launch exits 75 and does not restart.
+TEST(ElasticLaunch, SigtermToLaunchPreemptsWithoutRestarting) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  const std::string rank = "trap 'exit 75' USR1; sleep 30 & wait";
+  RunResult r = run_sh(std::string(LT_CLI) + " launch --launcher mpirun --np 2 --restarts 3 --usage-log " +
+                           lt::test::shell_quote(dir / "usage.jsonl") + " --job-dir " +
+                           lt::test::shell_quote(dir / "job") + " -- sh -c " + lt::test::shell_quote(rank) +
+                           " & pid=$!; sleep 2; kill -TERM $pid; wait $pid",
+                       dir.path.string());
+  EXPECT_EQ(r.code, 75) << r.both();
+  EXPECT_NE(r.err.find("launch: stopped by a signal: attempt 1 recorded as preempted"), std::string::npos) << r.err;
+  std::vector<json> rec = records(dir);
+  ASSERT_EQ(rec.size(), 1u);
+  EXPECT_EQ(rec[0]["outcome"], "preempted");
+  EXPECT_EQ(rec[0]["exit_status"], 75);
+}
+
 // A manifest of this host and one that does not resolve, two CPU ranks each, joined (as far as
 // the manifest knows) by loopback.
 std::string two_node_manifest(const std::string& root) {
