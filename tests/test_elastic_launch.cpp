@@ -325,6 +325,8 @@ TEST(ElasticLaunchTrain, KilledRankResumesOnThreeRanksFromTheNewestCheckpoint) {
   ASSERT_EQ(r.code, 0) << r.both();
   std::printf("kill -9 of rank 2 at step %lld; first step of the restarted job %.2f s after the kill\n",
               (long long)step_at_kill, to_first_step);
+  for (size_t b = 0, e; (e = r.err.find('\n', b)) != std::string::npos; b = e + 1)  // what the user saw
+    if (r.err.compare(b, 19, "leasetrain: launch:") == 0) std::printf("%s\n", r.err.substr(b, e - b).c_str());
   EXPECT_NE(r.err.find("rank 2 on " + local_hostname() + " was killed by signal 9"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("launch: attempt 2 of at most 2: 3 ranks on " + local_hostname() + " (3), resuming"),
             std::string::npos) << r.err;
