@@ -10,13 +10,17 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <tuple>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "lease/audit.h"
 #include "lease/lease_plan.h"
+#include "lease/manifest.h"
 #include "lease/supervise.h"
+#include "runtime/error.h"
+#include "tests/lease_fixtures.h"
 #include "tests/mpi/dp_job.h"
 #include "tests/util.h"
 
@@ -52,6 +56,60 @@ size_t count(const std::string& s, const std::string& what) {
   size_t n = 0;
   for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) n++;
   return n;
+}
+
+// make_plan around what a restart left out: a device of node01 and the whole of node02 of the
+// fixture cluster's acme lease (two GPUs on each node).
+TEST(ElasticPlan, LeftOutDevicesAndNodesAreNotPlanned) {
+  PlanRequest req;
+  req.caller = Identity{1000, "alice", {1000}, {"alice"}};
+  req.now = lt::lease::parse_time("2025-06-01T00:00:00Z");
+  req.sysfs_root = kSysfs;
+  req.check_usage = false;
+  req.attempt = 3;
+  req.exclude["node01"].devices.insert("GPU-11111111-0000-4000-8000-000000000000");
+  req.exclude["node02"].whole_node = true;
+  const Manifest m = load_manifest(kManifest);
+  Plan p = make_plan(m, "acme-2024", req);
+  ASSERT_EQ(p.np, 1);
+  ASSERT_EQ(p.nodes.size(), 1u);
+  EXPECT_EQ(p.ranks[0].env.at("CUDA_VISIBLE_DEVICES"), "GPU-11111111-0000-4000-8000-000000000001");
+  EXPECT_EQ(p.ranks[0].env.at("LEASETRAIN_ATTEMPT"), "3");
+  EXPECT_EQ(p.ranks[0].env.at("LEASETRAIN_NODES"), "1");
+  req.np = 2;
+  try {
+    make_plan(m, "acme-2024", req);
+    ADD_FAILURE() << "--np 2 on one slot left was planned";
+  } catch (const lt::UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("once the left-out slots are taken away"), std::string::npos) << e.what();
+  }
+}
+
+// The attempt fields of a usage record are typed like the others.
+TEST(ElasticPlan, AttemptFieldsOfAUsageRecordAreChecked) {
+  TempDir dir;
+  const char* old = std::getenv(kAnchorFileEnv);
+  const std::string kept = old ? old : "";
+  ::setenv(kAnchorFileEnv, (dir / "anchors.log").c_str(), 1);
+  const json good = {{"kind", "job"}, {"lease", "l1"}, {"gpu_seconds", 0.0}, {"attempt", 2},
+                     {"outcome", "preempted"}, {"reason", "the job was preempted"}};
+  append_record(dir / "usage.jsonl", good);
+  for (const auto& [key, value, expected] :
+       std::vector<std::tuple<std::string, json, std::string>>{{"attempt", 0, "field 'attempt'"},
+                                                                {"outcome", "exploded", "field 'outcome'"},
+                                                                {"reason", "two\nlines", "field 'reason'"}}) {
+    json bad = good;
+    bad[key] = value;
+    try {
+      append_record(dir / "usage.jsonl", bad);
+      ADD_FAILURE() << key << " = " << value.dump() << " was appended";
+    } catch (const lt::UserError& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(verify_log(dir / "usage.jsonl").records, 1u);
+  if (old) ::setenv(kAnchorFileEnv, kept.c_str(), 1);
+  else ::unsetenv(kAnchorFileEnv);
 }
 
 TEST(ElasticLaunch, NoRestartsIsOneAttempt) {
