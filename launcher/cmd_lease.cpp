@@ -20,6 +20,7 @@
 #include "lease/lease_plan.h"
 #include "lease/manifest.h"
 #include "lease/manifest_sign.h"
+#include "lease/supervise.h"
 #include "lease/tenancy.h"
 #include "runtime/error.h"
 #include "runtime/input.h"
@@ -130,6 +131,9 @@ void add_launch(CLI::App& app) {
   auto opt = std::make_shared<LaunchOptions>();
   auto job_id = std::make_shared<std::string>();
   auto dry_run = std::make_shared<bool>(false);
+  auto restarts = std::make_shared<int>(0);
+  auto probe_timeout = std::make_shared<int>(30);
+  auto grow = std::make_shared<bool>(false);
   CLI::App* cmd = app.add_subcommand(
       "launch",
       "Start COMMAND on every rank of a lease through mpirun (srun inside a SLURM allocation): writes "
@@ -147,8 +151,25 @@ void add_launch(CLI::App& app) {
   cmd->add_option("--launcher", opt->launcher, "auto (srun when SLURM_JOB_ID is set), mpirun or srun")
       ->capture_default_str();
   cmd->add_option("--mpirun", opt->mpirun, "The mpirun to run")->capture_default_str();
+  cmd->add_option("--restarts", *restarts,
+                  "Restart the job after up to N failures (a rank's non-zero exit or signal, the watchdog's abort): "
+                  "name the failed rank and host, leave its slot out, probe every node through the launcher and "
+                  "leave out those that fail, restart on the surviving slots (at most the first attempt's ranks, "
+                  "a divisor of the run's global batch) with --resume added to a train command. Gives up at once "
+                  "on exit 2 (bad input), a lease past its window or quota, and two attempts in a row that end "
+                  "before their first step (crash loop). Exit 75 (preempted) restarts without counting. One usage "
+                  "record per attempt; <job dir>/attempts.json sums them up. SIGTERM, SIGUSR1 or a first SIGINT to "
+                  "launch: the job checkpoints and stops (SIGUSR1 to every rank), launch exits 75")
+      ->check(in_range<int>(0, 1000))
+      ->capture_default_str();
+  cmd->add_option("--probe-timeout", *probe_timeout, "Seconds a node's probe may take before it is left out")
+      ->check(in_range<int>(1, 3600))
+      ->capture_default_str();
+  cmd->add_flag("--grow", *grow,
+                "At each restart probe the left-out nodes and slots again and take back those that pass; on SIGHUP "
+                "probe them and, when one passes, have the job checkpoint (exit 75) and restart larger");
   cmd->add_option("command", opt->command, "The program each rank runs, after --")->required();
-  cmd->callback([a, opt, job_id, dry_run, &app] {
+  cmd->callback([a, opt, job_id, dry_run, restarts, probe_timeout, grow, &app] {
     Loaded l = load(*a);
     TimePoint now = system_now();
     PlanRequest req = request(*a, l, now);
@@ -201,61 +222,32 @@ void add_launch(CLI::App& app) {
       std::fprintf(stderr, "leasetrain: dropped from the environment (not in lease %s's policy):%s\n",
                    lease.id.c_str(), names.c_str());
     }
-    std::fprintf(stderr, "leasetrain: %s\n", command_line(c).c_str());
-    int status = run_launch(c);
-    TimePoint end = system_now();
-    if (!p.usage_log.empty()) {
-      nlohmann::json ranks = nlohmann::json::array();
-      std::string nccl = "unknown", cuda = "unknown";
-      int device_ranks = 0;
-      for (const RankPlan& r : p.ranks) {
-        nlohmann::json jr = {{"rank", r.rank}, {"host", r.host}, {"devices", r.devices}};
-        // Written by the rank, so the tenant's: read like any untrusted file, and a bad one
-        // must never cost the usage record (that would make a job unaccounted).
-        const std::string rank_file = o.job_dir + "/rank-" + std::to_string(r.rank) + ".json";
-        std::error_code ec;
-        if (fs::symlink_status(rank_file, ec).type() != fs::file_type::not_found) {
-          try {
-            nlohmann::json seen = parse_json(read_regular_file(rank_file, "rank record", 1 << 20), rank_file);
-            JsonFields f(seen, rank_file);
-            const nlohmann::json& devices = f.array("devices");
-            for (const auto& d : devices)
-              if (!d.is_string()) f.fail("devices", "an array of strings");
-            jr["devices_seen"] = devices;
-            nccl = f.opt_string("nccl_version").value_or(nccl);
-            cuda = f.opt_string("cuda_version").value_or(cuda);
-          } catch (const UserError& e) {
-            jr["devices_seen"] = "unreadable";
-            std::fprintf(stderr, "leasetrain: %s\n", e.what());
-          }
-        }
-        device_ranks += r.devices.empty() ? 0 : 1;
-        ranks.push_back(jr);
-      }
-      const double secs = double((end - now).count());
-      nlohmann::json rec = {{"kind", "job"},
-                            {"lease", p.lease_id},
-                            {"tenant", p.tenant},
-                            {"operator", p.operator_id},
-                            {"manifest_sha256", p.manifest_sha256},
-                            {"job_id", req.job_id},
-                            {"ranks", ranks},
-                            {"start", format_time(now)},
-                            {"end", format_time(end)},
-                            {"gpu_seconds", secs * device_ranks},
-                            {"nccl_version", nccl},
-                            {"cuda_version", cuda},
-                            {"env_sha256", c.env_sha256},
-                            {"launcher", c.launcher},
-                            {"exit_status", status}};
-      std::string hash = append_record(p.usage_log, rec);
-      std::fprintf(stderr, "leasetrain: usage record %s appended to %s\n", hash.c_str(), p.usage_log.c_str());
-    }
+    SuperviseOptions so;
+    so.manifest = &l.manifest;
+    so.lease_id = l.lease_id;
+    so.request = req;
+    so.signature_note = l.sig.note;
+    so.launch = o;
+    so.env = env;
+    so.restarts = *restarts;
+    so.probe_timeout_s = *probe_timeout;
+    so.grow = *grow;
+    so.probe_argv = {self_exe(), "probe"};
+    int status = supervise(so);
     if (status != 0) {
       std::fflush(nullptr);
       std::exit(status);
     }
   });
+}
+
+// The hidden `probe` a restart runs on every node through the launcher (lease/supervise.h).
+void add_probe(CLI::App& app) {
+  auto minors = std::make_shared<std::vector<int>>();
+  CLI::App* cmd = app.add_subcommand("probe", "What launch --restarts asks each node: online CPUs, leased devices present");
+  cmd->group("");
+  cmd->add_option("--minor", *minors, "A leased device's /dev/nvidia<minor> to look for")->check(in_range<int>(0, 4095));
+  cmd->callback([minors] { std::cout << probe_this_node(*minors).dump() << "\n"; });
 }
 
 void add_audit(CLI::App& app) {
@@ -358,6 +350,7 @@ std::string self_exe() {
 void add_lease_commands(CLI::App& app) {
   add_plan(app);
   add_launch(app);
+  add_probe(app);
   add_audit(app);
   add_manifest(app);
 }

@@ -65,7 +65,10 @@ void string_array(const JsonFields& f, const std::string& key) {
 
 const std::set<std::string> kJobFields = {"seq", "prev", "hash", "kind", "lease", "tenant", "operator",
                                           "manifest_sha256", "job_id", "ranks", "start", "end", "gpu_seconds",
-                                          "nccl_version", "cuda_version", "env_sha256", "launcher", "exit_status"};
+                                          "nccl_version", "cuda_version", "env_sha256", "launcher", "exit_status",
+                                          "attempt", "outcome", "reason"};
+
+const std::set<std::string> kOutcomes = {"completed", "preempted", "failed", "bad-input", "watchdog"};
 
 // Every field of a record besides the chain fields: typed, ranged, and consistent with each other.
 void check_content(const JsonFields& f, UsageRecord& u) {
@@ -82,6 +85,11 @@ void check_content(const JsonFields& f, UsageRecord& u) {
     hex64_field(f, "manifest_sha256");
   if (f.has("env_sha256")) hex64_field(f, "env_sha256");
   f.opt_integer("exit_status", std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
+  f.opt_integer("attempt", 1, std::numeric_limits<int32_t>::max());
+  if (std::optional<std::string> o = f.opt_string("outcome"); o && !kOutcomes.count(*o))
+    f.fail("outcome", "one of completed, preempted, failed, bad-input, watchdog");
+  if (std::optional<std::string> r = f.opt_string("reason"); r && (r->size() > 1000 || r->find('\n') != std::string::npos))
+    f.fail("reason", "one line of at most 1000 characters");
   std::optional<TimePoint> start = opt_time_field(f, "start"), end = opt_time_field(f, "end");
   if (start && end && *end < *start) f.fail("end", "a time not before start (" + format_time(*start) + ")");
   std::optional<size_t> device_ranks;

@@ -8,7 +8,8 @@
 // The only record kind is "job", written by `leasetrain launch`: lease and gpu_seconds
 // (required), and tenant, operator, manifest_sha256, job_id, ranks [{rank, host, devices,
 // devices_seen}], start, end (UTC), nccl_version, cuda_version, env_sha256, launcher,
-// exit_status. read_chain() is the one reader of a log: verify, accounting and append all go
+// exit_status, and for `launch --restarts` (one record per attempt) attempt (from 1), outcome
+// (completed, preempted, failed, bad-input, watchdog) and reason (one line). read_chain() is the one reader of a log: verify, accounting and append all go
 // through it, and every field is typed and range-checked (a wrong one is a UserError naming
 // file:line and field).
 //

@@ -1,10 +1,6 @@
 // Environment allowlist, mpirun/srun command building and the supervised start (launch.h).
 #include "lease/launch.h"
 
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -122,14 +118,55 @@ std::string command_line(const LaunchCommand& cmd) {
   return out;
 }
 
-LaunchCommand build_launch(const Plan& plan, const EnvFilter& env, const LaunchOptions& opt) {
-  if (opt.command.empty()) throw UserError("launch: no command to run (give it after --, e.g. -- train --config c.toml)");
-  if (opt.job_dir.empty()) throw UserError("launch: no job directory");
+namespace {
+
+// The launcher a job or probe uses and that launcher's own environment: the base variables,
+// what ssh/srun need, nothing else.
+LaunchCommand launcher_of(const EnvFilter& env, const LaunchOptions& opt) {
   LaunchCommand c;
   const bool in_slurm = opt.inherited.count("SLURM_JOB_ID") > 0;
   if (opt.launcher == "auto") c.launcher = in_slurm ? "srun" : "mpirun";
   else if (opt.launcher == "mpirun" || opt.launcher == "srun") c.launcher = opt.launcher;
   else throw UserError("--launcher: expected auto, mpirun or srun, got '" + opt.launcher + "'");
+  for (const auto& [k, v] : env.passed)
+    if (std::find(kBase.begin(), kBase.end(), k) != kBase.end()) c.exec_env[k] = v;
+  for (const std::string& k : kLauncherOnly)
+    if (auto it = opt.inherited.find(k); it != opt.inherited.end()) c.exec_env[k] = it->second;
+  if (!c.exec_env.count("PATH")) c.exec_env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
+  if (c.launcher == "srun")
+    for (const auto& [k, v] : opt.inherited)
+      if (starts_with(k, "SLURM_")) c.exec_env[k] = v;
+  return c;
+}
+
+// mpirun's options before the first app context: root, and the interfaces of the plan.
+std::vector<std::string> mpirun_head(const Plan& plan, const LaunchOptions& opt) {
+  std::vector<std::string> a = {opt.mpirun};
+  if (opt.as_root) a.push_back("--allow-run-as-root");
+  const std::string ifs = join(plan.mpi_interfaces, ",");
+  a.insert(a.end(), {"--bind-to", "none", "--mca", "btl_tcp_if_include", ifs, "--mca", "oob_tcp_if_include", ifs});
+  return a;
+}
+
+}  // namespace
+
+LaunchCommand build_probe(const std::string& host, const std::vector<std::string>& probe_argv, const Plan& plan,
+                          const EnvFilter& env, const LaunchOptions& opt) {
+  LaunchCommand c = launcher_of(env, opt);
+  if (c.launcher == "mpirun") {
+    c.argv = mpirun_head(plan, opt);
+    c.argv.insert(c.argv.end(), {"-np", "1", "--host", host + ":1"});
+  } else {
+    c.argv = {opt.srun, "-w", host, "--nodes=1", "--ntasks=1", "--export=NONE"};
+  }
+  c.argv.insert(c.argv.end(), probe_argv.begin(), probe_argv.end());
+  return c;
+}
+
+LaunchCommand build_launch(const Plan& plan, const EnvFilter& env, const LaunchOptions& opt) {
+  if (opt.command.empty()) throw UserError("launch: no command to run (give it after --, e.g. -- train --config c.toml)");
+  if (opt.job_dir.empty()) throw UserError("launch: no job directory");
+  LaunchCommand c = launcher_of(env, opt);
 
   // Per-rank environment: what the caller may pass, then the lease's own values on top.
   for (const RankPlan& r : plan.ranks) {
@@ -141,26 +178,14 @@ LaunchCommand build_launch(const Plan& plan, const EnvFilter& env, const LaunchO
   nlohmann::json ej = c.rank_env;
   c.env_sha256 = sha256_hex(ej.dump());
 
-  // The launcher's own environment: the base variables, what ssh/srun need, nothing else.
-  for (const auto& [k, v] : env.passed)
-    if (std::find(kBase.begin(), kBase.end(), k) != kBase.end()) c.exec_env[k] = v;
-  for (const std::string& k : kLauncherOnly)
-    if (auto it = opt.inherited.find(k); it != opt.inherited.end()) c.exec_env[k] = it->second;
-  if (!c.exec_env.count("PATH")) c.exec_env["PATH"] = "/usr/local/bin:/usr/bin:/bin";
-
   std::ostringstream hostfile;
   for (const NodePlan& n : plan.nodes) hostfile << n.host << " slots=" << n.slots << "\n";
   c.files.emplace_back(opt.job_dir + "/hostfile", hostfile.str());
 
   if (c.launcher == "mpirun") {
     auto& a = c.argv;
-    a = {opt.mpirun};
-    if (opt.as_root) a.push_back("--allow-run-as-root");
-    const std::string ifs = join(plan.mpi_interfaces, ",");
-    const std::vector<std::string> global = {"--hostfile", opt.job_dir + "/hostfile", "--bind-to", "none",
-                                             "--mca", "btl_tcp_if_include", ifs,
-                                             "--mca", "oob_tcp_if_include", ifs};
-    a.insert(a.end(), global.begin(), global.end());
+    a = mpirun_head(plan, opt);
+    a.insert(a.begin() + 1 + (opt.as_root ? 1 : 0), {"--hostfile", opt.job_dir + "/hostfile"});
     // One app context per rank, in rank order: OpenMPI numbers ranks by context, and -x given
     // inside a context applies to that context only.
     for (size_t i = 0; i < plan.ranks.size(); ++i) {
@@ -202,66 +227,20 @@ LaunchCommand build_launch(const Plan& plan, const EnvFilter& env, const LaunchO
     }
     c.files.emplace_back(opt.job_dir + "/slurm-hostfile", hosts.str());
     c.files.emplace_back(opt.job_dir + "/multi-prog.conf", prog.str());
-    for (const auto& [k, v] : opt.inherited)
-      if (starts_with(k, "SLURM_")) c.exec_env[k] = v;
     c.exec_env["SLURM_HOSTFILE"] = opt.job_dir + "/slurm-hostfile";
     c.argv = {opt.srun,
               "--nodes=" + std::to_string(plan.nodes.size()),
               "--ntasks=" + std::to_string(plan.np),
               "--distribution=arbitrary",
               "--kill-on-bad-exit=1",
-              // run_launch forwards SIGINT once: without this srun only prints the tasks'
-              // state ("one more within 1 sec to abort") and the job runs on.
+              // A second SIGINT reaches srun as SIGTERM (lease/supervise.cpp); a first one
+              // must not only print the tasks' state ("one more within 1 sec to abort").
               "--quit-on-interrupt",
               "--export=NONE",
               "--multi-prog",
               opt.job_dir + "/multi-prog.conf"};
   }
   return c;
-}
-
-namespace {
-volatile sig_atomic_t g_child = 0;
-void forward_signal(int sig) {
-  if (g_child > 0) ::kill(pid_t(g_child), sig);
-}
-}  // namespace
-
-int run_launch(const LaunchCommand& cmd) {
-  for (const auto& [path, content] : cmd.files) write_file_atomic(path, content);
-  std::vector<std::string> envs;
-  for (const auto& [k, v] : cmd.exec_env) envs.push_back(k + "=" + v);
-  std::vector<char*> envp, argv;
-  for (std::string& s : envs) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> args = cmd.argv;
-  for (std::string& s : args) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  std::fflush(nullptr);
-  pid_t pid = ::fork();
-  if (pid < 0) throw UserError(std::string("cannot start ") + cmd.launcher + ": " + std::strerror(errno));
-  if (pid == 0) {
-    ::execvpe(argv[0], argv.data(), envp.data());
-    std::fprintf(stderr, "leasetrain: error: cannot run %s: %s\n", argv[0], std::strerror(errno));
-    ::_exit(127);
-  }
-  g_child = pid;
-  struct sigaction sa {}, old_int{}, old_term{}, old_hup{};
-  sa.sa_handler = forward_signal;
-  sigemptyset(&sa.sa_mask);
-  ::sigaction(SIGINT, &sa, &old_int);
-  ::sigaction(SIGTERM, &sa, &old_term);
-  ::sigaction(SIGHUP, &sa, &old_hup);
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  g_child = 0;
-  ::sigaction(SIGINT, &old_int, nullptr);
-  ::sigaction(SIGTERM, &old_term, nullptr);
-  ::sigaction(SIGHUP, &old_hup, nullptr);
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return 1;
 }
 
 nlohmann::json launch_json(const Plan& plan, const EnvFilter& env, const LaunchCommand& cmd) {

@@ -58,9 +58,11 @@ struct LaunchCommand {
 
 LaunchCommand build_launch(const Plan& plan, const EnvFilter& env, const LaunchOptions& opt);
 
-// Writes the files, starts the launcher with exec_env, forwards SIGINT/SIGTERM/SIGHUP to it
-// and waits. Returns its exit status (128 + signal when killed).
-int run_launch(const LaunchCommand& cmd);
+// One run of `probe_argv` (leasetrain probe ...) on `host` through the launcher a job of `plan`
+// would use: mpirun -np 1 --host HOST:1 over the plan's interfaces, or srun -w HOST -N1 -n1.
+// No files; the launcher's environment is the job's (exec_env).
+LaunchCommand build_probe(const std::string& host, const std::vector<std::string>& probe_argv, const Plan& plan,
+                          const EnvFilter& env, const LaunchOptions& opt);
 
 std::string shell_quote(const std::string& s);
 std::string command_line(const LaunchCommand& cmd);  // argv shell-quoted, one line

@@ -157,6 +157,21 @@ Manifest local_default_manifest(int cpu_ranks, const std::string& proc_root, con
   return m;
 }
 
+int usable_slots(const Allocation& a, const std::map<std::string, PlanRequest::Exclusion>& exclude,
+                 std::vector<std::string>* devices) {
+  std::vector<std::string> all = a.gpus;
+  all.insert(all.end(), a.mig.begin(), a.mig.end());
+  auto it = exclude.find(a.node);
+  const PlanRequest::Exclusion none;
+  const PlanRequest::Exclusion& ex = it == exclude.end() ? none : it->second;
+  std::vector<std::string> kept;
+  for (const std::string& d : all)
+    if (!ex.devices.count(d)) kept.push_back(d);
+  const int n = ex.whole_node ? 0 : all.empty() ? std::max(0, a.cpu_ranks - ex.cpu_slots) : int(kept.size());
+  if (devices) *devices = ex.whole_node ? std::vector<std::string>{} : kept;
+  return n;
+}
+
 Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest& req) {
   const Lease& l = m.lease(lease_id);
   check_identity(m, l, req.caller ? *req.caller : Identity::current());
@@ -202,12 +217,14 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
     throw UserError("lease " + l.id + " has used its " + fmt_double(l.quota.gpu_hours) + " GPU-hours (" +
                     fmt_double(p.gpu_seconds_used / 3600.0) + " recorded in " + p.usage_log + ")");
 
-  const int total = l.total_slots();
+  int total = 0;
+  for (const Allocation& a : l.alloc) total += usable_slots(a, req.exclude);
   if (req.np > total) {
     std::string per_node;
-    for (const Allocation& a : l.alloc) per_node += (per_node.empty() ? "" : ", ") + a.node + ": " + std::to_string(a.slots());
+    for (const Allocation& a : l.alloc)
+      per_node += (per_node.empty() ? "" : ", ") + a.node + ": " + std::to_string(usable_slots(a, req.exclude));
     throw UserError("--np " + std::to_string(req.np) + " exceeds lease " + l.id + ", which has " + std::to_string(total) +
-                    " slots (" + per_node + ")");
+                    " slots (" + per_node + ")" + (req.exclude.empty() ? "" : " once the left-out slots are taken away"));
   }
   if (req.np > l.quota.max_ranks)
     throw UserError("--np " + std::to_string(req.np) + " exceeds lease " + l.id + "'s quota of " +
@@ -226,9 +243,9 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
   for (const Allocation& a : l.alloc) {
     if (rank >= p.np) break;
     const Node& node = *m.find_node(a.node);
-    std::vector<std::string> devices = a.gpus;
-    devices.insert(devices.end(), a.mig.begin(), a.mig.end());
-    const int here = std::min(a.slots(), p.np - rank);
+    std::vector<std::string> devices;
+    const int here = std::min(usable_slots(a, req.exclude, &devices), p.np - rank);
+    if (here <= 0) continue;
     const Partition* part = a.partition.empty() ? nullptr : m.find_partition(a.partition);
     NodePlan np;
     np.host = node.hostname;
@@ -295,10 +312,12 @@ Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest
       if (!req.job_id.empty()) env["LEASETRAIN_JOB_ID"] = req.job_id;
       if (!p.usage_log.empty()) env["LEASETRAIN_USAGE_LOG"] = p.usage_log;
       env["LEASETRAIN_WORLD_SIZE"] = std::to_string(p.np);
+      env["LEASETRAIN_ATTEMPT"] = std::to_string(req.attempt);
       p.ranks.push_back(std::move(r));
     }
     p.nodes.push_back(std::move(np));
   }
+  for (RankPlan& r : p.ranks) r.env["LEASETRAIN_NODES"] = std::to_string(p.nodes.size());
   // GPU-hours: the device ranks together may run until the quota left is spent.
   int device_ranks = 0;
   for (const RankPlan& r : p.ranks) device_ranks += r.devices.empty() ? 0 : 1;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -88,12 +89,29 @@ struct PlanRequest {
   std::string usage_log;
   std::optional<Identity> caller;   // who is asking; nullopt: the real caller (Identity::current)
   bool check_usage = true;          // read the usage log for GPU-hours (off in unit tests)
+  int attempt = 1;                  // LEASETRAIN_ATTEMPT of every rank (launch --restarts counts from 1)
+  // What a restart leaves out (launch --restarts), by host: the whole node, some of its devices
+  // (by UUID), or a number of its CPU slots. The plan is made as if the lease did not hold them;
+  // --np counts against what is left.
+  struct Exclusion {
+    bool whole_node = false;
+    std::set<std::string> devices;
+    int cpu_slots = 0;
+  };
+  std::map<std::string, Exclusion> exclude;
 };
+
+// The slots of allocation `a` that `exclude` leaves in, and their devices
+// (empty for CPU slots).
+int usable_slots(const Allocation& a, const std::map<std::string, PlanRequest::Exclusion>& exclude,
+                 std::vector<std::string>* devices = nullptr);
 
 // Refuses (UserError, one line) when the lease is unknown, the caller is not among its
 // tenant's users/groups, it is outside its window, over a quota, a storage root is a symlink,
-// --usage-log is not the lease's log, or the request exceeds it (before allocating anything). Ranks fill nodes in manifest order; on each node devices are
-// taken in the order the allocation lists them, and NICs round-robin by local rank.
+// --usage-log is not the lease's log, or the request exceeds it (before allocating anything).
+// Ranks fill nodes in manifest order; on each node devices are taken in the order the
+// allocation lists them (less req.exclude), and NICs round-robin by local rank. Every rank gets
+// LEASETRAIN_ATTEMPT (req.attempt) and LEASETRAIN_NODES (the nodes of this plan).
 Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest& req);
 
 // The lease used when no manifest is given: this machine alone, its GPUs (read from

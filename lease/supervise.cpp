@@ -1,0 +1,651 @@
+// The supervised run of a job (supervise.h): attempts, failure attribution, node probes,
+// restarts on what is left, one usage record per attempt.
+#include "lease/supervise.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <regex>
+
+#include "lease/audit.h"
+#include "lease/storage.h"
+#include "lease/tenancy.h"
+#include "runtime/error.h"
+#include "runtime/input.h"
+#include "runtime/safe_path.h"
+
+namespace lt::lease {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// ---- signals to launch ----------------------------------------------------------------------
+// SIGTERM, SIGUSR1 and a first SIGINT ask the job to checkpoint and stop (SIGUSR1 to the
+// launcher: mpirun passes SIGUSR1 to every rank, while SIGTERM would kill the job at once); a
+// second SIGINT/SIGTERM is forwarded as SIGTERM. SIGHUP re-probes with --grow, else is forwarded.
+volatile sig_atomic_t g_child = 0;  // the running launcher's pid, 0 between attempts
+volatile sig_atomic_t g_stops = 0;  // stop requests so far
+volatile sig_atomic_t g_hup = 0;
+volatile sig_atomic_t g_grow = 0;
+
+void on_signal(int sig) {
+  const pid_t child = pid_t(g_child);
+  if (sig == SIGHUP) {
+    if (g_grow) g_hup = 1;
+    else if (child > 0) ::kill(child, SIGHUP);
+    return;
+  }
+  const bool again = g_stops > 0 && sig != SIGUSR1;
+  if (g_stops < 2) g_stops = g_stops + 1;
+  if (child > 0) ::kill(child, again ? SIGTERM : SIGUSR1);
+}
+
+struct SignalScope {
+  struct sigaction old[4];
+  static constexpr int kSigs[4] = {SIGINT, SIGTERM, SIGUSR1, SIGHUP};
+  explicit SignalScope(bool grow) {
+    g_stops = 0;
+    g_hup = 0;
+    g_grow = grow ? 1 : 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 4; ++i) ::sigaction(kSigs[i], &sa, &old[i]);
+  }
+  ~SignalScope() {
+    for (int i = 0; i < 4; ++i) ::sigaction(kSigs[i], &old[i], nullptr);
+  }
+};
+
+void say(const std::string& line) {
+  std::fprintf(stderr, "leasetrain: %s\n", line.c_str());
+  std::fflush(stderr);
+}
+
+// ---- running the launcher -------------------------------------------------------------------
+
+struct RunIo {
+  bool job = false;         // the job itself: g_child is set so signals reach it
+  bool capture_out = false; // stdout into Ran::out (a probe), else inherited
+  int log_fd = -1;          // stderr is also copied here
+  bool echo_err = true;     // stderr copied to ours
+  int timeout_s = 0;        // 0: none; else SIGTERM to its process group, SIGKILL 2 s later
+  std::function<void()> on_hup;  // called from the loop after SIGHUP (with --grow)
+};
+
+struct Ran {
+  int status = 0;  // exit code, or 128 + signal
+  std::string out, err_tail;
+  bool timed_out = false;
+};
+
+constexpr size_t kTail = 256 * 1024;  // stderr kept for parsing: the launcher's report is at its end
+
+// Starts cmd (its own process group, stdin /dev/null: a terminal's Ctrl-C reaches launch only,
+// which decides what the job gets), copies its stderr while it runs, and waits.
+Ran run_child(const LaunchCommand& cmd, const RunIo& io) {
+  std::vector<std::string> envs;
+  for (const auto& [k, v] : cmd.exec_env) envs.push_back(k + "=" + v);
+  std::vector<char*> envp, argv;
+  for (std::string& s : envs) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args = cmd.argv;
+  for (std::string& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  int err_pipe[2], out_pipe[2] = {-1, -1};
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0 || (io.capture_out && ::pipe2(out_pipe, O_CLOEXEC) != 0))
+    throw IoError(std::string("launch: pipe: ") + std::strerror(errno));
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) throw IoError(std::string("cannot start ") + cmd.launcher + ": " + std::strerror(errno));
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    int null = ::open("/dev/null", O_RDONLY);
+    if (null >= 0) ::dup2(null, 0);
+    ::dup2(err_pipe[1], 2);
+    if (io.capture_out) ::dup2(out_pipe[1], 1);
+    ::execvpe(argv[0], argv.data(), envp.data());
+    std::fprintf(stderr, "leasetrain: error: cannot run %s: %s\n", argv[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  ::setpgid(pid, pid);  // also here: whichever of the two runs first
+  if (io.job) g_child = pid;
+  ::close(err_pipe[1]);
+  if (io.capture_out) ::close(out_pipe[1]);
+  int fds[2] = {err_pipe[0], out_pipe[0]};
+  for (int fd : fds)
+    if (fd >= 0) ::fcntl(fd, F_SETFL, O_NONBLOCK);
+  Ran r;
+  auto drain = [&](int i) {
+    char buf[8192];
+    for (;;) {
+      ssize_t n = ::read(fds[i], buf, sizeof buf);
+      if (n > 0) {
+        if (i == 1) {
+          if (r.out.size() < (1 << 20)) r.out.append(buf, size_t(n));
+          continue;
+        }
+        if (io.echo_err) (void)!::write(2, buf, size_t(n));
+        if (io.log_fd >= 0) write_all_or_throw(io.log_fd, buf, size_t(n), "the attempt's launcher log", false);
+        r.err_tail.append(buf, size_t(n));
+        if (r.err_tail.size() > 2 * kTail) r.err_tail.erase(0, r.err_tail.size() - kTail);
+        continue;
+      }
+      if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+        ::close(fds[i]);
+        fds[i] = -1;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      return;
+    }
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  int status = 0, term_sent = 0;
+  for (;;) {
+    pollfd p[2];
+    int np = 0;
+    for (int i = 0; i < 2; ++i)
+      if (fds[i] >= 0) p[np++] = {fds[i], POLLIN, 0};
+    if (np) ::poll(p, nfds_t(np), 100);
+    else ::usleep(100 * 1000);
+    for (int i = 0; i < 2; ++i)
+      if (fds[i] >= 0) drain(i);
+    pid_t w = ::waitpid(pid, &status, WNOHANG);
+    if (w == pid) break;
+    if (w < 0 && errno != EINTR) throw IoError(std::string("waitpid: ") + std::strerror(errno));
+    if (io.job && g_hup && io.on_hup) {
+      g_hup = 0;
+      io.on_hup();
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (io.timeout_s > 0 && secs > io.timeout_s + 2.0 * term_sent) {
+      r.timed_out = true;
+      ::kill(-pid, term_sent ? SIGKILL : SIGTERM);
+      ++term_sent;
+    }
+  }
+  if (io.job) g_child = 0;
+  for (int i = 0; i < 2; ++i)  // what the launcher wrote last; a daemon it left behind may hold the pipe
+    if (fds[i] >= 0) {
+      drain(i);
+      if (fds[i] >= 0) ::close(fds[i]);
+    }
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1;
+  return r;
+}
+
+// ---- what the job left in its directory -----------------------------------------------------
+
+bool present(const std::string& path) {
+  std::error_code ec;
+  return fs::symlink_status(path, ec).type() != fs::file_type::not_found;
+}
+
+struct Progress {
+  bool known = false;
+  int64_t step = 0, start_step = 0;
+  std::optional<int64_t> global_batch;
+};
+
+// rank 0's progress.json (the trainer's; absent: unknown). Read as the tenant's file it is.
+Progress read_progress(const std::string& job_dir) {
+  Progress pr;
+  const std::string path = job_dir + "/progress.json";
+  if (!present(path)) return pr;
+  try {
+    json j = read_json_file(path, "progress record");
+    JsonFields f(j, path);
+    pr.step = f.integer("step", 0);
+    pr.start_step = f.integer("start_step", 0);
+    pr.global_batch = f.opt_integer("global_batch", 1, int64_t(1) << 40);
+    pr.known = true;
+  } catch (const UserError& e) {
+    say(std::string("warning: ") + e.what() + " (taken as no progress)");
+  }
+  return pr;
+}
+
+struct Failure {
+  int rank = -1;
+  std::string host;
+  int signal = 0;
+  int exit_code = -1;
+  std::string error;  // the rank's own last words, when it left them
+};
+
+// rank-<r>.exit.json files: {"rank", "host", "exit_code", "error"} by rank.
+std::map<int, Failure> read_exit_records(const std::string& job_dir, int ranks) {
+  std::map<int, Failure> out;
+  for (int r = 0; r < ranks; ++r) {
+    const std::string path = job_dir + "/rank-" + std::to_string(r) + ".exit.json";
+    if (!present(path)) continue;
+    try {
+      json j = read_json_file(path, "rank exit record");
+      JsonFields f(j, path);
+      Failure x;
+      x.rank = int(f.integer("rank", 0, ranks - 1));
+      x.host = f.string("host");
+      x.exit_code = int(f.integer("exit_code", 0, 255));
+      x.error = f.string("error");
+      x.error = x.error.substr(0, x.error.find('\n')).substr(0, 300);
+      out[r] = x;
+    } catch (const UserError& e) {
+      say(std::string("warning: ") + e.what());
+    }
+  }
+  return out;
+}
+
+// Who failed: the launcher's own report of a rank killed by a signal first (a rank that is
+// killed leaves no last words, and the survivors' are about losing it), then the rank the
+// launcher names as the first non-zero exit, then the lowest rank that left an exit record.
+// OpenMPI 4 prints "mpirun noticed that process rank 2 with PID 0 on node X exited on signal 9
+// (Killed)." and "Process name: [[29721,1],2]\n  Exit code:    7"; srun prints
+// "srun: error: X: task 2: Killed" or "...: task 2: Exited with exit code 7".
+Failure find_failure(const std::string& err, const std::map<int, Failure>& records, const Plan& p) {
+  Failure f;
+  std::smatch m;
+  static const std::regex kOmpiSignal(R"(process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+))");
+  static const std::regex kOmpiExit(R"(Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s*(\d+))");
+  static const std::regex kSrun(R"(srun: error: (\S+): task (\d+): (Killed|Exited with exit code (\d+)))");
+  auto rank_of = [&](const std::string& s) {
+    int r = std::atoi(s.c_str());
+    return r >= 0 && size_t(r) < p.ranks.size() ? r : -1;
+  };
+  if (std::regex_search(err, m, kOmpiSignal)) {
+    f.rank = rank_of(m[1]), f.host = m[2], f.signal = std::atoi(m[3].str().c_str());
+  } else if (std::regex_search(err, m, kSrun)) {
+    f.rank = rank_of(m[2]), f.host = m[1];
+    if (m[3] == "Killed") f.signal = SIGKILL;
+    else f.exit_code = std::atoi(m[4].str().c_str());
+  } else if (std::regex_search(err, m, kOmpiExit)) {
+    f.rank = rank_of(m[1]), f.exit_code = std::atoi(m[2].str().c_str());
+  } else if (!records.empty()) {
+    f = records.begin()->second;
+  }
+  if (f.rank >= 0) {
+    if (auto it = records.find(f.rank); it != records.end() && f.signal == 0) {
+      f.error = it->second.error;
+      if (f.exit_code < 0) f.exit_code = it->second.exit_code;
+    }
+    if (f.host.empty()) f.host = p.ranks[size_t(f.rank)].host;
+  }
+  return f;
+}
+
+// The launcher's most telling line when no rank is named ("ssh: Could not resolve hostname ...").
+std::string first_telling_line(const std::string& err) {
+  size_t pos = 0;
+  while (pos < err.size()) {
+    size_t end = err.find('\n', pos);
+    std::string line = err.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    pos = end == std::string::npos ? err.size() : end + 1;
+    // OpenMPI's banner on any non-zero exit says nothing of the cause.
+    if (line.find_first_not_of("- \t\r") == std::string::npos || line.rfind("Primary job", 0) == 0 ||
+        line.rfind("a non-zero exit code.", 0) == 0)
+      continue;
+    if (line.rfind("leasetrain: ", 0) == 0) line = line.substr(12);
+    return line.substr(0, 200);
+  }
+  return "";
+}
+
+std::string describe_failure(const Failure& f, const std::string& launcher, int status, const std::string& err) {
+  if (f.rank < 0) {
+    std::string line = first_telling_line(err);
+    return launcher + " exited with " + std::to_string(status) + (line.empty() ? "; no rank named a cause" : ": " + line);
+  }
+  std::string s = "rank " + std::to_string(f.rank) + " on " + f.host;
+  if (f.signal) s += " was killed by signal " + std::to_string(f.signal) + " (" + strsignal(f.signal) + ")";
+  else if (f.exit_code >= 0) s += " exited with " + std::to_string(f.exit_code);
+  else s += " failed";
+  if (!f.error.empty()) s += ": " + f.error;
+  return s;
+}
+
+std::string outcome_of(int status) {
+  switch (status) {
+    case 0: return "completed";
+    case 2: return "bad-input";
+    case 3: return "watchdog";
+    case kExitPreempted: return "preempted";
+    default: return "failed";
+  }
+}
+
+// Moves what the previous attempt's ranks wrote (progress, last words, devices seen) into
+// attempt-<n>/, so this attempt's files are its own.
+void archive_attempt(const WriteRoot& jd, int n) {
+  const std::string dir = "attempt-" + std::to_string(n);
+  bool made = false;
+  for (const std::string& name : jd.list("")) {
+    const bool ours = name == "progress.json" ||
+                      (name.rfind("rank-", 0) == 0 && name.size() > 10 && name.compare(name.size() - 5, 5, ".json") == 0);
+    if (!ours) continue;
+    if (!made) jd.open_dir(dir, true), made = true;
+    if (!jd.rename(name, dir + "/" + name))
+      throw_write_error(jd.display(name), "move into " + dir + "/", errno);
+  }
+}
+
+// The usage record of one attempt (see audit.h for the fields).
+json usage_record(const Plan& p, const LaunchCommand& c, const std::string& job_dir, TimePoint start, TimePoint end,
+                  int status, int attempt, const std::string& outcome, const std::string& reason) {
+  json ranks = json::array();
+  std::string nccl = "unknown", cuda = "unknown";
+  int device_ranks = 0;
+  for (const RankPlan& r : p.ranks) {
+    json jr = {{"rank", r.rank}, {"host", r.host}, {"devices", r.devices}};
+    // Written by the rank, so the tenant's: read like any untrusted file, and a bad one must
+    // never cost the usage record (that would make a job unaccounted).
+    const std::string rank_file = job_dir + "/rank-" + std::to_string(r.rank) + ".json";
+    if (present(rank_file)) {
+      try {
+        json seen = parse_json(read_regular_file(rank_file, "rank record", 1 << 20), rank_file);
+        JsonFields f(seen, rank_file);
+        const json& devices = f.array("devices");
+        for (const auto& d : devices)
+          if (!d.is_string()) f.fail("devices", "an array of strings");
+        jr["devices_seen"] = devices;
+        nccl = f.opt_string("nccl_version").value_or(nccl);
+        cuda = f.opt_string("cuda_version").value_or(cuda);
+      } catch (const UserError& e) {
+        jr["devices_seen"] = "unreadable";
+        say(e.what());
+      }
+    }
+    device_ranks += r.devices.empty() ? 0 : 1;
+    ranks.push_back(jr);
+  }
+  const double secs = double((end - start).count());
+  return {{"kind", "job"},
+          {"lease", p.lease_id},
+          {"tenant", p.tenant},
+          {"operator", p.operator_id},
+          {"manifest_sha256", p.manifest_sha256},
+          {"job_id", p.job_id},
+          {"ranks", ranks},
+          {"start", format_time(start)},
+          {"end", format_time(end)},
+          {"gpu_seconds", secs * device_ranks},
+          {"nccl_version", nccl},
+          {"cuda_version", cuda},
+          {"env_sha256", c.env_sha256},
+          {"launcher", c.launcher},
+          {"exit_status", status},
+          {"attempt", attempt},
+          {"outcome", outcome},
+          {"reason", reason}};
+}
+
+std::string nodes_text(const Plan& p) {
+  std::string s;
+  for (const NodePlan& n : p.nodes) s += (s.empty() ? "" : ", ") + n.host + " (" + std::to_string(n.slots) + ")";
+  return s;
+}
+
+bool has_arg(const std::vector<std::string>& v, const std::string& a) {
+  return std::any_of(v.begin(), v.end(), [&](const std::string& s) { return s == a || s.rfind(a + "=", 0) == 0; });
+}
+
+// ---- probes -------------------------------------------------------------------------------
+
+struct ProbeResult {
+  bool ok = false;
+  std::string why;                   // why not, or what it found
+  std::set<std::string> missing;     // leased devices whose /dev/nvidia<minor> is gone
+};
+
+ProbeResult probe_node(const Manifest& m, const Allocation& a, const Plan& p, const SuperviseOptions& o) {
+  const Node& node = *m.find_node(a.node);
+  std::map<int, std::vector<std::string>> by_minor;  // minor -> leased devices on it
+  std::vector<std::string> devices = a.gpus;
+  devices.insert(devices.end(), a.mig.begin(), a.mig.end());
+  for (const std::string& d : devices) {
+    const Gpu* g = node.find_gpu(d);
+    if (!g)
+      if (const MigSlice* s = node.find_mig(d)) g = node.find_gpu(s->parent);
+    if (g && g->minor >= 0) by_minor[g->minor].push_back(d);
+  }
+  std::vector<std::string> argv = o.probe_argv;
+  for (const auto& [minor, _] : by_minor) argv.insert(argv.end(), {"--minor", std::to_string(minor)});
+  LaunchCommand c = build_probe(node.hostname, argv, p, o.env, o.launch);
+  RunIo io;
+  io.capture_out = true;
+  io.echo_err = false;
+  io.timeout_s = o.probe_timeout_s;
+  Ran r = run_child(c, io);
+  ProbeResult pr;
+  if (r.timed_out) {
+    pr.why = "no answer within " + std::to_string(o.probe_timeout_s) + " s";
+    return pr;
+  }
+  if (r.status != 0) {
+    std::string line = first_telling_line(r.err_tail);
+    pr.why = c.launcher + " exited with " + std::to_string(r.status) + (line.empty() ? "" : ": " + line);
+    return pr;
+  }
+  try {
+    size_t brace = r.out.rfind("\n{");
+    json j = parse_json(r.out.substr(brace == std::string::npos ? 0 : brace + 1), "probe of " + node.hostname);
+    JsonFields f(j, "probe of " + node.hostname);
+    const int64_t cpus = f.integer("cpus", 0);
+    JsonFields dev = f.object("devices");
+    for (const auto& [minor, uuids] : by_minor)
+      if (!dev.has(std::to_string(minor)) || !dev.boolean(std::to_string(minor))) pr.missing.insert(uuids.begin(), uuids.end());
+    if (cpus < 1) {
+      pr.why = "no CPU online";
+      return pr;
+    }
+    pr.ok = pr.missing.size() < devices.size() || devices.empty();
+    pr.why = std::to_string(cpus) + " CPUs online";
+    if (!by_minor.empty()) pr.why += ", " + std::to_string(devices.size() - pr.missing.size()) + " of " +
+                                     std::to_string(devices.size()) + " leased devices present";
+    if (!pr.ok) pr.why += " (none usable)";
+  } catch (const UserError& e) {
+    pr.why = std::string("unreadable answer: ") + e.what();
+  }
+  return pr;
+}
+
+}  // namespace
+
+json probe_this_node(const std::vector<int>& minors, const std::string& dev_root) {
+  json devices = json::object();
+  for (int m : minors) {
+    struct stat st {};
+    const std::string path = dev_root + "/nvidia" + std::to_string(m);
+    devices[std::to_string(m)] = ::stat(path.c_str(), &st) == 0 && S_ISCHR(st.st_mode);
+  }
+  return {{"host", local_hostname()}, {"cpus", ::sysconf(_SC_NPROCESSORS_ONLN)}, {"devices", devices}};
+}
+
+int supervise(const SuperviseOptions& o) {
+  const Manifest& m = *o.manifest;
+  const Lease& lease = m.lease(o.lease_id);
+  const std::string& job_dir = o.launch.job_dir;
+  SignalScope signals(o.grow);
+  std::map<std::string, PlanRequest::Exclusion> excl;  // by node
+  std::optional<int64_t> global_batch;
+  std::optional<WriteRoot> jd;
+  json attempts = json::array();
+  int restarts_used = 0, first_np = 0, last_status = 0;
+  bool prev_no_progress = false, resume = false;
+  const std::vector<std::string>& cmd = o.launch.command;
+  const bool is_train = !o.probe_argv.empty() && cmd.size() > 1 && cmd[0] == o.probe_argv[0] && cmd[1] == "train" &&
+                        !has_arg(cmd, "--resume") && !has_arg(cmd, "--init");
+  auto give_up = [&](int n, const std::string& why) {
+    say("launch: giving up after attempt " + std::to_string(n) + ": " + why);
+    return last_status;
+  };
+
+  // Probes every node (without --grow, not those already left out whole) and leaves out those
+  // that fail, and leased devices that are gone. Returns whether anything was re-admitted.
+  auto probe_all = [&](const Plan& p, bool only_left_out) {
+    bool readmitted = false;
+    for (const Allocation& a : lease.alloc) {
+      PlanRequest::Exclusion& ex = excl[a.node];
+      const bool left_out = ex.whole_node || ex.cpu_slots > 0 || !ex.devices.empty();
+      if (only_left_out && !left_out) continue;
+      if (ex.whole_node && !o.grow) {
+        say("launch: node " + a.node + " stays left out");
+        continue;
+      }
+      ProbeResult r = probe_node(m, a, p, o);
+      if (!r.ok) {
+        say("launch: probe of " + a.node + " failed (" + r.why + "); leaving it out");
+        ex.whole_node = true;
+        continue;
+      }
+      std::string msg = "launch: probe of " + a.node + ": " + r.why;
+      if (o.grow && left_out) {
+        readmitted = true;
+        ex = PlanRequest::Exclusion{};
+        msg += "; admitted again";
+      }
+      for (const std::string& d : r.missing)
+        if (ex.devices.insert(d).second) msg += "; leaving out " + d + " (its device node is gone)";
+      say(msg);
+    }
+    return readmitted;
+  };
+
+  for (int n = 1;; ++n) {
+    if (g_stops) {
+      say("launch: stopped by a signal before attempt " + std::to_string(n));
+      return kExitPreempted;
+    }
+    PlanRequest req = o.request;
+    req.now = system_now();
+    req.attempt = n;
+    req.exclude = excl;
+    if (n > 1) {
+      int left = 0;
+      for (const Allocation& a : lease.alloc) left += usable_slots(a, excl);
+      int np = std::min(left, first_np);
+      // The trainer keeps the global batch by changing grad_accum: it needs a world size that divides it.
+      if (global_batch)
+        while (np > 1 && *global_batch % np != 0) --np;
+      if (np < 1) return give_up(n - 1, "no usable slot is left in lease " + lease.id);
+      req.np = np;
+    }
+    Plan p;
+    try {
+      p = make_plan(m, o.lease_id, req);
+    } catch (const UserError& e) {
+      if (n == 1) throw;
+      return give_up(n - 1, e.what());
+    }
+    p.signature_note = o.signature_note;
+    if (n == 1) first_np = p.np;
+    LaunchOptions lo = o.launch;
+    if (resume) lo.command.push_back("--resume");
+    LaunchCommand c = build_launch(p, o.env, lo);
+    c.files.emplace_back(job_dir + "/plan.json", plan_json(p).dump(2) + "\n");
+    if (jd) archive_attempt(*jd, n - 1);
+    for (const auto& [path, content] : c.files) write_file_atomic(path, content);
+    if (!jd) jd.emplace(job_dir);
+    if (o.restarts > 0 || n > 1)
+      say("launch: attempt " + std::to_string(n) + " of at most " + std::to_string(o.restarts + 1 + (n - 1 - restarts_used)) +
+          ": " + std::to_string(p.np) + " ranks on " + nodes_text(p) + (resume ? ", resuming" : ""));
+    say(command_line(c));
+    const std::string log_name = "attempt-" + std::to_string(n) + ".log";
+    Fd log = jd->open_file(log_name, O_WRONLY | O_CREAT | O_TRUNC);
+    bool grow_restart = false;
+    RunIo io;
+    io.job = true;
+    io.log_fd = log.get();
+    io.on_hup = [&] {
+      say("launch: SIGHUP: probing the left-out nodes");
+      if (probe_all(p, true)) {
+        say("launch: asking the job to checkpoint and stop, to restart it larger");
+        grow_restart = true;
+        if (g_child > 0) ::kill(pid_t(g_child), SIGUSR1);
+      }
+    };
+    const TimePoint start = system_now();
+    Ran r = run_child(c, io);
+    const TimePoint end = system_now();
+    log.close_checked(jd->display(log_name));
+    last_status = r.status;
+    const bool stopped = g_stops > 0;
+    const Progress pr = read_progress(job_dir);
+    if (pr.global_batch) global_batch = pr.global_batch;
+    Failure f;
+    std::string outcome = outcome_of(r.status), reason;
+    if (r.status == 0) reason = "finished";
+    else if (stopped && g_stops < 2) outcome = "preempted", reason = "launch was asked to stop; the job was sent SIGUSR1";
+    else if (r.status == kExitPreempted) reason = grow_restart ? "preempted to restart on more slots" : "the job was preempted";
+    else {
+      f = find_failure(r.err_tail, read_exit_records(job_dir, p.np), p);
+      reason = describe_failure(f, c.launcher, r.status, r.err_tail);
+    }
+    if (!p.usage_log.empty()) {
+      std::string hash =
+          append_record(p.usage_log, usage_record(p, c, job_dir, start, end, r.status, n, outcome, reason));
+      say("usage record " + hash + " appended to " + p.usage_log);
+    }
+    json hosts = json::array();
+    for (const NodePlan& np : p.nodes) hosts.push_back(np.host);
+    json aj = {{"attempt", n},       {"start", format_time(start)}, {"end", format_time(end)}, {"ranks", p.np},
+               {"hosts", hosts},     {"resumed", resume},           {"exit_status", r.status}, {"outcome", outcome},
+               {"reason", reason},   {"log", log_name}};
+    if (f.rank >= 0) aj["failed_rank"] = f.rank, aj["failed_host"] = f.host;
+    if (pr.known) aj["progress"] = {{"step", pr.step}, {"start_step", pr.start_step}};
+    attempts.push_back(aj);
+    write_file_atomic(*jd, "attempts.json", attempts.dump(2) + "\n");
+
+    if (r.status == 0) {
+      if (n > 1) say("launch: completed on attempt " + std::to_string(n));
+      return 0;
+    }
+    if (stopped) {
+      if (g_stops >= 2) return r.status;
+      say("launch: stopped by a signal: attempt " + std::to_string(n) +
+          " recorded as preempted; run the same launch again to resume");
+      return kExitPreempted;
+    }
+    if (r.status == kExitPreempted) say("launch: attempt " + std::to_string(n) + ": " + reason);
+    else say("launch: attempt " + std::to_string(n) + " failed (exit " + std::to_string(r.status) + "): " + reason);
+    if (r.status == 2) return o.restarts > 0 ? give_up(n, "bad input (exit 2); a restart cannot fix it") : 2;
+    if (o.restarts == 0) return r.status;
+    const bool no_progress = !pr.known || pr.step <= pr.start_step;
+    if (no_progress && prev_no_progress)
+      return give_up(n, "crash loop: attempts " + std::to_string(n - 1) + " and " + std::to_string(n) +
+                            " both ended before completing their first step");
+    prev_no_progress = no_progress;
+    if (r.status != kExitPreempted) {
+      if (restarts_used >= o.restarts)
+        return give_up(n, std::to_string(o.restarts) + " restart" + (o.restarts == 1 ? "" : "s") + " used");
+      ++restarts_used;
+      if (f.rank >= 0) {
+        const RankPlan& rp = p.ranks[size_t(f.rank)];
+        PlanRequest::Exclusion& ex = excl[rp.host];
+        if (rp.devices.empty()) ++ex.cpu_slots;
+        else ex.devices.insert(rp.devices[0]);
+        say("launch: leaving out rank " + std::to_string(f.rank) + "'s slot (" + rp.host + ", " +
+            (rp.devices.empty() ? std::string("one CPU slot") : rp.devices[0]) + ")");
+      }
+      probe_all(p, false);
+    } else if (!grow_restart && o.grow) {
+      probe_all(p, true);
+    }
+    resume = is_train;
+  }
+}
+
+}  // namespace lt::lease

@@ -1,0 +1,406 @@
+// launch --restarts: one usage record per attempt, chained; a failed rank's slot left out; no
+// restart on bad input; giving up after N restarts or on a crash loop; a node whose probe fails
+// left out; a real 4-rank training job that loses a rank to kill -9 and finishes on 3 from its
+// newest checkpoint. Jobs are CPU ranks on this host through mpirun (skipped without it).
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <tuple>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "lease/audit.h"
+#include "lease/lease_plan.h"
+#include "lease/manifest.h"
+#include "lease/supervise.h"
+#include "runtime/error.h"
+#include "tests/lease_fixtures.h"
+#include "tests/mpi/dp_job.h"
+#include "tests/util.h"
+
+namespace fs = std::filesystem;
+using namespace lt::lease;
+using namespace lt::test;
+using nlohmann::json;
+
+namespace {
+
+bool have_mpirun() { return run_sh("command -v mpirun").code == 0; }
+
+// `leasetrain launch` of the embedded local lease with --np 4 CPU ranks, a usage log and a job
+// directory in `dir`, then ARGS.
+RunResult launch(const TempDir& dir, const std::string& args, int limit_s = 90) {
+  return run_sh("timeout -k 5 " + std::to_string(limit_s) + " " + std::string(LT_CLI) +
+                    " launch --launcher mpirun --usage-log " + lt::test::shell_quote(dir / "usage.jsonl") + " --job-dir " +
+                    lt::test::shell_quote(dir / "job") + " " + args,
+                dir.path.string());
+}
+
+std::vector<json> records(const TempDir& dir) {
+  std::vector<json> v;
+  std::ifstream in(dir / "usage.jsonl");
+  std::string line;
+  while (std::getline(in, line)) v.push_back(json::parse(line));
+  return v;
+}
+
+json attempts(const TempDir& dir) { return json::parse(read_file(dir / "job/attempts.json")); }
+
+size_t count(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) n++;
+  return n;
+}
+
+// make_plan around what a restart left out: a device of node01 and the whole of node02 of the
+// fixture cluster's acme lease (two GPUs on each node).
+TEST(ElasticPlan, LeftOutDevicesAndNodesAreNotPlanned) {
+  PlanRequest req;
+  req.caller = Identity{1000, "alice", {1000}, {"alice"}};
+  req.now = lt::lease::parse_time("2025-06-01T00:00:00Z");
+  req.sysfs_root = kSysfs;
+  req.check_usage = false;
+  req.attempt = 3;
+  req.exclude["node01"].devices.insert("GPU-11111111-0000-4000-8000-000000000000");
+  req.exclude["node02"].whole_node = true;
+  const Manifest m = load_manifest(kManifest);
+  Plan p = make_plan(m, "acme-2024", req);
+  ASSERT_EQ(p.np, 1);
+  ASSERT_EQ(p.nodes.size(), 1u);
+  EXPECT_EQ(p.ranks[0].env.at("CUDA_VISIBLE_DEVICES"), "GPU-11111111-0000-4000-8000-000000000001");
+  EXPECT_EQ(p.ranks[0].env.at("LEASETRAIN_ATTEMPT"), "3");
+  EXPECT_EQ(p.ranks[0].env.at("LEASETRAIN_NODES"), "1");
+  req.np = 2;
+  try {
+    make_plan(m, "acme-2024", req);
+    ADD_FAILURE() << "--np 2 on one slot left was planned";
+  } catch (const lt::UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("once the left-out slots are taken away"), std::string::npos) << e.what();
+  }
+}
+
+// The attempt fields of a usage record are typed like the others.
+TEST(ElasticPlan, AttemptFieldsOfAUsageRecordAreChecked) {
+  TempDir dir;
+  const char* old = std::getenv(kAnchorFileEnv);
+  const std::string kept = old ? old : "";
+  ::setenv(kAnchorFileEnv, (dir / "anchors.log").c_str(), 1);
+  const json good = {{"kind", "job"}, {"lease", "l1"}, {"gpu_seconds", 0.0}, {"attempt", 2},
+                     {"outcome", "preempted"}, {"reason", "the job was preempted"}};
+  append_record(dir / "usage.jsonl", good);
+  for (const auto& [key, value, expected] :
+       std::vector<std::tuple<std::string, json, std::string>>{{"attempt", 0, "field 'attempt'"},
+                                                                {"outcome", "exploded", "field 'outcome'"},
+                                                                {"reason", "two\nlines", "field 'reason'"}}) {
+    json bad = good;
+    bad[key] = value;
+    try {
+      append_record(dir / "usage.jsonl", bad);
+      ADD_FAILURE() << key << " = " << value.dump() << " was appended";
+    } catch (const lt::UserError& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(verify_log(dir / "usage.jsonl").records, 1u);
+  if (old) ::setenv(kAnchorFileEnv, kept.c_str(), 1);
+  else ::unsetenv(kAnchorFileEnv);
+}
+
+TEST(ElasticLaunch, NoRestartsIsOneAttempt) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  RunResult r = launch(dir, "--np 2 -- sh -c 'exit 5'");
+  EXPECT_EQ(r.code, 5) << r.both();
+  ASSERT_EQ(records(dir).size(), 1u);
+  EXPECT_EQ(records(dir)[0]["attempt"], 1);
+  EXPECT_EQ(records(dir)[0]["outcome"], "failed");
+  EXPECT_EQ(count(r.err, "launch: attempt "), 1u) << "no restart line: " << r.err;
+  EXPECT_EQ(r.err.find("probe"), std::string::npos) << r.err;
+}
+
+TEST(ElasticLaunch, FailsOnceThenSucceedsOnTheSlotsLeft) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  // Attempt 1: rank 2 exits 7 after saying why in its exit record; attempt 2 succeeds.
+  const std::string rank =
+      "if [ $LEASETRAIN_ATTEMPT = 1 ] && [ $OMPI_COMM_WORLD_RANK = 2 ]; then "
+      "echo \"{\\\"rank\\\": 2, \\\"host\\\": \\\"$LEASETRAIN_NODE\\\", \\\"exit_code\\\": 7, \\\"error\\\": \\\"disk on fire\\\"}\" "
+      "> $LEASETRAIN_JOB_DIR/rank-2.exit.json; exit 7; fi; sleep 1; "
+      "echo $OMPI_COMM_WORLD_SIZE $LEASETRAIN_NODES > $LEASETRAIN_JOB_DIR/seen-$LEASETRAIN_ATTEMPT-$OMPI_COMM_WORLD_RANK";
+  RunResult r = launch(dir, "--np 4 --restarts 2 -- sh -c " + lt::test::shell_quote(rank));
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_NE(r.err.find("launch: attempt 1 failed (exit 7): rank 2 on " + local_hostname() + " exited with 7: disk on fire"),
+            std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("launch: attempt 2 of at most 3: 3 ranks on"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("launch: completed on attempt 2"), std::string::npos) << r.err;
+  EXPECT_EQ(read_file(dir / "job/seen-2-0"), "3 1\n");
+  EXPECT_FALSE(fs::exists(dir / "job/seen-2-3"));
+  // The first attempt's last words moved aside; each attempt its own launcher log.
+  EXPECT_TRUE(fs::exists(dir / "job/attempt-1/rank-2.exit.json"));
+  EXPECT_FALSE(fs::exists(dir / "job/rank-2.exit.json"));
+  EXPECT_NE(read_file(dir / "job/attempt-1.log").find("exit code"), std::string::npos);  // mpirun's own report
+  // Two chained records, one per attempt; the chain verifies.
+  std::vector<json> rec = records(dir);
+  ASSERT_EQ(rec.size(), 2u);
+  EXPECT_EQ(rec[0]["attempt"], 1);
+  EXPECT_EQ(rec[0]["outcome"], "failed");
+  EXPECT_EQ(rec[0]["exit_status"], 7);
+  EXPECT_EQ(rec[0]["ranks"].size(), 4u);
+  EXPECT_EQ(rec[1]["attempt"], 2);
+  EXPECT_EQ(rec[1]["outcome"], "completed");
+  EXPECT_EQ(rec[1]["ranks"].size(), 3u);
+  EXPECT_EQ(rec[1]["prev"], rec[0]["hash"]);
+  RunResult v = run_cli("audit verify " + lt::test::shell_quote(dir / "usage.jsonl"));
+  EXPECT_EQ(v.code, 0) << v.both();
+  json a = attempts(dir);
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(a[0]["failed_rank"], 2);
+  EXPECT_EQ(a[0]["ranks"], 4);
+  EXPECT_EQ(a[1]["ranks"], 3);
+}
+
+TEST(ElasticLaunch, ARankKilledBySignalIsNamedAndLeftOut) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  // No last words: the launcher's own report names the rank.
+  const std::string rank =
+      "if [ $LEASETRAIN_ATTEMPT = 1 ] && [ $OMPI_COMM_WORLD_RANK = 1 ]; then sleep 1; kill -9 $$; fi; sleep 3";
+  RunResult r = launch(dir, "--np 4 --restarts 1 -- sh -c " + lt::test::shell_quote(rank));
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_NE(r.err.find("rank 1 on " + local_hostname() + " was killed by signal 9"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("leaving out rank 1's slot"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("launch: probe of " + local_hostname() + ": "), std::string::npos) << r.err;
+  json a = attempts(dir);
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(a[1]["ranks"], 3);
+}
+
+TEST(ElasticLaunch, BadInputIsNotRestarted) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  RunResult r = launch(dir, "--np 2 --restarts 3 -- sh -c 'exit 2'");
+  EXPECT_EQ(r.code, 2) << r.both();
+  EXPECT_NE(r.err.find("giving up after attempt 1: bad input (exit 2)"), std::string::npos) << r.err;
+  EXPECT_EQ(records(dir).size(), 1u);
+  EXPECT_EQ(records(dir)[0]["outcome"], "bad-input");
+}
+
+TEST(ElasticLaunch, ACrashLoopGivesUp) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  RunResult r = launch(dir, "--np 2 --restarts 5 -- sh -c 'exit 1'");
+  EXPECT_EQ(r.code, 1) << r.both();
+  EXPECT_NE(r.err.find("giving up after attempt 2: crash loop: attempts 1 and 2 both ended before completing their "
+                       "first step"),
+            std::string::npos) << r.err;
+  EXPECT_EQ(records(dir).size(), 2u);
+  EXPECT_TRUE(verify_log(dir / "usage.jsonl").ok);
+}
+
+TEST(ElasticLaunch, GivesUpAfterNRestartsWhenEachAttemptProgresses) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  // Each attempt completes steps (progress.json, as the trainer writes it), then rank 0 fails.
+  const std::string rank =
+      "if [ $OMPI_COMM_WORLD_RANK = 0 ]; then echo '{\"step\": 5, \"start_step\": 0, \"checkpoint_step\": 0, "
+      "\"checkpoint_seconds\": 0, \"global_batch\": 4, \"world\": 2, \"time\": \"2026-01-01T00:00:00Z\"}' "
+      "> $LEASETRAIN_JOB_DIR/progress.json; echo '{\"rank\": 0, \"host\": \"h\", \"exit_code\": 1, "
+      "\"error\": \"injected\"}' > $LEASETRAIN_JOB_DIR/rank-0.exit.json; exit 1; fi; sleep 2";
+  RunResult r = launch(dir, "--np 4 --restarts 2 -- sh -c " + lt::test::shell_quote(rank));
+  EXPECT_EQ(r.code, 1) << r.both();
+  EXPECT_NE(r.err.find("giving up after attempt 3: 2 restarts used"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("attempt 1 failed (exit 1): rank 0 on h exited with 1: injected"), std::string::npos) << r.err;
+  EXPECT_EQ(records(dir).size(), 3u);
+  EXPECT_TRUE(fs::exists(dir / "job/attempt-1/progress.json"));
+  EXPECT_TRUE(fs::exists(dir / "job/attempt-2/progress.json"));
+  EXPECT_TRUE(verify_log(dir / "usage.jsonl").ok);
+  // 4 ranks, then 3 slots left but a global batch of 4: 2 ranks keep it; then 2 of the 2 left.
+  json a = attempts(dir);
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_EQ(a[0]["progress"]["step"], 5);
+  EXPECT_EQ(a[0]["ranks"], 4);
+  EXPECT_EQ(a[1]["ranks"], 2);
+  EXPECT_EQ(a[2]["ranks"], 2);
+}
+
+TEST(ElasticLaunch, GrowTakesBackASlotWhoseNodePassesItsProbe) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  const std::string rank =
+      "if [ $LEASETRAIN_ATTEMPT = 1 ] && [ $OMPI_COMM_WORLD_RANK = 1 ]; then sleep 1; kill -9 $$; fi; sleep 3";
+  RunResult r = launch(dir, "--np 4 --restarts 1 --grow -- sh -c " + lt::test::shell_quote(rank));
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_NE(r.err.find("leaving out rank 1's slot"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("; admitted again"), std::string::npos) << r.err;
+  json a = attempts(dir);
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(a[1]["ranks"], 4);
+}
+
+// SIGTERM to launch: the ranks get SIGUSR1 (they checkpoint and exit 75), the attempt is
+// recorded as preempted, launch exits 75 and does not restart.
+TEST(ElasticLaunch, SigtermToLaunchPreemptsWithoutRestarting) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  const std::string rank = "trap 'exit 75' USR1; sleep 30 & wait";
+  RunResult r = run_sh(std::string(LT_CLI) + " launch --launcher mpirun --np 2 --restarts 3 --usage-log " +
+                           lt::test::shell_quote(dir / "usage.jsonl") + " --job-dir " +
+                           lt::test::shell_quote(dir / "job") + " -- sh -c " + lt::test::shell_quote(rank) +
+                           " & pid=$!; sleep 2; kill -TERM $pid; wait $pid",
+                       dir.path.string());
+  EXPECT_EQ(r.code, 75) << r.both();
+  EXPECT_NE(r.err.find("launch: stopped by a signal: attempt 1 recorded as preempted"), std::string::npos) << r.err;
+  std::vector<json> rec = records(dir);
+  ASSERT_EQ(rec.size(), 1u);
+  EXPECT_EQ(rec[0]["outcome"], "preempted");
+  EXPECT_EQ(rec[0]["exit_status"], 75);
+}
+
+// A manifest of this host and one that does not resolve, two CPU ranks each, joined (as far as
+// the manifest knows) by loopback.
+std::string two_node_manifest(const std::string& root) {
+  const std::string host = local_hostname();
+  const std::string nic = "  [[node.nic]]\n  netdev = \"lo\"\n  ip = \"127.0.0.1/8\"\n";
+  return "[operator]\nid = \"test\"\n[[node]]\nhostname = \"" + host + "\"\n" + nic +
+         "[[node]]\nhostname = \"unreachable-node.invalid\"\n" + nic + "[[tenant]]\nid = \"t\"\n[[lease]]\nid = \"l1\"\n"
+         "tenant = \"t\"\nnot_before = 2020-01-01T00:00:00Z\nnot_after = 2200-01-01T00:00:00Z\n"
+         "grace_seconds = 60\nstorage_roots = [\"" + root +
+         "\"]\n[lease.quota]\nmax_ranks = 4\ngpu_hours = 1\nstorage_bytes = \"1GiB\"\n"
+         "[lease.policy]\ndevice_probe = \"warn\"\n"
+         "[[lease.alloc]]\nnode = \"" + host + "\"\ncpu_ranks = 2\nnics = [\"lo\"]\n"
+         "[[lease.alloc]]\nnode = \"unreachable-node.invalid\"\ncpu_ranks = 2\nnics = [\"lo\"]\n";
+}
+
+TEST(ElasticLaunch, ANodeThatFailsItsProbeIsLeftOut) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  write_file(dir / "m.toml", two_node_manifest(dir.path.string()));
+  RunResult r = run_sh("timeout -k 5 90 " + std::string(LT_CLI) +
+                           " launch --launcher mpirun --manifest m.toml --lease l1 --job-id probe1 --restarts 1 "
+                           "--probe-timeout 20 -- sh -c 'echo $OMPI_COMM_WORLD_SIZE > $LEASETRAIN_JOB_DIR/size'",
+                       dir.path.string());
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_NE(r.err.find("launch: probe of unreachable-node.invalid failed ("), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("; leaving it out"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("launch: attempt 2 of at most 2: 2 ranks on " + local_hostname() + " (2)"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(read_file(dir / "jobs/probe1/size"), "2\n");
+  std::vector<json> rec;
+  std::ifstream in(dir / "usage.jsonl");
+  for (std::string line; std::getline(in, line);) rec.push_back(json::parse(line));
+  ASSERT_EQ(rec.size(), 2u);
+  EXPECT_EQ(rec[1]["ranks"].size(), 2u);
+  EXPECT_TRUE(verify_log(dir / "usage.jsonl").ok);
+}
+
+TEST(ElasticLaunch, ProbeReportsCpusAndDeviceNodes) {
+  RunResult r = run_cli("probe --minor 0 --minor 3");
+  ASSERT_EQ(r.code, 0) << r.both();
+  json j = json::parse(r.out);
+  EXPECT_GE(j["cpus"].get<int>(), 1);
+  EXPECT_EQ(j["host"], local_hostname());
+  EXPECT_EQ(j["devices"].size(), 2u);
+  // A device node is a character device: a leftover regular file is no device.
+  TempDir dev;
+  fs::create_symlink("/dev/null", dev / "nvidia0");
+  write_file(dev / "nvidia3", "");
+  json k = probe_this_node({0, 3, 5}, dev.path.string());
+  EXPECT_EQ(k["devices"], json({{"0", true}, {"3", false}, {"5", false}}));
+}
+
+// The pid of the process whose environment holds every one of `vars` ("NAME=value"), or 0.
+pid_t find_process(const std::vector<std::string>& vars) {
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string env = read_file(e.path().string() + "/environ");
+    bool all = !env.empty();
+    for (const std::string& v : vars) all = all && (env.find(std::string(1, '\0') + v + '\0') != std::string::npos ||
+                                                    env.rfind(v + '\0', 0) == 0);
+    if (all) return pid_t(std::stoi(name));
+  }
+  return 0;
+}
+
+int64_t last_step(const std::string& metrics) {
+  size_t b = metrics.rfind('{');
+  if (b == std::string::npos) return 0;
+  try {
+    return json::parse(metrics.substr(b))["step"].get<int64_t>();
+  } catch (...) {
+    return 0;
+  }
+}
+
+// A real 4-rank training job: once its step-10 checkpoint is written, rank 2's process is
+// killed with SIGKILL from here; launch names it, leaves its slot out and resumes the run on 3
+// ranks from that checkpoint to the end.
+TEST(ElasticLaunchTrain, KilledRankResumesOnThreeRanksFromTheNewestCheckpoint) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  write_corpus_shards(dir.path.string());
+  // micro_batch 3 x 4 ranks: a global batch of 12, which 3 ranks divide.
+  const std::string config =
+      dp_write_config(dir.path.string(), "job", DpJobSpec{.micro_batch = 3, .steps = 60, .checkpoint_interval = 10});
+  const std::string job_dir = dir / "job", run = dir / "run";
+  const std::string cmd = "timeout -k 5 150 " + std::string(LT_CLI) + " launch --launcher mpirun --np 4 --restarts 1 "
+                          "--usage-log " + lt::test::shell_quote(dir / "usage.jsonl") + " --job-dir " + lt::test::shell_quote(job_dir) +
+                          " -- train --config " + lt::test::shell_quote(config) + " --out " + lt::test::shell_quote(run);
+  RunResult r;
+  std::thread t([&] { r = run_sh(cmd, dir.path.string()); });
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  pid_t victim = 0;
+  while (clock::now() - t0 < std::chrono::seconds(90) && !victim) {
+    if (fs::exists(run + "/checkpoints/step-00000010/trainer.json"))
+      victim = find_process({"LEASETRAIN_JOB_DIR=" + job_dir, "OMPI_COMM_WORLD_RANK=2", "LEASETRAIN_ATTEMPT=1"});
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const int64_t step_at_kill = last_step(read_file(run + "/metrics.jsonl"));
+  if (victim) ::kill(victim, SIGKILL);
+  const auto killed = clock::now();
+  // The restarted job's first step: metrics.jsonl, cut back to the checkpoint, grows past it.
+  double to_first_step = -1;
+  std::error_code ec;
+  while (victim && clock::now() - killed < std::chrono::seconds(90)) {
+    const auto started = fs::last_write_time(job_dir + "/attempt-2.log", ec);
+    if (!ec && fs::last_write_time(run + "/metrics.jsonl", ec) >= started && !ec) {
+      if (last_step(read_file(run + "/metrics.jsonl")) > 10) {
+        to_first_step = std::chrono::duration<double>(clock::now() - killed).count();
+        break;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  t.join();
+  ASSERT_NE(victim, 0) << "no rank 2 process found after the first checkpoint\n" << r.both();
+  ASSERT_EQ(r.code, 0) << r.both();
+  std::printf("kill -9 of rank 2 at step %lld; first step of the restarted job %.2f s after the kill\n",
+              (long long)step_at_kill, to_first_step);
+  for (size_t b = 0, e; (e = r.err.find('\n', b)) != std::string::npos; b = e + 1)  // what the user saw
+    if (r.err.compare(b, 19, "leasetrain: launch:") == 0) std::printf("%s\n", r.err.substr(b, e - b).c_str());
+  EXPECT_NE(r.err.find("rank 2 on " + local_hostname() + " was killed by signal 9"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("launch: attempt 2 of at most 2: 3 ranks on " + local_hostname() + " (3), resuming"),
+            std::string::npos) << r.err;
+  EXPECT_EQ(count(r.out, "dist: 4 ranks"), 1u) << r.out;
+  EXPECT_EQ(count(r.out, "dist: 3 ranks"), 1u) << r.out;
+  EXPECT_NE(r.out.find("step 60/60"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(run + "/checkpoints/step-00000060/trainer.json"));
+  std::vector<json> m = read_metrics(run);
+  ASSERT_EQ(m.size(), 60u);
+  for (size_t i = 0; i < m.size(); ++i) EXPECT_EQ(m[i]["step"], int64_t(i + 1));
+  std::vector<json> rec = records(dir);
+  ASSERT_EQ(rec.size(), 2u);
+  EXPECT_EQ(rec[0]["ranks"].size(), 4u);
+  EXPECT_EQ(rec[1]["ranks"].size(), 3u);
+  EXPECT_TRUE(verify_log(dir / "usage.jsonl").ok);
+  EXPECT_GT(to_first_step, 0) << "the restarted job's first step was not seen";
+}
+
+}  // namespace
