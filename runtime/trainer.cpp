@@ -693,6 +693,9 @@ class TrainingRun {
     if (fault_.kind == "stall")
       for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
     if (fault_.kind == "kill") std::raise(SIGKILL);
+    if (fault_.kind == "sigterm") ::kill(::getpid(), SIGTERM);  // to the process, as a scheduler sends it
+    if (fault_.kind == "sigusr1") ::kill(::getpid(), SIGUSR1);
+    if (fault_.kind == "sigint") ::kill(::getpid(), SIGINT);
     if (fault_.kind == "throw") throw UserError("LEASETRAIN_TEST_FAULT: injected failure at step " + std::to_string(step));
   }
 
