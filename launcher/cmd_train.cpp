@@ -168,6 +168,10 @@ class LeasePolicy final : public RunPolicy {
   void reserve_bytes(uint64_t n) const override { guard_.reserve_bytes(n); }
   int64_t seconds_until_deadline() const override { return guard_.seconds_until_deadline(); }
   std::string deadline_message() const override { return guard_.deadline_message(lease::system_now()); }
+  void record_progress(const RunProgress& p) const override { guard_.record_progress(p); }
+  void record_exit(int rank, int exit_code, const std::string& error) const override {
+    guard_.record_exit(rank, exit_code, error);
+  }
   const lease::LeaseGuard& guard() const { return guard_; }
 
  private:
@@ -215,12 +219,20 @@ void add_train_commands(CLI::App& app) {
       "The config has four tables: [model] (n_layer, n_head, n_embd, block_size, vocab_size), [data] (train, val: "
       "globs of llm.c token shards), [optim] (lr, min_lr, warmup_steps, beta1, beta2, eps, weight_decay, grad_clip) and "
       "[train] (micro_batch, seq_len, grad_accum, steps, eval_interval, eval_batches, checkpoint_interval, "
-      "log_interval, seed), and optionally [dist] (zero, bucket_mb, first_bucket_mb, overlap, checksum_interval, "
+      "log_interval, seed, mtbf_hours, node_mtbf_hours, preempt_grace), and optionally [dist] (zero, bucket_mb, first_bucket_mb, overlap, checksum_interval, "
       "watchdog_timeout, progress). Unknown keys are errors. See configs/tiny.toml.\n"
       "Data parallel: start it under mpirun or srun (e.g. mpirun -np 2 leasetrain train ...); each rank takes "
       "micro_batch sequences of every micro-step, rank 0 logs and writes checkpoints, and checkpoints resume on any "
       "number of ranks.\n"
       "Writes OUT/metrics.jsonl (one JSON object per step) and OUT/checkpoints/step-NNNNNNNN/.\n"
+      "The global batch (micro_batch x ranks x grad_accum) is the run's: a --resume on another number of ranks "
+      "keeps it, changing grad_accum (and lowering micro_batch where it must), and refuses only when the rank count "
+      "does not divide it. checkpoint_interval = \"auto\" chooses the interval from the measured save time and the "
+      "mean time between failures (sqrt(2 x save x MTBF)).\n"
+      "Exit status: 0 finished (or checkpointed and stopped for the lease's end), 1 failure, 2 bad input, 3 the "
+      "watchdog aborted a stalled job, 75 preempted: on SIGTERM, SIGUSR1 (mpirun forwards it to every rank) or a "
+      "first SIGINT every rank stops at the same step and checkpoints if the save fits in train.preempt_grace "
+      "seconds (default 30); resume with --resume. A second SIGINT or SIGTERM ends it at once.\n"
       "Devices: --device auto (the default) trains on the GPU when this binary was built with CUDA and the machine "
       "has a usable one (each rank takes local rank mod device count), else on the CPU with one line saying why. On "
       "CUDA, --precision bf16 is llm.c's mixed precision; checkpoints are fp32 either way and resume on any device.");
@@ -252,7 +264,8 @@ void add_train_commands(CLI::App& app) {
       if (env.world == 1) throw;
       throw UserError("rank " + std::to_string(env.rank) + "/" + std::to_string(env.world) + ": " + e.what());
     }
-    run_train(*train);
+    const TrainResult r = run_train(*train);
+    if (r.preempted_by) throw CommandFailed("", kExitPreempted);  // the trainer said why on stdout
   });
 
   // eval

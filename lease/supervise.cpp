@@ -320,8 +320,8 @@ std::string describe_failure(const Failure& f, const std::string& launcher, int 
 std::string outcome_of(int status) {
   switch (status) {
     case 0: return "completed";
-    case 2: return "bad-input";
-    case 3: return "watchdog";
+    case kExitBadInput: return "bad-input";
+    case kExitWatchdog: return "watchdog";
     case kExitPreempted: return "preempted";
     default: return "failed";
   }
@@ -621,7 +621,7 @@ int supervise(const SuperviseOptions& o) {
     }
     if (r.status == kExitPreempted) say("launch: attempt " + std::to_string(n) + ": " + reason);
     else say("launch: attempt " + std::to_string(n) + " failed (exit " + std::to_string(r.status) + "): " + reason);
-    if (r.status == 2) return o.restarts > 0 ? give_up(n, "bad input (exit 2); a restart cannot fix it") : 2;
+    if (r.status == kExitBadInput) return o.restarts > 0 ? give_up(n, "bad input (exit 2); a restart cannot fix it") : kExitBadInput;
     if (o.restarts == 0) return r.status;
     const bool no_progress = !pr.known || pr.step <= pr.start_step;
     if (no_progress && prev_no_progress)

@@ -9,12 +9,9 @@
 #include "lease/launch.h"
 #include "lease/lease_plan.h"
 #include "lease/manifest.h"
+#include "runtime/error.h"  // the trainer's exit codes: kExitBadInput, kExitWatchdog, kExitPreempted
 
 namespace lt::lease {
-
-// Exit status of a job preempted (SIGTERM, SIGUSR1, a first SIGINT) after checkpointing:
-// resume later (EX_TEMPFAIL; the trainer's kExitPreempted).
-inline constexpr int kExitPreempted = 75;
 
 struct SuperviseOptions {
   const Manifest* manifest = nullptr;

@@ -322,4 +322,34 @@ void LeaseGuard::record_runtime(int rank, const std::vector<std::string>& device
                         j.dump() + "\n");
 }
 
+void LeaseGuard::write_job_file(const std::string& name, const std::string& text) const {
+  if (job_dir_.empty()) return;
+  try {
+    lt::write_file_atomic(WriteRoot::open_out_dir(job_dir_), name, text);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "leasetrain: warning: job dir: %s (not written: %s)\n", name.c_str(), e.what());
+  }
+}
+
+void LeaseGuard::record_progress(const RunProgress& p) const {
+  if (job_dir_.empty()) return;
+  const nlohmann::json j = {{"step", p.step},
+                            {"start_step", p.start_step},
+                            {"checkpoint_step", p.checkpoint_step},
+                            {"checkpoint_seconds", p.checkpoint_seconds},
+                            {"global_batch", p.global_batch},
+                            {"world", p.world},
+                            {"time", format_time(clock_())}};
+  write_job_file("progress.json", j.dump() + "\n");
+}
+
+void LeaseGuard::record_exit(int rank, int exit_code, const std::string& error) const {
+  if (job_dir_.empty()) return;
+  std::string line = error.substr(0, error.find('\n'));  // one line
+  const nlohmann::json j = {{"rank", rank}, {"host", node_}, {"exit_code", exit_code}, {"error", line}};
+  // dump() with replacement: an error quoting a file's bytes need not be valid UTF-8.
+  write_job_file("rank-" + std::to_string(rank) + ".exit.json",
+                 j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+}
+
 }  // namespace lt::lease

@@ -24,6 +24,7 @@
 
 #include "lease/launch.h"
 #include "lease/manifest.h"
+#include "runtime/run_policy.h"
 
 namespace lt::lease {
 
@@ -106,8 +107,14 @@ class LeaseGuard {
   // into the usage record when the job ends. No-op without a job dir.
   void record_runtime(int rank, const std::vector<std::string>& devices, const std::string& nccl_version,
                       const std::string& cuda_version) const;
+  // <job dir>/progress.json (rank 0, replaced atomically) and <job dir>/rank-<rank>.exit.json
+  // (a failing rank's last words), for `launch --restarts`. No-op without a job dir; best
+  // effort: a failed write is one line on stderr and is not thrown.
+  void record_progress(const RunProgress& p) const;
+  void record_exit(int rank, int exit_code, const std::string& error) const;
 
  private:
+  void write_job_file(const std::string& name, const std::string& text) const;
   Manifest m_;
   const Allocation& alloc() const { return lease().alloc[alloc_idx_]; }
   size_t lease_idx_ = 0, alloc_idx_ = 0;  // indices, so copies stay valid

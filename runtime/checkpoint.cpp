@@ -167,6 +167,9 @@ std::string seal_problem(const fs::path& dir, Sealed* out, bool* legacy = nullpt
     f.opt_integer("total_steps", 0, kMaxStep);
     f.opt_string("init");
     f.opt_integer("world", 1, 1 << 24);
+    f.opt_integer("global_batch", 1, int64_t(1) << 40);  // sequences per step, kept across resumes
+    f.opt_integer("micro_batch", 1, 1 << 20);
+    f.opt_integer("eval_rows", 1, int64_t(1) << 30);
     if (out) *out = std::move(s);
     return "";
   } catch (const UserError& e) {
@@ -330,7 +333,7 @@ int config_int(const JsonFields& f, const char* key, const char* fallback, int h
 }  // namespace
 
 std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW& opt,
-                            const nlohmann::json& trainer_state) {
+                            const nlohmann::json& trainer_state, const std::function<void()>& before_seal) {
   LT_CHECK(trainer_state.is_object() && trainer_state.contains("step") &&
                trainer_state["step"].is_number_integer() && trainer_state["step"].get<int64_t>() >= 0 &&
                trainer_state["step"].get<int64_t>() <= kMaxStep,
@@ -359,6 +362,7 @@ std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW
                         {kOptimizerFile, sha256_file(proc + kOptimizerFile)}};
     const std::string trainer_text = trainer.dump(2) + "\n";
     write_text_at(dir.get(), shown / kTrainerFile, kTrainerFile, trainer_text);
+    if (before_seal) before_seal();
     // The seal goes last, once everything it vouches for is durable: its presence, with a
     // matching trainer.json, is what marks a checkpoint complete.
     write_text_at(dir.get(), shown / kSealFile, kSealFile, sha256_hex(trainer_text) + "  " + kTrainerFile + "\n");

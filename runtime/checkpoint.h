@@ -1,6 +1,7 @@
 // Checkpoints: a directory per step holding the model in Hugging Face GPT-2 layout
 // (model.safetensors + config.json), the AdamW moments, and the trainer's state with checksums.
 #pragma once
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -22,9 +23,10 @@ class WriteRoot;
 // re-saving a step swaps the new directory in so a complete checkpoint exists at every moment.
 // Every path is resolved beneath `root` (safe_path.h: no symlink leads a write elsewhere) and
 // every write is checked: a failure removes only the temporary directory and throws (IoError
-// for the disk's troubles, UserError for the user's). Returns the final path.
+// for the disk's troubles, UserError for the user's). Returns the final path. `before_seal`, when
+// given, is called once every file but the seal is durable (tests kill a save there).
 std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW& opt,
-                            const nlohmann::json& trainer_state);
+                            const nlohmann::json& trainer_state, const std::function<void()>& before_seal = {});
 // The same with `run_dir` opened as the root.
 std::string save_checkpoint(const std::string& run_dir, const GPT& model, const AdamW& opt,
                             const nlohmann::json& trainer_state);

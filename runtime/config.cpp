@@ -111,7 +111,7 @@ TrainConfig load_train_config(const std::string& path) {
   TrainConfig c;
   c.source = path;
   const int64_t big = kMaxSteps;
-  bool min_lr_set = false;
+  bool min_lr_set = false, mtbf_set = false;
   for (const auto& [k, v] : root)
     if (!v.is_table())
       r.fail(std::string(k.str()),
@@ -147,7 +147,19 @@ TrainConfig load_train_config(const std::string& path) {
            {"steps", [&](auto& v, auto& k) { c.steps = r.as<int64_t>(v, k, 1, big); }},
            {"eval_interval", [&](auto& v, auto& k) { c.eval_interval = r.as<int64_t>(v, k, 0, big); }},
            {"eval_batches", [&](auto& v, auto& k) { c.eval_batches = r.as<int>(v, k, 1, 1 << 20); }},
-           {"checkpoint_interval", [&](auto& v, auto& k) { c.checkpoint_interval = r.as<int64_t>(v, k, 0, big); }},
+           {"checkpoint_interval", [&](auto& v, auto& k) {
+              if (v.is_string()) {
+                if (r.string(v, k) != "auto")
+                  r.fail(k, "expected a step count or \"auto\", got \"" + r.string(v, k) + "\"");
+                c.checkpoint_auto = true;
+                return;
+              }
+              if (!v.is_integer()) r.fail(k, std::string("expected a step count or \"auto\", got ") + Reader::type_name(v));
+              c.checkpoint_interval = r.as<int64_t>(v, k, 0, big);
+            }},
+           {"mtbf_hours", [&](auto& v, auto& k) { c.mtbf_hours = r.number(v, k, 1e-9, 1e9), mtbf_set = true; }},
+           {"node_mtbf_hours", [&](auto& v, auto& k) { c.node_mtbf_hours = r.number(v, k, 1e-9, 1e9), mtbf_set = true; }},
+           {"preempt_grace", [&](auto& v, auto& k) { c.preempt_grace = r.number(v, k, 0, 86400); }},
            {"log_interval", [&](auto& v, auto& k) { c.log_interval = r.as<int64_t>(v, k, 1, big); }},
            {"seed", [&](auto& v, auto& k) { c.seed = r.as<uint64_t>(v, k, 0, kMaxSeed); }}});
   r.table(root, "dist",
@@ -174,6 +186,10 @@ TrainConfig load_train_config(const std::string& path) {
   if ((int64_t)c.micro_batch * c.seq_len > std::numeric_limits<int32_t>::max())
     r.fail("train.micro_batch", "expected micro_batch x seq_len (" + std::to_string(c.micro_batch) + " x " +
                                     std::to_string(c.seq_len) + ") to be at most 2147483647 tokens");
+  // A failure rate that would silently do nothing is a mistake in the config.
+  if (mtbf_set && !c.checkpoint_auto)
+    r.fail(c.mtbf_hours > 0 ? "train.mtbf_hours" : "train.node_mtbf_hours",
+           "only used with train.checkpoint_interval = \"auto\"");
   if (!min_lr_set) c.optim.min_lr = c.optim.lr * 0.1f;  // the usual floor: a tenth of the peak
   if (c.optim.min_lr > c.optim.lr) r.fail("optim.min_lr", "expected at most optim.lr");
   return c;

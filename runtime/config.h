@@ -39,6 +39,14 @@ struct TrainConfig {
   int64_t eval_interval = 100;  // 0: evaluate only at the end
   int eval_batches = 20;
   int64_t checkpoint_interval = 0;  // 0: checkpoint only at the end
+  // checkpoint_interval = "auto": the interval from the measured save time and the mean time
+  // between failures (Young/Daly, see trainer.cpp); checkpoint_interval is then 0.
+  bool checkpoint_auto = false;
+  double mtbf_hours = 0;           // the job's MTBF; 0: node_mtbf_hours / nodes (LEASETRAIN_NODES)
+  // Per node. Large-cluster failure reports (e.g. Meta's Llama 3 run, ~419 interruptions in 54
+  // days on 16k GPUs = 2k nodes) put a GPU node's MTBF in the thousands of hours.
+  double node_mtbf_hours = 5000;
+  double preempt_grace = 30;       // seconds after SIGTERM/SIGUSR1/SIGINT a final save may end by
   int64_t log_interval = 10;        // progress line every N steps (metrics.jsonl gets every step)
   uint64_t seed = 1337;
   DistConfig dist;

@@ -92,6 +92,7 @@ class DataParallel {
   // The mean (fp32 sum / world) or sum of each value over ranks, e.g. the step's loss.
   std::vector<float> average(const std::vector<float>& local) { return reduce_floats(local, ReduceOp::Avg); }
   std::vector<float> sum(const std::vector<float>& local) { return reduce_floats(local, ReduceOp::Sum); }
+  std::vector<float> max(const std::vector<float>& local) { return reduce_floats(local, ReduceOp::Max); }
   // A 64-bit hash of the parameters' bytes; throws DivergenceError, naming `step` and the
   // ranks, unless every rank's is identical.
   uint64_t param_checksum() const;

@@ -8,6 +8,13 @@
 
 namespace lt {
 
+// Exit codes of `leasetrain train` (a supervisor restarting jobs reads them): 0 finished, or
+// stopped and checkpointed for the lease's deadline; 1 failure (I/O, internal); 2 bad input;
+// 3 the watchdog aborted a stalled job; 75 (sysexits' EX_TEMPFAIL) preempted by SIGTERM,
+// SIGUSR1 or a first SIGINT: every rank stopped at the same step, checkpointed when the save
+// fit in [train] preempt_grace; resume with --resume.
+inline constexpr int kExitFailure = 1, kExitBadInput = 2, kExitWatchdog = 3, kExitPreempted = 75;
+
 // Thrown for bad input (config, data, checkpoint, flags). The message names the file and
 // field and says what was expected; the CLI prints it on one line and exits with code 2.
 struct UserError : std::runtime_error {

@@ -2,14 +2,20 @@
 #include "runtime/trainer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <csignal>
+#include <charconv>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <thread>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fcntl.h>
+#include <signal.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
@@ -151,9 +157,9 @@ void truncate_metrics(const WriteRoot& root, const std::string& rel, int64_t las
 
 }  // namespace
 
-EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int batches, DataParallel* dp) {
+EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int batches, DataParallel* dp, int rows) {
   const int world = dp ? dp->world() : 1, rank = dp ? dp->rank() : 0;
-  const int GB = B * world;  // rows of one global batch
+  const int GB = rows > 0 ? rows : B * world;  // rows of one global batch
   EvalLoader loader(data_glob, model.config().vocab_size);
   const int available = (int)loader.num_batches(GB, T);
   if (available == 0)
@@ -161,17 +167,32 @@ EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int 
                     " x " + std::to_string(T + 1));
   EvalResult r;
   std::vector<int32_t> in((size_t)GB * T), tgt((size_t)GB * T);
-  const size_t mine = (size_t)rank * B * T;  // this rank's rows of each batch
-  double sum = 0;
+  // This rank's rows of each batch: an even share (the first GB % world ranks take one more),
+  // in equal chunks of at most B rows, so the activations are sized once.
+  const int mine = GB / world + (rank < GB % world), first = rank * (GB / world) + std::min(rank, GB % world);
+  int chunk = std::min(B, std::max(mine, 1));
+  while (mine % chunk) chunk--;
+  double sum = 0;  // over this rank's rows, of each row's mean token loss
   for (int i = 0; i < std::min(batches, available); i++) {
     loader.next_batch(in.data(), tgt.data(), GB, T);
-    sum += model.forward(in.data() + mine, tgt.data() + mine, B, T);
+    for (int r0 = 0; r0 < mine; r0 += chunk) {
+      const size_t at = (size_t)(first + r0) * T;
+      sum += (double)model.forward(in.data() + at, tgt.data() + at, chunk, T) * chunk;
+    }
     r.batches++;
   }
-  if (world > 1) sum = dp->average({(float)sum})[0];
-  r.loss = sum / r.batches;
+  if (world > 1) sum = dp->sum({(float)sum})[0];
+  r.loss = sum / ((double)r.batches * GB);
   r.tokens = (int64_t)r.batches * GB * T;
   return r;
+}
+
+std::optional<BatchSplit> split_global_batch(int64_t global_batch, int world, int max_micro_batch) {
+  if (global_batch < 1 || world < 1 || global_batch % world != 0) return std::nullopt;
+  const int64_t share = global_batch / world;
+  for (int64_t b = std::min<int64_t>(max_micro_batch, share); b >= 1; b--)
+    if (share % b == 0) return BatchSplit{(int)b, (int)(share / b)};
+  return std::nullopt;
 }
 
 std::vector<int32_t> generate(GPT& model, std::vector<int32_t> tokens, int n_tokens, float temperature, int top_k,
@@ -218,11 +239,14 @@ std::vector<int32_t> generate(GPT& model, std::vector<int32_t> tokens, int n_tok
 
 namespace {
 
-// Test-only faults, from LEASETRAIN_TEST_FAULT="KIND:RANK:STEP": at the start of step STEP
-// (1-based) rank RANK stalls forever ("stall": its peers wait in a collective until the
-// watchdog fires), kills itself with SIGKILL ("kill"), or throws ("throw"; STEP 0: while
-// setting up its device, after MPI is up); "perturb" changes one of its parameters after that
-// step (the checksum must notice).
+// Test-only faults, from LEASETRAIN_TEST_FAULT="KIND:RANK:STEP[:ATTEMPT]": at the start of step
+// STEP (1-based) rank RANK stalls forever ("stall": its peers wait in a collective until the
+// watchdog fires), kills itself with SIGKILL ("kill"), throws ("throw"; STEP 0: while setting
+// up its device, after MPI is up), or sends itself a preemption notice ("sigterm", "sigusr1",
+// "sigint"); "perturb" changes one of its parameters after that step (the checksum must
+// notice); "kill-in-save" SIGKILLs it while the checkpoint of step STEP is written (rank 0:
+// with every file written but the seal; another rank: as rank 0 starts writing). With ATTEMPT
+// the fault fires only when LEASETRAIN_ATTEMPT (set by `launch`) equals it.
 struct Fault {
   std::string kind;
   int rank = -1;
@@ -236,14 +260,79 @@ Fault test_fault() {
   const std::string s(v);
   const size_t a = s.find(':'), b = s.find(':', a + 1);
   if (a == std::string::npos || b == std::string::npos)
-    throw UserError("environment: LEASETRAIN_TEST_FAULT: expected KIND:RANK:STEP, got '" + s + "'");
+    throw UserError("environment: LEASETRAIN_TEST_FAULT: expected KIND:RANK:STEP[:ATTEMPT], got '" + s + "'");
+  const size_t c = s.find(':', b + 1);
   f.kind = s.substr(0, a);
   f.rank = std::atoi(s.substr(a + 1, b - a - 1).c_str());
-  f.step = std::atoll(s.substr(b + 1).c_str());
-  if (f.kind != "stall" && f.kind != "kill" && f.kind != "throw" && f.kind != "perturb")
-    throw UserError("environment: LEASETRAIN_TEST_FAULT: expected stall, kill, throw or perturb, got '" + f.kind + "'");
+  f.step = std::atoll(s.substr(b + 1, c == std::string::npos ? std::string::npos : c - b - 1).c_str());
+  static const char* const kinds[] = {"stall", "kill", "throw", "perturb", "sigterm", "sigusr1", "sigint", "kill-in-save"};
+  if (std::find(std::begin(kinds), std::end(kinds), f.kind) == std::end(kinds))
+    throw UserError("environment: LEASETRAIN_TEST_FAULT: expected stall, kill, throw, perturb, sigterm, sigusr1, sigint "
+                    "or kill-in-save, got '" + f.kind + "'");
+  if (c != std::string::npos) {
+    const char* attempt = std::getenv("LEASETRAIN_ATTEMPT");
+    if (!attempt || s.substr(c + 1) != attempt) return Fault{};
+  }
   return f;
 }
+
+// Preemption notices. SIGTERM (a scheduler or an operator draining a node), SIGUSR1 (Slurm's
+// --signal; OpenMPI's mpirun forwards it to every rank, while SIGTERM to mpirun kills the job)
+// and a first SIGINT only set a flag, read at the next step boundary, so a save in progress
+// always finishes. The first notice restores the default action of SIGINT and SIGTERM: a
+// second one ends the process at once.
+std::atomic<int> g_notice{0};           // the first signal received, 0: none
+std::atomic<int64_t> g_notice_ns{0};    // when (CLOCK_MONOTONIC)
+static_assert(std::atomic<int>::is_always_lock_free && std::atomic<int64_t>::is_always_lock_free);
+
+int64_t monotonic_ns() {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+extern "C" void on_preemption_notice(int sig) {
+  int none = 0;
+  if (g_notice.compare_exchange_strong(none, sig)) g_notice_ns.store(monotonic_ns());
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  ::sigaction(SIGINT, &dfl, nullptr);
+  ::sigaction(SIGTERM, &dfl, nullptr);
+}
+
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGINT: return "SIGINT";
+    default: return "a signal";
+  }
+}
+
+// Installs the handlers for one run and puts the previous ones back when it ends.
+class PreemptionNotices {
+ public:
+  PreemptionNotices() {
+    g_notice = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_preemption_notice;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;  // blocking calls continue: the flag is read at the step boundary
+    for (size_t i = 0; i < 3; i++) ::sigaction(kSignals[i], &sa, &old_[i]);
+  }
+  ~PreemptionNotices() {
+    for (size_t i = 0; i < 3; i++) ::sigaction(kSignals[i], &old_[i], nullptr);
+  }
+  PreemptionNotices(const PreemptionNotices&) = delete;
+  PreemptionNotices& operator=(const PreemptionNotices&) = delete;
+
+  static int signal() { return g_notice.load(); }
+  static double seconds_since() { return g_notice ? (double)(monotonic_ns() - g_notice_ns.load()) / 1e9 : 0.0; }
+
+ private:
+  static constexpr int kSignals[3] = {SIGTERM, SIGUSR1, SIGINT};
+  struct sigaction old_[3];
+};
 
 TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm, Backend& backend);
 
@@ -304,17 +393,20 @@ TrainResult run_train(const TrainOptions& o) {
     // while the others wait in a collective: take the whole job down.
     if (!comm) throw UserError("rank " + std::to_string(env.rank) + "/" + std::to_string(env.world) + ": " + e.what());
     std::fprintf(stderr, "leasetrain: %s: error: %s\n", comm->who().c_str(), e.what());
-    comm->abort(dynamic_cast<const UserError*>(&e) ? 2 : 1);
+    comm->abort(dynamic_cast<const UserError*>(&e) ? kExitBadInput : kExitFailure);
   }
   Communicator& run_comm = device_comm ? *device_comm : *comm;
-  if (comm->world() == 1) return train_with(o, cfg, run_comm, *backend);
-  // A failing rank says so with its rank and takes the whole job down: peers blocked in a
-  // collective would otherwise wait for it until the watchdog fires.
+  // A failing rank says so with its rank, leaves its last words in the job dir, and takes the
+  // whole job down: peers blocked in a collective would otherwise wait for it until the
+  // watchdog fires.
   try {
     return train_with(o, cfg, run_comm, *backend);
   } catch (const std::exception& e) {
+    const int code = dynamic_cast<const UserError*>(&e) ? kExitBadInput : kExitFailure;
+    if (o.policy) o.policy->record_exit(comm->rank(), code, e.what());
+    if (comm->world() == 1) throw;
     std::fprintf(stderr, "leasetrain: %s: error: %s\n", comm->who().c_str(), e.what());
-    comm->abort(dynamic_cast<const UserError*>(&e) ? 2 : 1);
+    comm->abort(code);
   }
   std::abort();  // not reached: abort() ends the process
 }
@@ -395,10 +487,22 @@ class TrainingRun {
         evaluate_into(line);
       if (metrics_) metrics_->append(line.dump());
       print_progress(line, done, last);
-      const bool saved = last || (cfg_.checkpoint_interval > 0 && done % cfg_.checkpoint_interval == 0);
+      const double step_s = line["ms"].get<double>() / 1e3;
+      if (done > start_ + 1) timed_s_ += step_s, timed_steps_++;  // the attempt's first step warms up
+      const Boundary b = agree_at_boundary(done, step_s);
+      const bool saved = last || b.checkpoint;
       if (saved) checkpoint(done);
       result_.steps_done = done;
-      if (!last && stop_for_deadline(done, saved, line["ms"].get<double>() / 1e3)) break;
+      if (done == start_ + 1 && !saved) report_progress(done);
+      if (last) break;
+      if (b.preempted) {
+        stop_for_preemption(done, saved, b);
+        break;
+      }
+      if (b.deadline) {
+        stop_for_deadline(done, saved);
+        break;
+      }
     }
     if (metrics_) metrics_->close();
     return result_;
@@ -435,8 +539,11 @@ class TrainingRun {
     dp_ = std::make_unique<DataParallel>(*model_, comm_, cfg_.dist);
     optim_ = dp_->make_optimizer(cfg_.optim);
     train_ = std::make_unique<DataLoader>(cfg_.train_data, cfg_.seq_len, mcfg_.vocab_size, cfg_.seed);
-    check_validation_data();
+    global_batch_ = (int64_t)cfg_.micro_batch * world_ * cfg_.grad_accum;
+    eval_rows_ = (int64_t)cfg_.micro_batch * world_;
     load_start_state();
+    check_validation_data();
+    if (cfg_.checkpoint_auto) nodes_ = nodes_from_env();
     dp_->broadcast_parameters(0);
 
     // The first writes, rank 0 only: everything below resolves beneath --out (safe_path.h).
@@ -448,12 +555,16 @@ class TrainingRun {
     if (world_ == 1) return;
     const double timeout = cfg_.dist.watchdog_timeout;
     Communicator& comm = comm_;
-    watchdog_ = std::make_shared<Watchdog>(timeout, [&comm, timeout](const Work& w, double waited) {
-      std::fprintf(stderr,
-                   "leasetrain: %s: watchdog: %s not done %.1f s after it was issued (timeout %g s, "
-                   "dist.watchdog_timeout): another rank is stalled or dead; aborting the job\n",
-                   comm.who().c_str(), w.describe().c_str(), waited, timeout);
-      comm.abort(3);
+    const RunPolicy* policy = &policy_;
+    watchdog_ = std::make_shared<Watchdog>(timeout, [&comm, timeout, policy](const Work& w, double waited) {
+      char what[512];
+      std::snprintf(what, sizeof what,
+                    "watchdog: %s not done %.1f s after it was issued (timeout %g s, dist.watchdog_timeout): "
+                    "another rank is stalled or dead; aborting the job",
+                    w.describe().c_str(), waited, timeout);
+      std::fprintf(stderr, "leasetrain: %s: %s\n", comm.who().c_str(), what);
+      policy->record_exit(comm.rank(), kExitWatchdog, what);
+      comm.abort(kExitWatchdog);
     });
     comm_.set_watchdog(watchdog_);
     // Every rank has looked at the run directory before rank 0 writes into it.
@@ -466,7 +577,7 @@ class TrainingRun {
   void check_validation_data() const {
     if (cfg_.val_data.empty()) return;
     EvalLoader check(cfg_.val_data, mcfg_.vocab_size);
-    const int GB = cfg_.micro_batch * world_;
+    const int GB = (int)eval_rows_;
     const size_t have = check.num_batches(GB, cfg_.seq_len);
     if (have < (size_t)cfg_.eval_batches)
       throw UserError(check.shard().path() + ": validation shard holds " + std::to_string(check.shard().size()) +
@@ -520,6 +631,34 @@ class TrainingRun {
                     world_);
       std::printf(")\n");
     }
+    last_checkpoint_step_ = start_;
+    keep_global_batch(f, saved_world);
+  }
+
+  // The global batch is the run's, not the config's: a resume on another rank count keeps it
+  // (and the rows of an evaluation batch), re-splitting it into micro_batch x grad_accum. A
+  // checkpoint from before it was recorded implies it: its ranks x the config's micro_batch x
+  // grad_accum (the config it ran with is the one being resumed).
+  void keep_global_batch(const JsonFields& f, int64_t saved_world) {
+    const int64_t was_micro = cfg_.micro_batch, was_accum = cfg_.grad_accum;
+    global_batch_ = f.opt_integer("global_batch", 1, int64_t(1) << 40).value_or(saved_world * was_micro * was_accum);
+    eval_rows_ = f.opt_integer("eval_rows", 1, int64_t(1) << 30).value_or(saved_world * was_micro);
+    const int64_t saved_micro = f.opt_integer("micro_batch", 1, 1 << 20).value_or(was_micro);
+    const std::optional<BatchSplit> split = split_global_batch(global_batch_, world_, cfg_.micro_batch);
+    if (!split || split->grad_accum > (1 << 20))
+      throw UserError(resume_from_ + "/trainer.json: global_batch: " + std::to_string(global_batch_) +
+                      " sequences per step cannot be split evenly over " + std::to_string(world_) +
+                      " ranks; resume on a rank count that divides " + std::to_string(global_batch_));
+    cfg_.micro_batch = split->micro_batch;
+    cfg_.grad_accum = split->grad_accum;
+    if (log_ && (cfg_.micro_batch != saved_micro || saved_world != world_ || cfg_.grad_accum != was_accum)) {
+      std::printf("resume: global batch %lld kept on %d rank%s: micro_batch %d x grad_accum %d", (long long)global_batch_,
+                  world_, world_ == 1 ? "" : "s", cfg_.micro_batch, cfg_.grad_accum);
+      if (global_batch_ % (saved_micro * saved_world) == 0)
+        std::printf(" (was %lld x %lld on %lld)", (long long)saved_micro,
+                    (long long)(global_batch_ / (saved_micro * saved_world)), (long long)saved_world);
+      std::printf("\n");
+    }
   }
 
   void print_plan() const {
@@ -554,6 +693,9 @@ class TrainingRun {
     if (fault_.kind == "stall")
       for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
     if (fault_.kind == "kill") std::raise(SIGKILL);
+    if (fault_.kind == "sigterm") ::kill(::getpid(), SIGTERM);  // to the process, as a scheduler sends it
+    if (fault_.kind == "sigusr1") ::kill(::getpid(), SIGUSR1);
+    if (fault_.kind == "sigint") ::kill(::getpid(), SIGINT);
     if (fault_.kind == "throw") throw UserError("LEASETRAIN_TEST_FAULT: injected failure at step " + std::to_string(step));
   }
 
@@ -620,7 +762,8 @@ class TrainingRun {
   // ---- eval ---------------------------------------------------------------------------------
   void evaluate_into(json& line) {
     comm_.set_tag("evaluation");
-    EvalResult ev = evaluate(*model_, cfg_.val_data, cfg_.micro_batch, cfg_.seq_len, cfg_.eval_batches, dp_.get());
+    EvalResult ev =
+        evaluate(*model_, cfg_.val_data, cfg_.micro_batch, cfg_.seq_len, cfg_.eval_batches, dp_.get(), (int)eval_rows_);
     line["val_loss"] = ev.loss;
     result_.last_val_loss = (float)ev.loss;
   }
@@ -628,15 +771,26 @@ class TrainingRun {
   // ---- checkpoint ---------------------------------------------------------------------------
   void checkpoint(int64_t step) {
     const auto s0 = clock::now();
-    if (rank_ == 0) policy_.reserve_bytes((uint64_t)model_->num_params() * sizeof(float) * 3 + (1 << 20));
-    json st{{"step", step}, {"seed", cfg_.seed}, {"total_steps", cfg_.steps}, {"data", train_->state()},
-            {"init", init_ckpt_}};
+    if (rank_ == 0) policy_.reserve_bytes(checkpoint_bytes() + (1 << 20));
+    json st{{"step", step},
+            {"seed", cfg_.seed},
+            {"total_steps", cfg_.steps},
+            {"data", train_->state()},
+            {"init", init_ckpt_},
+            {"global_batch", global_batch_},
+            {"micro_batch", cfg_.micro_batch},
+            {"eval_rows", eval_rows_}};
     if (world_ > 1) st["world"] = world_;
+    const bool killed_here = fault_.kind == "kill-in-save" && fault_.rank == rank_ && fault_.step == step;
+    if (killed_here && rank_ != 0) std::raise(SIGKILL);
     // ZeRO-1: every rank sends its blocks to rank 0; the checkpoint holds the full state either way.
     std::unique_ptr<AdamW> full = optim_->sharded() ? dp_->gather_optimizer(*optim_, cfg_.optim) : nullptr;
     if (rank_ == 0) {
       metrics_->sync();
-      result_.last_checkpoint = save_checkpoint(root_, *model_, full ? *full : *optim_, st);
+      const std::function<void()> before_seal = [killed_here] {
+        if (killed_here) std::raise(SIGKILL);
+      };
+      result_.last_checkpoint = save_checkpoint(root_, *model_, full ? *full : *optim_, st, before_seal);
       if (log_) std::printf("checkpoint: %s\n", result_.last_checkpoint.c_str());
     } else {
       char name[32];
@@ -644,21 +798,136 @@ class TrainingRun {
       result_.last_checkpoint = (out_ / "checkpoints" / name).string();
     }
     save_s_ = std::chrono::duration<double>(clock::now() - s0).count();
+    // Every rank takes rank 0's time (the one that wrote): the deadline margin, the preemption
+    // estimate and the automatic interval must agree across ranks.
+    if (world_ > 1) save_s_ = dp_->max({(float)save_s_})[0];
+    last_checkpoint_step_ = step;
+    if (cfg_.checkpoint_auto && rank_ == 0 && auto_steps_ > 0) choose_auto_interval();
+    report_progress(step);
   }
 
-  // The lease ends soon: checkpoint while there is time for two more steps and a save, then
-  // stop cleanly. Every rank must agree, or one would wait for the others in a collective.
-  bool stop_for_deadline(int64_t done, bool saved, double step_s) {
+  uint64_t checkpoint_bytes() const { return (uint64_t)model_->num_params() * sizeof(float) * 3; }
+
+  // How long a save will take: the last one's time, or before any, its bytes at a conservative
+  // 200 MB/s.
+  double save_estimate() const { return save_s_ > 0 ? save_s_ : (double)checkpoint_bytes() / kAssumedSaveBytesPerS; }
+  static constexpr double kAssumedSaveBytesPerS = 200e6;
+
+  // progress.json in the job dir (rank 0), for a supervisor.
+  void report_progress(int64_t step) const {
+    if (rank_ != 0) return;
+    RunProgress p;
+    p.step = step;
+    p.start_step = start_;
+    p.checkpoint_step = last_checkpoint_step_;
+    p.checkpoint_seconds = save_s_;
+    p.global_batch = global_batch_;
+    p.world = world_;
+    policy_.record_progress(p);
+  }
+
+  // ---- the step boundary: one agreement for every reason to checkpoint or stop -------------
+  struct Boundary {
+    bool deadline = false;    // the lease ends soon (any rank's view)
+    bool checkpoint = false;  // the interval says so (rank 0 decides)
+    int preempted = 0;        // the largest signal number any rank received (0: none)
+    bool save_too_late = false;  // some rank's notice leaves too little grace for a save
+  };
+
+  // Every rank must take the same branch, or one would wait for the others in a collective:
+  // the reasons travel in one small all-reduce (max) per step.
+  Boundary agree_at_boundary(int64_t done, double step_s) {
     const double margin = 2 * step_s + std::max(save_s_, 1.0);
-    bool stop = (double)policy_.seconds_until_deadline() <= margin;
-    if (world_ > 1) stop = dp_->average({stop ? 1.f : 0.f})[0] > 0.f;
-    if (!stop) return false;
+    const int sig = PreemptionNotices::signal();
+    std::vector<float> v{(double)policy_.seconds_until_deadline() <= margin ? 1.f : 0.f,
+                         rank_ == 0 && checkpoint_due(done) ? 1.f : 0.f, (float)sig,
+                         sig && PreemptionNotices::seconds_since() + save_estimate() > cfg_.preempt_grace ? 1.f : 0.f};
+    if (world_ > 1) v = dp_->max(v);
+    return Boundary{v[0] > 0, v[1] > 0, (int)v[2], v[3] > 0};
+  }
+
+  // A preemption notice: checkpoint unless this step was just saved or a save would not finish
+  // within train.preempt_grace of the notice, then stop; `train` exits with kExitPreempted.
+  void stop_for_preemption(int64_t done, bool saved, const Boundary& b) {
+    const bool save = !saved && !b.save_too_late;
+    if (save) checkpoint(done);
+    else report_progress(done);
+    result_.preempted_by = b.preempted;
+    if (rank_ != 0) return;
+    const int own = PreemptionNotices::signal();
+    const std::string by = own ? signal_name(own) : std::string(signal_name(b.preempted)) + " (to another rank)";
+    if (saved || save)
+      std::printf("preempted by %s at step %lld: checkpointed step %lld (%.1f s); exit %d, resume with --resume\n",
+                  by.c_str(), (long long)done, (long long)done, save_s_, kExitPreempted);
+    else
+      std::printf("preempted by %s at step %lld: no checkpoint (a save takes about %.1f s, more than what is left of "
+                  "train.preempt_grace = %g s); exit %d, resume with --resume from step %lld\n",
+                  by.c_str(), (long long)done, save_estimate(), cfg_.preempt_grace, kExitPreempted,
+                  (long long)last_checkpoint_step_);
+    std::fflush(stdout);
+  }
+
+  // The lease ends soon: checkpoint (there is time for two more steps and a save), then stop
+  // cleanly.
+  void stop_for_deadline(int64_t done, bool saved) {
     if (!saved) checkpoint(done);
+    else report_progress(done);
     result_.stopped_for_deadline = true;
     if (rank_ == 0)
       std::printf("lease: %s; checkpointed step %lld and stopped (continue with --resume)\n",
                   policy_.deadline_message().c_str(), (long long)done);
-    return true;
+  }
+
+  // ---- checkpoint interval ------------------------------------------------------------------
+  // Rank 0's decision (carried to the others by agree_at_boundary).
+  bool checkpoint_due(int64_t done) {
+    if (!cfg_.checkpoint_auto) return cfg_.checkpoint_interval > 0 && done % cfg_.checkpoint_interval == 0;
+    if (timed_steps_ < kAutoTimedSteps) return false;  // no step time measured yet
+    if (auto_steps_ == 0) choose_auto_interval();
+    return done - last_checkpoint_step_ >= auto_steps_;
+  }
+  static constexpr int64_t kAutoTimedSteps = 3;
+
+  // checkpoint_interval = "auto": Young's first-order optimum (J. W. Young, CACM 1974; Daly,
+  // FGCS 2006), interval = sqrt(2 x C x MTBF) for a save of C seconds, which balances the time
+  // spent saving against the work lost to a failure (half an interval on average). C is the last
+  // save's measured time (before the first, its bytes at 200 MB/s). Chosen once the mean step
+  // time is known, recomputed after every save; said again when it moves by more than 20%.
+  void choose_auto_interval() {
+    const bool measured = save_s_ > 0;
+    const double C = save_estimate();
+    const double mtbf_h = cfg_.mtbf_hours > 0 ? cfg_.mtbf_hours : cfg_.node_mtbf_hours / nodes_;
+    const double interval_s = std::sqrt(2 * C * mtbf_h * 3600);
+    const double step_s = timed_s_ / (double)timed_steps_;
+    const int64_t steps = std::max<int64_t>(1, std::llround(std::min(interval_s / step_s, 1e15)));
+    const bool changed = auto_steps_ == 0 || std::fabs((double)(steps - auto_steps_)) > 0.2 * (double)auto_steps_;
+    auto_steps_ = steps;
+    if (!changed || !log_) return;
+    char save[96], mtbf[128];
+    if (measured)
+      std::snprintf(save, sizeof save, "%.3g s save (measured)", C);
+    else
+      std::snprintf(save, sizeof save, "%.3g s save (estimated: %.3g MB at 200 MB/s)", C,
+                    (double)checkpoint_bytes() / 1e6);
+    if (cfg_.mtbf_hours > 0)
+      std::snprintf(mtbf, sizeof mtbf, "%.3g h MTBF (train.mtbf_hours)", mtbf_h);
+    else
+      std::snprintf(mtbf, sizeof mtbf, "%.3g h MTBF (train.node_mtbf_hours %g / %d node%s)", mtbf_h,
+                    cfg_.node_mtbf_hours, nodes_, nodes_ == 1 ? "" : "s");
+    std::printf("checkpoint: every %lld step%s (auto: sqrt(2 x %s x %s) = %.3g s at %.3g s/step)\n",
+                (long long)steps, steps == 1 ? "" : "s", save, mtbf, interval_s, step_s);
+    std::fflush(stdout);
+  }
+
+  // Nodes in this attempt (LEASETRAIN_NODES, set by `launch`; 1 without it).
+  static int nodes_from_env() {
+    const char* v = std::getenv("LEASETRAIN_NODES");
+    if (!v || !*v) return 1;
+    int n = 0;
+    const char* end = v + std::strlen(v);
+    if (std::from_chars(v, end, n).ptr != end || n < 1 || n > (1 << 20))
+      throw UserError(std::string("environment: LEASETRAIN_NODES: expected a node count, got '") + v + "'");
+    return n;
   }
 
   using clock = std::chrono::steady_clock;
@@ -668,7 +937,7 @@ class TrainingRun {
   };
 
   const TrainOptions& o_;
-  const TrainConfig cfg_;
+  TrainConfig cfg_;  // micro_batch and grad_accum: the split of the run's global batch on this world
   Communicator& comm_;
   Backend& backend_;
   const int rank_, world_;
@@ -692,7 +961,15 @@ class TrainingRun {
   TrainResult result_;
   std::vector<int32_t> in_, tgt_;
   double total_s_ = 0;
-  double save_s_ = 0;  // how long the last checkpoint took: the deadline margin needs it
+  double save_s_ = 0;  // how long the last checkpoint took (rank 0's): the deadline margin needs it
+  int64_t global_batch_ = 0;  // sequences per optimizer step: the run's, kept across resumes
+  int64_t eval_rows_ = 0;     // rows of one evaluation batch: the run's, kept across resumes
+  int64_t last_checkpoint_step_ = 0;  // the newest complete checkpoint's step (0: none)
+  double timed_s_ = 0;        // step times of this attempt after its first step
+  int64_t timed_steps_ = 0;
+  int64_t auto_steps_ = 0;    // checkpoint_interval = "auto": the interval chosen (0: not yet)
+  int nodes_ = 1;
+  PreemptionNotices notices_;
 };
 
 TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm, Backend& backend) {

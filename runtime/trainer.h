@@ -43,19 +43,33 @@ struct TrainResult {
   float last_val_loss = -1.f;
   std::string last_checkpoint;
   bool stopped_for_deadline = false;  // checkpointed and stopped early: the lease ends soon
+  // Stopped early for a preemption notice (the signal: SIGTERM, SIGUSR1 or SIGINT; 0: none);
+  // `leasetrain train` then exits with kExitPreempted (runtime/error.h).
+  int preempted_by = 0;
 };
+
+// The global batch (sequences per optimizer step) is a property of the run, kept in its
+// checkpoints. On `world` ranks it is split as micro_batch x world x grad_accum with the
+// largest micro_batch <= max_micro_batch (the memory bound) that divides its share; nullopt
+// when `world` does not divide it.
+struct BatchSplit {
+  int micro_batch = 0, grad_accum = 0;
+};
+std::optional<BatchSplit> split_global_batch(int64_t global_batch, int world, int max_micro_batch);
 
 TrainResult run_train(const TrainOptions& opt);
 
 // Mean loss over `batches` sequential windows of the first shard of `data` (llm.c's convention).
-// With `dp` (world W), each batch is W*B rows and rank r evaluates rows [r*B, (r+1)*B), so W
-// ranks of B see the windows one rank of W*B would; the mean is taken over all ranks.
+// Each batch is `rows` windows (0: B x world); with `dp` (world W) rank r evaluates its even
+// share of them, in forward passes of at most B rows (the memory bound), and the mean is taken
+// over all rows, so the result does not depend on W beyond fp32 rounding.
 struct EvalResult {
   double loss = 0;
   int batches = 0;
   int64_t tokens = 0;
 };
-EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int batches, DataParallel* dp = nullptr);
+EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int batches, DataParallel* dp = nullptr,
+                    int rows = 0);
 
 // Autoregressive sampling with temperature and top-k (0: off), seeded.
 std::vector<int32_t> generate(GPT& model, std::vector<int32_t> prompt, int n_tokens, float temperature, int top_k,

@@ -4,7 +4,6 @@
 // Faults come from LEASETRAIN_TEST_FAULT (runtime/trainer.cpp) and LT_MPI_TEST_INJECT.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <nlohmann/json.hpp>
 
 #include "runtime/dist_env.h"
@@ -12,32 +11,6 @@
 
 namespace lt::test {
 namespace {
-
-struct Timed {
-  RunResult r;
-  double seconds = 0;
-};
-
-// mpirun -np NP (this host's flags) COMMAND with extra environment, bounded by `timeout`.
-Timed mpirun(int np, const std::string& command, const std::vector<std::string>& env = {}, int limit_s = 120) {
-  std::vector<std::string> argv = local_mpirun_argv(np);
-  for (const std::string& e : env) {
-    argv.push_back("-x");
-    argv.push_back(e);
-  }
-  TempDir io;
-  const std::string out = io / "stdout", err = io / "stderr";
-  const std::string cmd = "timeout -k 5 " + std::to_string(limit_s) + " " + shell_join(argv) + " " + command + " >'" +
-                          out + "' 2>'" + err + "' </dev/null";
-  const auto t0 = std::chrono::steady_clock::now();
-  const int status = std::system(cmd.c_str());
-  Timed t;
-  t.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  t.r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-  t.r.out = read_file(out);
-  t.r.err = read_file(err);
-  return t;
-}
 
 struct Job {
   TempDir dir;
