@@ -275,7 +275,20 @@ Failure find_failure(const std::string& err, const std::map<int, Failure>& recor
   } else if (std::regex_search(err, m, kOmpiExit)) {
     f.rank = rank_of(m[1]), f.exit_code = std::atoi(m[2].str().c_str());
   } else if (!records.empty()) {
-    f = records.begin()->second;
+    // A rank's own error names the cause. A watchdog's abort (exit 3) only says that another
+    // rank stopped answering: when every record is a watchdog's and exactly one rank left none,
+    // that rank is the one that stalled (a hung GPU, a rank stopped by the kernel).
+    auto own = std::find_if(records.begin(), records.end(),
+                            [](const auto& kv) { return kv.second.exit_code != kExitWatchdog; });
+    if (own != records.end()) {
+      f = own->second;
+    } else if (records.size() + 1 == p.ranks.size()) {
+      for (int r = 0; r < int(p.ranks.size()) && f.rank < 0; ++r)
+        if (!records.count(r)) f.rank = r;
+      f.error = "stopped answering: every other rank's watchdog fired";
+    } else {
+      f = records.begin()->second;
+    }
   }
   if (f.rank >= 0) {
     if (auto it = records.find(f.rank); it != records.end() && f.signal == 0) {
@@ -561,7 +574,7 @@ int supervise(const SuperviseOptions& o) {
     if (!jd) jd.emplace(job_dir);
     if (o.restarts > 0 || n > 1)
       say("launch: attempt " + std::to_string(n) + " of at most " + std::to_string(o.restarts + 1 + (n - 1 - restarts_used)) +
-          ": " + std::to_string(p.np) + " ranks on " + nodes_text(p) + (resume ? ", resuming" : ""));
+          ": " + std::to_string(p.np) + (p.np == 1 ? " rank on " : " ranks on ") + nodes_text(p) + (resume ? ", resuming" : ""));
     say(command_line(c));
     const std::string log_name = "attempt-" + std::to_string(n) + ".log";
     Fd log = jd->open_file(log_name, O_WRONLY | O_CREAT | O_TRUNC);
