@@ -425,4 +425,71 @@ TEST(ElasticLaunchTrain, KilledRankResumesOnThreeRanksFromTheNewestCheckpoint) {
   std::printf("losses against the uninterrupted run: largest relative difference %.2g over 60 steps\n", worst);
 }
 
+
+// A training job whose ranks fault inside (LEASETRAIN_TEST_FAULT, on attempt 1 only), started
+// through `env` so the fault reaches the ranks: launch passes no LEASETRAIN_* variable of its
+// caller. The command is not `train` itself, so it carries its own --resume (from step 0 on
+// attempt 1: nothing to resume yet).
+RunResult launch_faulty_train(const TempDir& dir, int np, const std::string& fault, const DpJobSpec& spec) {
+  write_corpus_shards(dir.path.string());
+  const std::string config = dp_write_config(dir.path.string(), "job", spec);
+  return launch(dir, "--np " + std::to_string(np) + " --restarts 1 -- env LEASETRAIN_TEST_FAULT=" + fault + " " +
+                         std::string(LT_CLI) + " train --resume --config " + lt::test::shell_quote(config) + " --out " +
+                         lt::test::shell_quote(dir / "run"),
+                150);
+}
+
+void expect_steps_one_to(const TempDir& dir, size_t n) {
+  const std::vector<json> m = read_metrics(dir / "run");
+  ASSERT_EQ(m.size(), n);
+  for (size_t i = 0; i < m.size(); ++i) EXPECT_EQ(m[i]["step"], int64_t(i + 1));
+}
+
+// Rank 1 stops answering at step 15 (it sleeps inside the step); the other two ranks' watchdogs
+// fire 3 s later and take the job down with exit 3, each leaving its last words. The one rank
+// that left none is the one that stalled: its slot is left out, and the run resumes from its
+// step-10 checkpoint on the 2 slots left (a global batch of 6 splits over 2).
+TEST(ElasticLaunchTrain, AStalledRankIsNamedFromItsPeersWatchdogs) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  const RunResult r = launch_faulty_train(
+      dir, 3, "stall:1:15:1", DpJobSpec{.micro_batch = 2, .steps = 25, .checkpoint_interval = 10, .dist = "watchdog_timeout = 3\n"});
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_NE(r.err.find("attempt 1 failed (exit 3): rank 1 on " + local_hostname() +
+                       " failed: stopped answering: every other rank's watchdog fired"),
+            std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("launch: leaving out rank 1's slot"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("launch: attempt 2 of at most 2: 2 ranks on"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("step-00000010 (step 10, written by 3 ranks, resumed on 2)"), std::string::npos) << r.out;
+  expect_steps_one_to(dir, 25);
+  const json a = attempts(dir);
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(a[0]["outcome"], "watchdog");
+  EXPECT_EQ(a[0]["failed_rank"], 1);
+  EXPECT_EQ(a[1]["ranks"], 2);
+  EXPECT_TRUE(fs::exists(dir / "job/attempt-1/rank-0.exit.json"));
+  EXPECT_TRUE(fs::exists(dir / "job/attempt-1/rank-2.exit.json"));
+  EXPECT_FALSE(fs::exists(dir / "job/attempt-1/rank-1.exit.json"));
+  EXPECT_TRUE(verify_log(dir / "usage.jsonl").ok);
+}
+
+// Rank 0 is killed while it writes the step-10 checkpoint (every file written but the seal):
+// the restart passes over the unfinished save and resumes from step 5, the newest complete
+// checkpoint, removing the leftover.
+TEST(ElasticLaunchTrain, ARankKilledDuringACheckpointResumesFromThePreviousOne) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  const RunResult r = launch_faulty_train(dir, 2, "kill-in-save:0:10:1",
+                                          DpJobSpec{.micro_batch = 2, .steps = 15, .checkpoint_interval = 5});
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_NE(r.err.find("attempt 1 failed (exit 137): rank 0 on " + local_hostname() + " was killed by signal 9"),
+            std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("checkpoints/step-00000005 (step 5"), std::string::npos) << r.out;
+  expect_steps_one_to(dir, 15);
+  for (const auto& e : fs::directory_iterator(dir / "run/checkpoints"))
+    EXPECT_EQ(e.path().filename().string().rfind(".tmp-", 0), std::string::npos) << e.path();
+  EXPECT_TRUE(fs::exists(dir / "run/checkpoints/step-00000015/trainer.json.sha256"));
+  EXPECT_EQ(records(dir).size(), 2u);
+}
+
 }  // namespace
