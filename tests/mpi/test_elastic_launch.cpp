@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -490,6 +491,48 @@ TEST(ElasticLaunchTrain, ARankKilledDuringACheckpointResumesFromThePreviousOne) 
     EXPECT_EQ(e.path().filename().string().rfind(".tmp-", 0), std::string::npos) << e.path();
   EXPECT_TRUE(fs::exists(dir / "run/checkpoints/step-00000015/trainer.json.sha256"));
   EXPECT_EQ(records(dir).size(), 2u);
+}
+
+
+// A restart is planned again from the manifest like the first attempt: once the lease is inside
+// its grace period (here 2 s after the start) the plan refuses, and launch gives up with the
+// lease's own line instead of restarting. (An exhausted GPU-hour quota is the same refusal of
+// make_plan; it needs GPUs this machine does not have for the probe to pass first.)
+TEST(ElasticLaunch, NoRestartPastTheLeasesWindow) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  const std::string host = local_hostname();
+  const auto now = std::chrono::system_clock::now();
+  auto utc = [](std::chrono::system_clock::time_point t) {
+    const std::time_t tt = std::chrono::system_clock::to_time_t(t);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
+    return std::string(buf);
+  };
+  write_file(dir / "m.toml", "[operator]\nid = \"test\"\n[[node]]\nhostname = \"" + host +
+                                 "\"\n[[tenant]]\nid = \"t\"\n[[lease]]\nid = \"l1\"\ntenant = \"t\"\n"
+                                 "not_before = " + utc(now - std::chrono::hours(1)) + "\nnot_after = " +
+                                 utc(now + std::chrono::seconds(32)) + "\ngrace_seconds = 30\nstorage_roots = [\"" +
+                                 dir.path.string() + "\"]\n[lease.quota]\nmax_ranks = 2\ngpu_hours = 1\nstorage_bytes = \"1GiB\"\n"
+                                 "[lease.policy]\ndevice_probe = \"warn\"\n"
+                                 "[[lease.alloc]]\nnode = \"" + host + "\"\ncpu_ranks = 2\n");
+  const RunResult r = run_sh("timeout -k 5 60 " + std::string(LT_CLI) + " launch --manifest m.toml --lease l1 --np 2 " +
+                                 "--restarts 3 --job-dir " + lt::test::shell_quote(dir / "job") +
+                                 " -- sh -c 'sleep 4; exit 1'",
+                             dir.path.string());
+  EXPECT_EQ(r.code, 1) << r.both();
+  EXPECT_NE(r.err.find("launch: giving up after attempt 1: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("lease l1"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("attempt 2 of"), std::string::npos) << r.err;
+  const std::vector<json> rec = [&] {
+    std::vector<json> v;
+    std::ifstream in(dir / "usage.jsonl");
+    for (std::string line; std::getline(in, line);) v.push_back(json::parse(line));
+    return v;
+  }();
+  ASSERT_EQ(rec.size(), 1u);
+  EXPECT_EQ(rec[0]["outcome"], "failed");
+  EXPECT_TRUE(verify_log(dir / "usage.jsonl").ok);
 }
 
 }  // namespace
