@@ -1,7 +1,8 @@
 // launch --restarts: one usage record per attempt, chained; a failed rank's slot left out; no
 // restart on bad input; giving up after N restarts or on a crash loop; a node whose probe fails
 // left out; a real 4-rank training job that loses a rank to kill -9 and finishes on 3 from its
-// newest checkpoint. Jobs are CPU ranks on this host through mpirun (skipped without it).
+// newest checkpoint; srun's report of a lost task (a stand-in srun). Jobs are CPU ranks on this
+// host through mpirun (skipped without it).
 #include <signal.h>
 #include <unistd.h>
 
