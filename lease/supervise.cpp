@@ -254,24 +254,30 @@ std::map<int, Failure> read_exit_records(const std::string& job_dir, int ranks) 
 // killed leaves no last words, and the survivors' are about losing it), then the rank the
 // launcher names as the first non-zero exit, then the lowest rank that left an exit record.
 // OpenMPI 4 prints "mpirun noticed that process rank 2 with PID 0 on node X exited on signal 9
-// (Killed)." and "Process name: [[29721,1],2]\n  Exit code:    7"; srun prints
-// "srun: error: X: task 2: Killed" or "...: task 2: Exited with exit code 7".
+// (Killed)." and "Process name: [[29721,1],2]\n  Exit code:    7"; srun (Slurm 22.05) prints
+// "srun: error: X: task 2: Exited with exit code 7", or the signal's strsignal() name ("task 2:
+// Killed", "Segmentation fault (core dumped)"), its first line about the task that ended first;
+// the tasks it then terminated follow ("tasks 0-1,3: Terminated"). A watchdog's exit (3) only
+// says that another rank stopped answering: the ranks' records name that one.
 Failure find_failure(const std::string& err, const std::map<int, Failure>& records, const Plan& p) {
   Failure f;
   std::smatch m;
   static const std::regex kOmpiSignal(R"(process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+))");
   static const std::regex kOmpiExit(R"(Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s*(\d+))");
-  static const std::regex kSrun(R"(srun: error: (\S+): task (\d+): (Killed|Exited with exit code (\d+)))");
+  static const std::regex kSrun(R"(srun: error: (\S+): task (\d+): (Exited with exit code (\d+)|([A-Z][^\n(]*[a-z])))");
   auto rank_of = [&](const std::string& s) {
     int r = std::atoi(s.c_str());
     return r >= 0 && size_t(r) < p.ranks.size() ? r : -1;
   };
   if (std::regex_search(err, m, kOmpiSignal)) {
     f.rank = rank_of(m[1]), f.host = m[2], f.signal = std::atoi(m[3].str().c_str());
-  } else if (std::regex_search(err, m, kSrun)) {
+  } else if (std::regex_search(err, m, kSrun) &&
+             !(m[4].matched && std::atoi(m[4].str().c_str()) == kExitWatchdog && !records.empty())) {
     f.rank = rank_of(m[2]), f.host = m[1];
-    if (m[3] == "Killed") f.signal = SIGKILL;
-    else f.exit_code = std::atoi(m[4].str().c_str());
+    if (m[4].matched) f.exit_code = std::atoi(m[4].str().c_str());
+    for (int sig = 1; sig < NSIG && m[5].matched && !f.signal; ++sig)
+      if (const char* name = strsignal(sig); name && m[5] == name) f.signal = sig;
+    if (m[5].matched && !f.signal) f.error = m[5];  // a name this libc does not use: quoted as srun said it
   } else if (std::regex_search(err, m, kOmpiExit)) {
     f.rank = rank_of(m[1]), f.exit_code = std::atoi(m[2].str().c_str());
   } else if (!records.empty()) {

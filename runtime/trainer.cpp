@@ -279,8 +279,11 @@ Fault test_fault() {
 // Preemption notices. SIGTERM (a scheduler or an operator draining a node), SIGUSR1 (Slurm's
 // --signal; OpenMPI's mpirun forwards it to every rank, while SIGTERM to mpirun kills the job)
 // and a first SIGINT only set a flag, read at the next step boundary, so a save in progress
-// always finishes. The first notice restores the default action of SIGINT and SIGTERM: a
-// second one ends the process at once.
+// always finishes. The first notice restores the default action of SIGINT: a second SIGINT
+// (a person at a terminal) ends the process at once. A repeated SIGTERM is one more notice: a
+// scheduler may send it twice for one stop (Slurm cancelling a job signals each task from its
+// step daemon and again through srun's own termination of the step), and its hard stop is
+// SIGKILL after its grace period (Slurm's KillWait).
 std::atomic<int> g_notice{0};           // the first signal received, 0: none
 std::atomic<int64_t> g_notice_ns{0};    // when (CLOCK_MONOTONIC)
 static_assert(std::atomic<int>::is_always_lock_free && std::atomic<int64_t>::is_always_lock_free);
@@ -297,7 +300,6 @@ extern "C" void on_preemption_notice(int sig) {
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   ::sigaction(SIGINT, &dfl, nullptr);
-  ::sigaction(SIGTERM, &dfl, nullptr);
 }
 
 const char* signal_name(int sig) {

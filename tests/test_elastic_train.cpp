@@ -1,6 +1,6 @@
 // Elastic training on one rank, through the CLI: the global-batch split rule, preemption notices
 // (exit 75 with a checkpoint at the stop step, a resume with the uninterrupted run's losses, a
-// grace too short for a save, a second SIGINT), checkpoint_interval = "auto", the job-dir files
+// grace too short for a save, a second SIGINT, a repeated SIGTERM), checkpoint_interval = "auto", the job-dir files
 // a supervisor reads, the test faults' ATTEMPT field and a rank killed mid-save, and the new
 // config keys' errors.
 #include <gtest/gtest.h>
@@ -140,6 +140,34 @@ TEST(Preemption, ASecondSigintEndsTheRunAtOnce) {
   ASSERT_TRUE(WIFSIGNALED(status)) << "exited " << WEXITSTATUS(status) << ": " << read_file(job.dir / "out");
   EXPECT_EQ(WTERMSIG(status), SIGINT);
   EXPECT_EQ(read_file(job.dir / "out").find("preempted"), std::string::npos);
+}
+
+// A scheduler may send SIGTERM twice for one stop (Slurm cancelling a job signals each task from
+// its step daemon and again through srun): the second is one more notice, not the end.
+TEST(Preemption, ARepeatedSigtermIsOneMoreNotice) {
+  Job job(1000000, "", 256, 16);
+  const std::string run = job.dir / "run";
+  pid_t pid = -1;
+  const std::string cmd = "exec " + std::string(LT_CLI) + " " + job.train("run") + " >" + (job.dir / "out") + " 2>&1";
+  const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
+  ASSERT_EQ(posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+  for (int i = 0; i < 3000 && count_lines(read_file(run + "/metrics.jsonl")) < 1; i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ::kill(pid, SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  for (int i = 0; i < 3000 && ::waitpid(pid, &status, WNOHANG) == 0; i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (::waitpid(pid, &status, WNOHANG) == 0 && !WIFSIGNALED(status) && !WIFEXITED(status)) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    FAIL() << "still running 30 s after the second SIGTERM";
+  }
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status) << ": " << read_file(job.dir / "out");
+  EXPECT_EQ(WEXITSTATUS(status), 75) << read_file(job.dir / "out");
+  const std::regex line(R"(preempted by SIGTERM at step (\d+): checkpointed step \1 )");
+  EXPECT_TRUE(std::regex_search(read_file(job.dir / "out"), line)) << read_file(job.dir / "out");
 }
 
 TEST(AutoInterval, ATinyMtbfCheckpointsEveryStepOnceStepsAreTimed) {

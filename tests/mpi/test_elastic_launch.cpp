@@ -1,7 +1,8 @@
 // launch --restarts: one usage record per attempt, chained; a failed rank's slot left out; no
 // restart on bad input; giving up after N restarts or on a crash loop; a node whose probe fails
 // left out; a real 4-rank training job that loses a rank to kill -9 and finishes on 3 from its
-// newest checkpoint. Jobs are CPU ranks on this host through mpirun (skipped without it).
+// newest checkpoint; srun's report of a lost task (a stand-in srun). Jobs are CPU ranks on this
+// host through mpirun (skipped without it).
 #include <signal.h>
 #include <unistd.h>
 
@@ -181,6 +182,48 @@ TEST(ElasticLaunch, ARankKilledBySignalIsNamedAndLeftOut) {
   json a = attempts(dir);
   ASSERT_EQ(a.size(), 2u);
   EXPECT_EQ(a[1]["ranks"], 3);
+}
+
+// srun's own report names the rank: what Slurm 22.05's srun printed for a task killed with
+// SIGKILL (the first line; the tasks it then terminated follow), for a segfault and for an exit
+// code, replayed by a stand-in srun on PATH (attempt 1 fails, attempt 2 and the probe run).
+TEST(ElasticLaunch, SrunsReportNamesTheRank) {
+  const std::string host = local_hostname();
+  struct Case {
+    std::string report, named;
+    int status;
+  };
+  for (const Case& c : {Case{"task 2: Killed\nsrun: launch/slurm: _step_signal: Terminating StepId=10.0\n"
+                             "slurmstepd-" + host + ": error: *** STEP 10.0 ON " + host + " CANCELLED AT 2026-12-02T17:34:41 ***\n"
+                             "srun: Job step aborted: Waiting up to 7 seconds for job step to finish.\n"
+                             "srun: error: " + host + ": tasks 0-1,3: Killed",
+                             "rank 2 on " + host + " was killed by signal 9 (Killed)", 137},
+                        Case{"task 1: Segmentation fault (core dumped)\nsrun: error: " + host + ": tasks 0,2-3: Terminated",
+                             "rank 1 on " + host + " was killed by signal 11 (Segmentation fault)", 139},
+                        Case{"task 3: Exited with exit code 7\nsrun: error: " + host + ": tasks 0-2: Terminated",
+                             "rank 3 on " + host + " exited with 7", 143}}) {
+    TempDir dir;
+    fs::create_directories(dir / "bin");
+    write_file(dir / "report", "srun: error: " + host + ": " + c.report + "\n");
+    write_file(dir / "bin/srun",
+               "#!/bin/sh\ncase \" $* \" in\n"
+               "*\" --multi-prog \"*) for a; do conf=$a; done\n"
+               "  if grep -q 'LEASETRAIN_ATTEMPT=1 ' \"$conf\"; then cat " + lt::test::shell_quote(dir / "report") +
+               " >&2; exit " + std::to_string(c.status) + "; fi; exit 0;;\n"
+               "*) while [ \"$1\" != --export=NONE ]; do shift; done; shift; exec \"$@\";;\nesac\n");
+    fs::permissions(dir / "bin/srun", fs::perms::owner_all);
+    RunResult r = run_sh("PATH=" + lt::test::shell_quote(dir / "bin") + ":$PATH timeout -k 5 60 " + std::string(LT_CLI) +
+                             " launch --launcher srun --usage-log " + lt::test::shell_quote(dir / "usage.jsonl") +
+                             " --job-dir " + lt::test::shell_quote(dir / "job") + " --np 4 --restarts 1 -- true",
+                         dir.path.string());
+    ASSERT_EQ(r.code, 0) << r.both();
+    EXPECT_NE(r.err.find("attempt 1 failed (exit " + std::to_string(c.status) + "): " + c.named + "\n"), std::string::npos)
+        << r.err;
+    EXPECT_NE(r.err.find("launch: probe of " + host + ": "), std::string::npos) << r.err;
+    json a = attempts(dir);
+    ASSERT_EQ(a.size(), 2u);
+    EXPECT_EQ(a[1]["ranks"], 3) << "the named rank's slot is left out";
+  }
 }
 
 TEST(ElasticLaunch, BadInputIsNotRestarted) {
