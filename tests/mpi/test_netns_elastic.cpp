@@ -4,13 +4,10 @@
 // killed with SIGKILL and its links are taken down, so that nothing can reach it again (the
 // cluster's ssh goes over the links, as a real one would). launch names the failure, the probe
 // of node 1 fails and the node is left out, and the job resumes from its checkpoint on node 0's
-// 2 ranks, keeping the global batch, to the end. With --grow, once node 1's links are back,
-// SIGHUP to launch probes it, the job is preempted (checkpoint, exit 75) and runs on to its end
-// on both nodes again.
+// 2 ranks, keeping the global batch, to the end.
 //
 // Needs root, `ip netns`, unshare and mpirun; skips with the reason otherwise.
 #include <gtest/gtest.h>
-#include <signal.h>
 
 #include <chrono>
 #include <filesystem>
@@ -85,10 +82,9 @@ class NetnsElastic : public ::testing::Test {
 
   // Starts `launch ... -- train` on node 0 (where mpirun runs), in the background.
   void start(const std::string& flags) {
-    const std::string cmd = "timeout -k 5 150 sh -c " +
-                            shell_quote("echo $$ > " + shell_quote(dir_ / "launch.pid") + "; exec " + LT_CLI +
-                                        " launch --manifest " + manifest_ + " --lease lease-e --job-id " + kJob +
-                                        " --np 4 " + flags + " -- train --config " + config_ + " --out " + run_);
+    const std::string cmd = "timeout -k 5 150 " + std::string(LT_CLI) + " launch --manifest " + manifest_ +
+                            " --lease lease-e --job-id " + kJob + " --np 4 " + flags + " -- train --config " +
+                            config_ + " --out " + run_;
     launch_ = std::thread([this, cmd] { result_ = run_sh(nodes_->on_node(0, cmd), "", {{"PATH", path_}}); });
   }
   RunResult finish() {
@@ -224,64 +220,6 @@ TEST_F(NetnsElastic, ALostNodeIsLeftOutAndTheJobFinishesOnTheOther) {
   EXPECT_EQ(rank_hosts(rec[1]["ranks"]), std::vector<std::string>({n0, n0}));
   EXPECT_EQ(rec[1]["attempt"], 2);
   EXPECT_EQ(rec[1]["prev"], rec[0]["hash"]);
-  expect_audit_verifies();
-}
-
-// --grow: the job runs on node 0 after losing node 1; node 1's links come back (its processes
-// are gone for good; it is a node rebooted into the cluster), and SIGHUP to launch probes it,
-// admits it again and preempts the job, which checkpoints, exits 75 and restarts on 4 ranks
-// over both nodes, continuing the same run to its end.
-TEST_F(NetnsElastic, SighupWithGrowTakesTheNodeBackOnceItIsReachable) {
-  const std::string n0 = nodes_->ns[0], n1 = nodes_->ns[1];
-  start("--restarts 1 --probe-timeout 5 --grow");
-  const bool checkpointed = wait_for([&] { return fs::exists(checkpoint(kCheckpoint)); }, 90);
-  if (checkpointed) lose_node1();
-  const bool restarted = checkpointed && wait_for([&] { return resumed_and_stepped(); }, 60);
-  if (restarted) {
-    RunResult up = nodes_->set_links(1, true);
-    EXPECT_EQ(up.code, 0) << up.err;
-    const pid_t launch = pid_t(std::stol(read_file(dir_ / "launch.pid")));
-    ::kill(launch, SIGHUP);
-  }
-  const auto hup = Clock::now();
-  double to_larger = -1;
-  if (restarted && wait_for([&] { return fs::exists(job_dir_ + "/attempt-3.log") && resumed_and_stepped(); }, 60))
-    to_larger = seconds_since(hup);
-  RunResult r = finish();
-  ASSERT_TRUE(checkpointed) << "no checkpoint at step " << kCheckpoint << "\n" << r.both();
-  ASSERT_TRUE(restarted) << "no restart on node 0\n" << r.both();
-  ASSERT_EQ(r.code, 0) << r.both();
-  for (size_t b = 0, e; (e = r.err.find('\n', b)) != std::string::npos; b = e + 1)
-    if (r.err.compare(b, 19, "leasetrain: launch:") == 0) std::printf("%s\n", r.err.substr(b, e - b).c_str());
-  std::printf("SIGHUP to launch with node 1 back; first step on 4 ranks %.2f s later\n", to_larger);
-  EXPECT_GT(to_larger, 0) << "the larger job's first step was not seen";
-
-  EXPECT_NE(r.err.find("launch: SIGHUP: probing the left-out nodes"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("launch: probe of " + n1 + ": "), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("; admitted again"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("launch: attempt 2: preempted to restart on more slots"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("launch: attempt 3 of at most 3: 4 ranks on " + n0 + " (2), " + n1 + " (2), resuming"),
-            std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("launch: completed on attempt 3"), std::string::npos) << r.err;
-  EXPECT_EQ(count(r.out, "dist: 4 ranks"), 2u) << r.out;
-  EXPECT_EQ(count(r.out, "dist: 2 ranks"), 1u) << r.out;
-  expect_continuous_metrics();
-
-  const json a = json::parse(read_file(job_dir_ + "/attempts.json"));
-  ASSERT_EQ(a.size(), 3u);
-  EXPECT_EQ(a[1]["ranks"], 2);
-  EXPECT_EQ(a[1]["exit_status"], 75);
-  EXPECT_EQ(a[1]["outcome"], "preempted");
-  EXPECT_EQ(a[1]["reason"], "preempted to restart on more slots");
-  EXPECT_EQ(a[2]["ranks"], 4);
-  EXPECT_EQ(a[2]["hosts"], json({n0, n1}));
-  EXPECT_EQ(a[2]["outcome"], "completed");
-  // The larger attempt resumed where the preempted one checkpointed on its way out.
-  EXPECT_EQ(a[2]["progress"]["start_step"], a[1]["progress"]["step"]);
-  const std::vector<json> rec = usage();
-  ASSERT_EQ(rec.size(), 3u);
-  EXPECT_EQ(rec[1]["outcome"], "preempted");
-  EXPECT_EQ(rank_hosts(rec[2]["ranks"]), std::vector<std::string>({n0, n0, n1, n1}));
   expect_audit_verifies();
 }
 
