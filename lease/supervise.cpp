@@ -251,20 +251,29 @@ std::map<int, Failure> read_exit_records(const std::string& job_dir, int ranks) 
 }
 
 // Who failed: the launcher's own report of a rank killed by a signal first (a rank that is
-// killed leaves no last words, and the survivors' are about losing it), then the rank the
-// launcher names as the first non-zero exit, then the lowest rank that left an exit record.
-// OpenMPI 4 prints "mpirun noticed that process rank 2 with PID 0 on node X exited on signal 9
-// (Killed)." and "Process name: [[29721,1],2]\n  Exit code:    7"; srun (Slurm 22.05) prints
-// "srun: error: X: task 2: Exited with exit code 7", or the signal's strsignal() name ("task 2:
-// Killed", "Segmentation fault (core dumped)"), its first line about the task that ended first;
-// the tasks it then terminated follow ("tasks 0-1,3: Terminated"). A watchdog's exit (3) only
-// says that another rank stopped answering: the ranks' records name that one.
+// killed leaves no last words, and the survivors' are about losing it), then of a node whose
+// daemon it lost (no rank named: the node's ranks went with it), then the rank the launcher
+// names as the first non-zero exit, then a node whose MPI processes hung up on their peers (a
+// node lost while the launcher only saw its daemon end), then the ranks' exit records. OpenMPI 4
+// prints "mpirun noticed that process rank 2 with PID 0 on node X exited on signal 9
+// (Killed).", "Remote daemon: [[29721,0],1] on node X" (after "ORTE has lost communication
+// with a remote daemon."), "Process name: [[29721,1],2]\n  Exit code:    7", and from a rank's
+// TCP transport "An MPI communication peer process has unexpectedly disconnected. ... Peer
+// host:  X". srun (Slurm 22.05) prints "srun: error: X: task 2: Exited with exit code 7", or the
+// signal's strsignal() name ("task 2: Killed", "Segmentation fault (core dumped)"), its first
+// line about the task that ended first; the tasks it then terminated follow ("tasks 0-1,3:
+// Terminated"). A watchdog's exit (3) only says that another rank stopped answering: the ranks'
+// records name that one.
 Failure find_failure(const std::string& err, const std::map<int, Failure>& records, const Plan& p) {
   Failure f;
   std::smatch m;
   static const std::regex kOmpiSignal(R"(process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+))");
+  static const std::regex kOmpiDaemon(R"(Remote daemon: \[\[\d+,\d+\],\d+\] on node (\S+))");
+  static const std::regex kOmpiPeer(R"(Peer host:\s*(\S+))");
   static const std::regex kOmpiExit(R"(Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s*(\d+))");
   static const std::regex kSrun(R"(srun: error: (\S+): task (\d+): (Exited with exit code (\d+)|([A-Z][^\n(]*[a-z])))");
+  const size_t at = err.find("An MPI communication peer process has unexpectedly disconnected");
+  const std::string hung_up = at == std::string::npos ? "" : err.substr(at, 2000);
   auto rank_of = [&](const std::string& s) {
     int r = std::atoi(s.c_str());
     return r >= 0 && size_t(r) < p.ranks.size() ? r : -1;
@@ -278,8 +287,12 @@ Failure find_failure(const std::string& err, const std::map<int, Failure>& recor
     for (int sig = 1; sig < NSIG && m[5].matched && !f.signal; ++sig)
       if (const char* name = strsignal(sig); name && m[5] == name) f.signal = sig;
     if (m[5].matched && !f.signal) f.error = m[5];  // a name this libc does not use: quoted as srun said it
+  } else if (std::regex_search(err, m, kOmpiDaemon)) {
+    f.host = m[1], f.error = "lost communication with its daemon on node " + f.host;
   } else if (std::regex_search(err, m, kOmpiExit)) {
     f.rank = rank_of(m[1]), f.exit_code = std::atoi(m[2].str().c_str());
+  } else if (!hung_up.empty() && std::regex_search(hung_up, m, kOmpiPeer)) {
+    f.host = m[1], f.error = "an MPI process on node " + f.host + " hung up on its peers";
   } else if (!records.empty()) {
     // A rank's own error names the cause. A watchdog's abort (exit 3) only says that another
     // rank stopped answering: when every record is a watchdog's and exactly one rank left none,
@@ -325,6 +338,7 @@ std::string first_telling_line(const std::string& err) {
 
 std::string describe_failure(const Failure& f, const std::string& launcher, int status, const std::string& err) {
   if (f.rank < 0) {
+    if (!f.host.empty()) return launcher + " exited with " + std::to_string(status) + ": " + f.error;
     std::string line = first_telling_line(err);
     return launcher + " exited with " + std::to_string(status) + (line.empty() ? "; no rank named a cause" : ": " + line);
   }
@@ -623,7 +637,8 @@ int supervise(const SuperviseOptions& o) {
     json aj = {{"attempt", n},       {"start", format_time(start)}, {"end", format_time(end)}, {"ranks", p.np},
                {"hosts", hosts},     {"resumed", resume},           {"exit_status", r.status}, {"outcome", outcome},
                {"reason", reason},   {"log", log_name}};
-    if (f.rank >= 0) aj["failed_rank"] = f.rank, aj["failed_host"] = f.host;
+    if (f.rank >= 0) aj["failed_rank"] = f.rank;
+    if (!f.host.empty()) aj["failed_host"] = f.host;
     if (pr.known) aj["progress"] = {{"step", pr.step}, {"start_step", pr.start_step}};
     attempts.push_back(aj);
     write_file_atomic(*jd, "attempts.json", attempts.dump(2) + "\n");

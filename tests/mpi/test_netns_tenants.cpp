@@ -3,18 +3,13 @@
 // all-reduce) on the interface its lease names, and sends not one byte over the other
 // tenant's. Plain mpirun, without the lease's interface restriction, spreads over both.
 //
-// The cluster: two network namespaces, each with its own host name, connected by two veth
-// pairs named `pa` (10.77.1.0/24, tenant A's partition) and `pb` (10.77.2.0/24, tenant B's),
-// IPv6 off and static neighbour entries so that the kernel itself sends nothing. OpenMPI
-// reaches the second node with `ssh HOST COMMAND`; the test's `ssh`, first on PATH, runs the
-// command inside namespace HOST. Byte counters come from /sys/class/net/<if>/statistics.
+// The cluster is tests/mpi/netns.h's: two network namespaces joined by the veth pairs `pa`
+// (tenant A's partition) and `pb` (tenant B's). Byte counters come from
+// /sys/class/net/<if>/statistics.
 //
 // Needs root, `ip netns`, unshare and mpirun; skips with the reason otherwise.
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -22,102 +17,12 @@
 #include <thread>
 
 #include "tests/mpi/dp_job.h"
+#include "tests/mpi/netns.h"
 
 namespace lt::test {
 namespace {
 
 namespace fs = std::filesystem;
-
-constexpr const char* kIfs[2] = {"pa", "pb"};
-constexpr const char* kNets[2] = {"10.77.1.", "10.77.2."};  // .1 on node 0, .2 on node 1
-
-std::string utc(std::chrono::system_clock::time_point t) {
-  const std::time_t tt = std::chrono::system_clock::to_time_t(t);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
-  return buf;
-}
-
-std::string trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
-const std::string kPrefix = "ltnet";  // namespaces are ltnet<pid>n0, ltnet<pid>n1
-
-// Namespaces left by an earlier run of this test that was killed before its cleanup ran.
-void remove_stale_namespaces() {
-  RunResult r = run_sh("ip netns list");
-  static const std::regex name("^" + kPrefix + "([0-9]+)n[01]\\b");
-  std::istringstream in(r.out);
-  std::string line;
-  std::smatch m;
-  while (std::getline(in, line))
-    if (std::regex_search(line, m, name) && ::kill(pid_t(std::stol(m[1])), 0) != 0 && errno == ESRCH)
-      run_sh("ip netns del " + m[0].str());
-}
-
-// Two nodes as network namespaces, joined by the veth pairs pa and pb. Removed on destruction.
-struct TwoNodes {
-  std::string ns[2];
-  std::string error;  // why the cluster could not be made ("" when it was)
-  bool created[2] = {false, false};
-
-  TwoNodes() {
-    for (int i = 0; i < 2; ++i) ns[i] = kPrefix + std::to_string(::getpid()) + "n" + std::to_string(i);
-    remove_stale_namespaces();
-    for (int i = 0; i < 2; ++i) {
-      RunResult r = run_sh("ip netns add " + ns[i]);
-      if (r.code != 0) {
-        error = "`ip netns add` is not permitted here: " + trim(r.err);
-        return;
-      }
-      created[i] = true;
-      // IPv6 off before any interface arrives: no router solicitations, DAD or MLD reports.
-      r = run_sh("ip netns exec " + ns[i] +
-                 " sh -c 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && "
-                 "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; ip link set lo up'");
-      if (r.code != 0) {
-        error = "cannot configure namespace " + ns[i] + ": " + trim(r.err);
-        return;
-      }
-    }
-    for (int k = 0; k < 2; ++k) {
-      const std::string ifn = kIfs[k], net = kNets[k];
-      RunResult r = run_sh("ip link add name " + ifn + " netns " + ns[0] + " type veth peer name " + ifn + " netns " +
-                           ns[1] + " && ip -n " + ns[0] + " addr add " + net + "1/24 dev " + ifn + " && ip -n " +
-                           ns[1] + " addr add " + net + "2/24 dev " + ifn + " && ip -n " + ns[0] + " link set " +
-                           ifn + " up && ip -n " + ns[1] + " link set " + ifn + " up");
-      if (r.code != 0) {
-        error = "cannot make veth pair " + ifn + ": " + trim(r.err);
-        return;
-      }
-      // Static neighbours: no ARP, so a job's packets are the only ones on the wire.
-      std::string mac[2];
-      for (int i = 0; i < 2; ++i)
-        mac[i] = trim(run_sh("ip netns exec " + ns[i] + " cat /sys/class/net/" + ifn + "/address").out);
-      r = run_sh("ip -n " + ns[0] + " neigh replace " + net + "2 lladdr " + mac[1] + " dev " + ifn +
-                 " nud permanent && ip -n " + ns[1] + " neigh replace " + net + "1 lladdr " + mac[0] + " dev " +
-                 ifn + " nud permanent");
-      if (r.code != 0) {
-        error = "cannot set neighbour entries on " + ifn + ": " + trim(r.err);
-        return;
-      }
-    }
-  }
-  ~TwoNodes() {
-    for (int i = 0; i < 2; ++i)
-      if (created[i]) run_sh("ip netns del " + ns[i]);
-  }
-  TwoNodes(const TwoNodes&) = delete;
-  TwoNodes& operator=(const TwoNodes&) = delete;
-
-  // `cmd` (a shell command line) run on node i: in its namespace, with its host name.
-  std::string on_node(int i, const std::string& cmd) const {
-    return "ip netns exec " + ns[i] + " unshare --uts sh -c " +
-           shell_quote("echo " + ns[i] + " > /proc/sys/kernel/hostname && exec " + cmd);
-  }
-};
 
 // Bytes sent and received on each interface of each node.
 struct Counters {
@@ -183,60 +88,28 @@ std::vector<std::string> callback_uris(const std::string& ssh_log) {
   return out;
 }
 
-std::string why_not_runnable() {
-  if (::geteuid() != 0) return "needs root (network namespaces and veth pairs)";
-  for (const char* tool : {"ip", "unshare", "mpirun"})
-    if (run_sh(std::string("command -v ") + tool).code != 0)
-      return std::string(tool) + " is not installed" + (tool[0] == 'i' ? " (Debian package iproute2)" : "");
-  return "";
-}
-
 class NetnsTenants : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (std::string why = why_not_runnable(); !why.empty()) GTEST_SKIP() << why;
+    if (std::string why = netns_why_not_runnable(); !why.empty()) GTEST_SKIP() << why;
     nodes_ = std::make_unique<TwoNodes>();
     if (!nodes_->error.empty()) GTEST_SKIP() << nodes_->error;
     // OpenMPI starts its daemon on another node with `ssh [options] HOST COMMAND`.
     shim_log_ = dir_ / "ssh.log";
-    fs::create_directories(dir_.path / "bin");
-    write_file(dir_ / "bin/ssh",
-               "#!/bin/sh\n"
-               "# ssh for the test's cluster: node HOST is network namespace HOST, with host name HOST.\n"
-               "while [ $# -gt 0 ]; do case \"$1\" in -*) shift ;; *) break ;; esac; done\n"
-               "host=$1; shift\n"
-               "printf '%s %s\\n' \"$host\" \"$*\" >> " + shell_quote(shim_log_) + "\n"
-               "exec ip netns exec \"$host\" unshare --uts sh -c "
-               "'echo \"$0\" > /proc/sys/kernel/hostname && exec sh -c \"$1\"' \"$host\" \"$*\"\n");
-    fs::permissions(dir_ / "bin/ssh", fs::perms::owner_all);
-    const char* path = std::getenv("PATH");
-    path_ = (dir_ / "bin") + ":" + (path ? path : "/usr/bin:/bin");
+    path_ = write_netns_ssh(dir_ / "bin", shim_log_);
 
     // The manifest: both nodes hold both NICs; tenant A's lease uses pa, tenant B's pb.
-    const auto now = std::chrono::system_clock::now();
-    std::string m = "[operator]\nid = \"netns-test\"\n";
-    for (int n = 0; n < 2; ++n) {
-      m += "[[node]]\nhostname = \"" + nodes_->ns[n] + "\"\n";
-      for (int k = 0; k < 2; ++k)
-        m += "  [[node.nic]]\n  netdev = \"" + std::string(kIfs[k]) + "\"\n  ip = \"" + kNets[k] +
-             std::to_string(n + 1) + "/24\"\n";
-    }
+    std::vector<NetnsLease> leases;
     for (int t = 0; t < 2; ++t) {
       const std::string id = t == 0 ? "a" : "b", root = dir_ / ("tenant-" + id);
       fs::create_directories(root);
       write_corpus_shards(root);
       configs_[t] = dp_write_config(root, "job", DpJobSpec{.steps = 20});
       roots_[t] = root;
-      m += "[[tenant]]\nid = \"" + id + "\"\n[[lease]]\nid = \"lease-" + id + "\"\ntenant = \"" + id +
-           "\"\nnot_before = " + utc(now - std::chrono::hours(1)) + "\nnot_after = " +
-           utc(now + std::chrono::hours(1)) + "\nstorage_roots = [\"" + root +
-           "\"]\n  [lease.quota]\n  max_ranks = 2\n  gpu_hours = 1\n  storage_bytes = \"1GiB\"\n"
-           "  [lease.policy]\n  device_probe = \"warn\"\n";
-      for (int n = 0; n < 2; ++n)
-        m += "  [[lease.alloc]]\n  node = \"" + nodes_->ns[n] + "\"\n  cpu_ranks = 1\n  nics = [\"" + kIfs[t] + "\"]\n";
+      leases.push_back({.id = "lease-" + id, .tenant = id, .root = root, .cpu_ranks = 1, .nic = kIfs[t]});
     }
     manifest_ = dir_ / "manifest.toml";
-    write_file(manifest_, m);
+    write_file(manifest_, netns_manifest(*nodes_, leases));
   }
 
   // Runs `cmd` on node 0 (where mpirun starts) and returns its result and the bytes it moved.
