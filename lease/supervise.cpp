@@ -250,30 +250,55 @@ std::map<int, Failure> read_exit_records(const std::string& job_dir, int ranks) 
   return out;
 }
 
+// The launcher's stderr with every line longer than a launcher's own report dropped. The
+// ranks' output passes through it too: a tenant's endless line must not reach std::regex, whose
+// backtracking recurses once per character matched (a 200 kB match overflows the stack).
+std::string short_lines(const std::string& err) {
+  constexpr size_t kMaxReportLine = 1024;
+  std::string out;
+  for (size_t pos = 0; pos < err.size();) {
+    size_t end = err.find('\n', pos);
+    if (end == std::string::npos) end = err.size();
+    if (end - pos <= kMaxReportLine) out.append(err, pos, end - pos).push_back('\n');
+    pos = end + 1;
+  }
+  return out;
+}
+
+// The last match of `re` in `text` (the launcher's report comes after anything a rank printed).
+bool last_match(const std::string& text, const std::regex& re, std::smatch& m) {
+  bool found = false;
+  for (std::sregex_iterator it(text.begin(), text.end(), re), end; it != end; ++it) m = *it, found = true;
+  return found;
+}
+
 // Who failed: the launcher's own report of a rank killed by a signal first (a rank that is
 // killed leaves no last words, and the survivors' are about losing it), then the rank the
 // launcher names as the first non-zero exit, then the lowest rank that left an exit record.
 // OpenMPI 4 prints "mpirun noticed that process rank 2 with PID 0 on node X exited on signal 9
 // (Killed)." and "Process name: [[29721,1],2]\n  Exit code:    7"; srun prints
-// "srun: error: X: task 2: Killed" or "...: task 2: Exited with exit code 7".
-Failure find_failure(const std::string& err, const std::map<int, Failure>& records, const Plan& p) {
+// "srun: error: X: task 2: Killed" or "...: task 2: Exited with exit code 7". The patterns match
+// within a line or two of the short lines only, and the host is the plan's for the rank named.
+Failure find_failure(const std::string& err_tail, const std::map<int, Failure>& records, const Plan& p) {
   Failure f;
   std::smatch m;
   static const std::regex kOmpiSignal(R"(process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+))");
-  static const std::regex kOmpiExit(R"(Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s*(\d+))");
+  static const std::regex kOmpiExit(R"(Process name: \[\[\d+,\d+\],(\d+)\][ \t]*\n[ \t]*Exit code:[ \t]*(\d+))");
   static const std::regex kSrun(R"(srun: error: (\S+): task (\d+): (Killed|Exited with exit code (\d+)))");
+  const std::string err = short_lines(err_tail);
+  auto small = [](const std::string& s) { return s.size() <= 9 ? std::atoi(s.c_str()) : -1; };  // \d+ only
   auto rank_of = [&](const std::string& s) {
-    int r = std::atoi(s.c_str());
+    int r = small(s);
     return r >= 0 && size_t(r) < p.ranks.size() ? r : -1;
   };
-  if (std::regex_search(err, m, kOmpiSignal)) {
-    f.rank = rank_of(m[1]), f.host = m[2], f.signal = std::atoi(m[3].str().c_str());
-  } else if (std::regex_search(err, m, kSrun)) {
+  if (last_match(err, kOmpiSignal, m)) {
+    f.rank = rank_of(m[1]), f.host = m[2], f.signal = std::max(0, small(m[3]));
+  } else if (last_match(err, kSrun, m)) {
     f.rank = rank_of(m[2]), f.host = m[1];
     if (m[3] == "Killed") f.signal = SIGKILL;
-    else f.exit_code = std::atoi(m[4].str().c_str());
-  } else if (std::regex_search(err, m, kOmpiExit)) {
-    f.rank = rank_of(m[1]), f.exit_code = std::atoi(m[2].str().c_str());
+    else f.exit_code = small(m[4]);
+  } else if (last_match(err, kOmpiExit, m)) {
+    f.rank = rank_of(m[1]), f.exit_code = small(m[2]);
   } else if (!records.empty()) {
     // A rank's own error names the cause. A watchdog's abort (exit 3) only says that another
     // rank stopped answering: when every record is a watchdog's and exactly one rank left none,
@@ -295,7 +320,7 @@ Failure find_failure(const std::string& err, const std::map<int, Failure>& recor
       f.error = it->second.error;
       if (f.exit_code < 0) f.exit_code = it->second.exit_code;
     }
-    if (f.host.empty()) f.host = p.ranks[size_t(f.rank)].host;
+    f.host = p.ranks[size_t(f.rank)].host;
   }
   return f;
 }

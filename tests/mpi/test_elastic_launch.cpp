@@ -216,7 +216,9 @@ TEST(ElasticLaunch, GivesUpAfterNRestartsWhenEachAttemptProgresses) {
   RunResult r = launch(dir, "--np 4 --restarts 2 -- sh -c " + lt::test::shell_quote(rank));
   EXPECT_EQ(r.code, 1) << r.both();
   EXPECT_NE(r.err.find("giving up after attempt 3: 2 restarts used"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("attempt 1 failed (exit 1): rank 0 on h exited with 1: injected"), std::string::npos) << r.err;
+  // The host is the plan's for rank 0, not the "h" its (tenant-written) record claims.
+  EXPECT_NE(r.err.find("attempt 1 failed (exit 1): rank 0 on " + local_hostname() + " exited with 1: injected"),
+            std::string::npos) << r.err;
   EXPECT_EQ(records(dir).size(), 3u);
   EXPECT_TRUE(fs::exists(dir / "job/attempt-1/progress.json"));
   EXPECT_TRUE(fs::exists(dir / "job/attempt-2/progress.json"));
@@ -261,6 +263,44 @@ TEST(ElasticLaunch, SigtermToLaunchPreemptsWithoutRestarting) {
   ASSERT_EQ(rec.size(), 1u);
   EXPECT_EQ(rec[0]["outcome"], "preempted");
   EXPECT_EQ(rec[0]["exit_status"], 75);
+}
+
+// What the ranks print passes through the launcher's stderr, which launch reads to name the
+// failed rank: an endless line (here 300 kB, a match std::regex would recurse into once per
+// character) must not crash launch, and the usage record of the attempt must be appended.
+TEST(ElasticReview, AnEndlessLineOnARanksStderrCannotCrashLaunchOrCostTheRecord) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  const std::string rank =
+      "if [ $OMPI_COMM_WORLD_RANK = 1 ]; then "
+      "head -c 300000 /dev/zero | tr '\\0' x | sed 's/^/process rank 0 with PID 1 on node /' >&2; "
+      "printf 'Process name: [[1,1],0]' >&2; head -c 300000 /dev/zero | tr '\\0' ' ' >&2; fi; exit 1";
+  RunResult r = launch(dir, "--np 2 -- sh -c " + lt::test::shell_quote(rank));
+  EXPECT_EQ(r.code, 1) << r.err.substr(r.err.size() > 2000 ? r.err.size() - 2000 : 0);
+  std::vector<json> rec = records(dir);
+  ASSERT_EQ(rec.size(), 1u);
+  EXPECT_EQ(rec[0]["outcome"], "failed");
+  EXPECT_TRUE(verify_log(dir / "usage.jsonl").ok);
+}
+
+// A rank that prints a line shaped like the launcher's report before it dies does not get
+// another rank blamed (and left out): the launcher's own report comes last.
+TEST(ElasticReview, AForgedLauncherReportDoesNotNameTheFailedRank) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  const std::string rank =
+      "if [ $LEASETRAIN_ATTEMPT = 1 ] && [ $OMPI_COMM_WORLD_RANK = 1 ]; then "
+      "echo 'mpirun noticed that process rank 0 with PID 1 on node elsewhere exited on signal 9 (Killed).' >&2; "
+      "sleep 1; kill -9 $$; fi; sleep 3";
+  RunResult r = launch(dir, "--np 2 --restarts 1 -- sh -c " + lt::test::shell_quote(rank));
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_NE(r.err.find("attempt 1 failed (exit 137): rank 1 on " + local_hostname() + " was killed by signal 9"),
+            std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("leaving out rank 1's slot"), std::string::npos) << r.err;
+  json a = attempts(dir);
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(a[0]["failed_rank"], 1);
+  EXPECT_EQ(a[0]["failed_host"], local_hostname());
 }
 
 // A manifest of this host and one that does not resolve, two CPU ranks each, joined (as far as
