@@ -84,6 +84,7 @@ struct RunIo {
   int log_fd = -1;          // stderr is also copied here
   bool echo_err = true;     // stderr copied to ours
   int timeout_s = 0;        // 0: none; else SIGTERM to its process group, SIGKILL 2 s later
+                            // (a probe is also ended so when launch is asked to stop)
   std::function<void()> on_hup;  // called from the loop after SIGHUP (with --grow)
 };
 
@@ -91,6 +92,7 @@ struct Ran {
   int status = 0;  // exit code, or 128 + signal
   std::string out, err_tail;
   bool timed_out = false;
+  bool stopped = false;  // not the job, and ended because launch was asked to stop
 };
 
 constexpr size_t kTail = 256 * 1024;  // stderr kept for parsing: the launcher's report is at its end
@@ -155,6 +157,7 @@ Ran run_child(const LaunchCommand& cmd, const RunIo& io) {
   };
   const auto t0 = std::chrono::steady_clock::now();
   int status = 0, term_sent = 0;
+  double t_end = 0;  // when it was told to end (timed out, or launch stopped)
   for (;;) {
     pollfd p[2];
     int np = 0;
@@ -172,8 +175,15 @@ Ran run_child(const LaunchCommand& cmd, const RunIo& io) {
       io.on_hup();
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (io.timeout_s > 0 && secs > io.timeout_s + 2.0 * term_sent) {
+    if (!io.job && g_stops && !r.timed_out && !r.stopped) {
+      r.stopped = true;
+      t_end = secs;
+    }
+    if (!r.stopped && io.timeout_s > 0 && secs > io.timeout_s && !r.timed_out) {
       r.timed_out = true;
+      t_end = secs;
+    }
+    if ((r.timed_out || r.stopped) && secs >= t_end + 2.0 * term_sent) {
       ::kill(-pid, term_sent ? SIGKILL : SIGTERM);
       ++term_sent;
     }
@@ -446,6 +456,7 @@ struct ProbeResult {
   bool ok = false;
   std::string why;                   // why not, or what it found
   std::set<std::string> missing;     // leased devices whose /dev/nvidia<minor> is gone
+  bool stopped = false;              // ended because launch was asked to stop: says nothing of the node
 };
 
 ProbeResult probe_node(const Manifest& m, const Allocation& a, const Plan& p, const SuperviseOptions& o) {
@@ -468,6 +479,11 @@ ProbeResult probe_node(const Manifest& m, const Allocation& a, const Plan& p, co
   io.timeout_s = o.probe_timeout_s;
   Ran r = run_child(c, io);
   ProbeResult pr;
+  if (r.stopped) {
+    pr.why = "stopped: launch was asked to stop";
+    pr.stopped = true;
+    return pr;
+  }
   if (r.timed_out) {
     pr.why = "no answer within " + std::to_string(o.probe_timeout_s) + " s";
     return pr;
@@ -543,7 +559,9 @@ int supervise(const SuperviseOptions& o) {
         say("launch: node " + a.node + " stays left out");
         continue;
       }
+      if (g_stops) break;  // launch was asked to stop: no more probes, nothing concluded
       ProbeResult r = probe_node(m, a, p, o);
+      if (r.stopped) break;
       if (!r.ok) {
         say("launch: probe of " + a.node + " failed (" + r.why + "); leaving it out");
         ex.whole_node = true;

@@ -303,6 +303,31 @@ TEST(ElasticReview, AForgedLauncherReportDoesNotNameTheFailedRank) {
   EXPECT_EQ(a[0]["failed_host"], local_hostname());
 }
 
+// SIGTERM to launch while it probes the nodes (a scheduler's grace period is short; with many
+// nodes the probes take up to --probe-timeout each): the probe under way is ended, no other
+// starts, no node is left out for not answering, and launch exits 75 at once.
+TEST(ElasticReview, SigtermDuringAProbeEndsItAtOnce) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  // An mpirun whose probes hang (a node that does not answer), and say when they start.
+  write_file(dir / "mpirun-slow-probe",
+             "#!/bin/sh\ncase \"$*\" in *\" probe\"*) touch " + (dir / "probing") + "; sleep 100;; esac\nexec mpirun \"$@\"\n");
+  fs::permissions(dir / "mpirun-slow-probe", fs::perms::owner_all);
+  const auto t0 = std::chrono::steady_clock::now();
+  RunResult r = run_sh("timeout -k 5 90 " + std::string(LT_CLI) + " launch --launcher mpirun --mpirun " +
+                           lt::test::shell_quote(dir / "mpirun-slow-probe") + " --np 2 --restarts 2 --probe-timeout 60 "
+                           "--usage-log " + lt::test::shell_quote(dir / "usage.jsonl") + " --job-dir " +
+                           lt::test::shell_quote(dir / "job") + " -- sh -c 'exit 1' & pid=$!; "
+                           "while [ ! -e probing ]; do sleep 0.1; done; kill -TERM $pid; wait $pid",
+                       dir.path.string());
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.code, 75) << r.both();
+  EXPECT_LT(secs, 20) << "launch waited for the probe: " << r.err;
+  EXPECT_EQ(r.err.find("failed (no answer"), std::string::npos) << "a node left out for a probe launch ended:\n" << r.err;
+  EXPECT_NE(r.err.find("launch: stopped by a signal before attempt 2"), std::string::npos) << r.err;
+  EXPECT_EQ(records(dir).size(), 1u);
+}
+
 // A manifest of this host and one that does not resolve, two CPU ranks each, joined (as far as
 // the manifest knows) by loopback.
 std::string two_node_manifest(const std::string& root) {
