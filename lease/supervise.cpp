@@ -390,6 +390,27 @@ void archive_attempt(const WriteRoot& jd, int n) {
   }
 }
 
+// What an earlier launch with the same job dir left (its attempts.json, attempt-<n>.log and
+// attempt-<n>/, and its last attempt's progress.json and rank records) moves into
+// earlier-<k>/, so this launch's first attempt is not judged by another run's progress or last
+// words (the crash-loop rule, the global batch, the failed rank) and overwrites none of it.
+void set_aside_earlier_launch(const WriteRoot& jd) {
+  std::vector<std::string> names;
+  for (const std::string& name : jd.list("")) {
+    const bool ours = name == "progress.json" || name == "attempts.json" || name.rfind("attempt-", 0) == 0 ||
+                      (name.rfind("rank-", 0) == 0 && name.size() > 10 && name.compare(name.size() - 5, 5, ".json") == 0);
+    if (ours) names.push_back(name);
+  }
+  if (names.empty()) return;
+  int k = 1;
+  while (jd.exists("earlier-" + std::to_string(k))) ++k;
+  const std::string dir = "earlier-" + std::to_string(k);
+  jd.open_dir(dir, true);
+  for (const std::string& name : names)
+    if (!jd.rename(name, dir + "/" + name)) throw_write_error(jd.display(name), "move into " + dir + "/", errno);
+  say("launch: the job dir held an earlier launch's attempts; moved them into " + jd.display(dir) + "/");
+}
+
 // The usage record of one attempt (see audit.h for the fields).
 json usage_record(const Plan& p, const LaunchCommand& c, const std::string& job_dir, TimePoint start, TimePoint end,
                   int status, int attempt, const std::string& outcome, const std::string& reason) {
@@ -614,7 +635,10 @@ int supervise(const SuperviseOptions& o) {
     c.files.emplace_back(job_dir + "/plan.json", plan_json(p).dump(2) + "\n");
     if (jd) archive_attempt(*jd, n - 1);
     for (const auto& [path, content] : c.files) write_file_atomic(path, content);
-    if (!jd) jd.emplace(job_dir);
+    if (!jd) {
+      jd.emplace(job_dir);
+      set_aside_earlier_launch(*jd);
+    }
     if (o.restarts > 0 || n > 1)
       say("launch: attempt " + std::to_string(n) + " of at most " + std::to_string(o.restarts + 1 + (n - 1 - restarts_used)) +
           ": " + std::to_string(p.np) + (p.np == 1 ? " rank on " : " ranks on ") + nodes_text(p) + (resume ? ", resuming" : ""));

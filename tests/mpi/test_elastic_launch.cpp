@@ -328,6 +328,31 @@ TEST(ElasticReview, SigtermDuringAProbeEndsItAtOnce) {
   EXPECT_EQ(records(dir).size(), 1u);
 }
 
+// A job dir used again by a later launch (`run the same launch again to resume`): the earlier
+// launch's progress.json must not count as this launch's first attempt's progress (the crash
+// loop is found at attempt 2, not 3), its last words must not name this attempt's failed rank,
+// and its logs and attempts.json are kept, not overwritten.
+TEST(ElasticReview, AJobDirUsedAgainDoesNotJudgeTheNewLaunchByTheOldOne) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  fs::create_directories(dir / "job");
+  write_file(dir / "job/progress.json",
+             "{\"step\": 50, \"start_step\": 40, \"checkpoint_step\": 50, \"checkpoint_seconds\": 1, "
+             "\"global_batch\": 4, \"world\": 4, \"time\": \"2026-01-01T00:00:00Z\"}\n");
+  write_file(dir / "job/rank-1.exit.json", "{\"rank\": 1, \"host\": \"h\", \"exit_code\": 1, \"error\": \"old news\"}\n");
+  write_file(dir / "job/attempt-1.log", "the earlier launch's log\n");
+  write_file(dir / "job/attempts.json", "[]\n");
+  RunResult r = launch(dir, "--np 2 --restarts 5 -- sh -c 'sleep 0.5; exit 1'");
+  EXPECT_EQ(r.code, 1) << r.both();
+  EXPECT_NE(r.err.find("giving up after attempt 2: crash loop"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("old news"), std::string::npos) << r.err;
+  json a = attempts(dir);
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_FALSE(a[0].contains("progress")) << a.dump();
+  EXPECT_EQ(read_file(dir / "job/earlier-1/attempt-1.log"), "the earlier launch's log\n");
+  EXPECT_TRUE(fs::exists(dir / "job/earlier-1/progress.json"));
+}
+
 // A manifest of this host and one that does not resolve, two CPU ranks each, joined (as far as
 // the manifest knows) by loopback.
 std::string two_node_manifest(const std::string& root) {
