@@ -687,7 +687,8 @@ int supervise(const SuperviseOptions& o) {
     if (f.rank >= 0) aj["failed_rank"] = f.rank, aj["failed_host"] = f.host;
     if (pr.known) aj["progress"] = {{"step", pr.step}, {"start_step", pr.start_step}};
     attempts.push_back(aj);
-    write_file_atomic(*jd, "attempts.json", attempts.dump(2) + "\n");
+    // Replacement for bytes that are not UTF-8: a reason quotes the ranks' words, cut to a length.
+    write_file_atomic(*jd, "attempts.json", attempts.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
 
     if (r.status == 0) {
       if (n > 1) say("launch: completed on attempt " + std::to_string(n));

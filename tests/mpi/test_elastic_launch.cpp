@@ -353,6 +353,22 @@ TEST(ElasticReview, AJobDirUsedAgainDoesNotJudgeTheNewLaunchByTheOldOne) {
   EXPECT_TRUE(fs::exists(dir / "job/earlier-1/progress.json"));
 }
 
+// A rank's last words are cut to 300 bytes for the reason; cut inside a UTF-8 character they
+// must not end launch with an internal error when attempts.json is written (the restart lost).
+TEST(ElasticReview, LastWordsCutInsideAUtf8CharacterDoNotEndLaunch) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  const std::string error = std::string(299, 'a') + "\xc3\xa9";  // an e-acute across byte 300
+  const std::string rank =
+      "if [ $LEASETRAIN_ATTEMPT = 1 ] && [ $OMPI_COMM_WORLD_RANK = 0 ]; then echo '{\"rank\": 0, \"host\": \"h\", "
+      "\"exit_code\": 1, \"error\": \"" + error + "\"}' > $LEASETRAIN_JOB_DIR/rank-0.exit.json; exit 1; fi; sleep 1";
+  RunResult r = launch(dir, "--np 2 --restarts 1 -- sh -c " + lt::test::shell_quote(rank));
+  EXPECT_EQ(r.code, 0) << r.both();
+  EXPECT_EQ(r.err.find("internal error"), std::string::npos) << r.err;
+  EXPECT_EQ(attempts(dir).size(), 2u);
+  EXPECT_EQ(records(dir).size(), 2u);
+}
+
 // A manifest of this host and one that does not resolve, two CPU ranks each, joined (as far as
 // the manifest knows) by loopback.
 std::string two_node_manifest(const std::string& root) {
