@@ -84,6 +84,7 @@ struct RunIo {
   int log_fd = -1;          // stderr is also copied here
   bool echo_err = true;     // stderr copied to ours
   int timeout_s = 0;        // 0: none; else SIGTERM to its process group, SIGKILL 2 s later
+                            // (a probe is also ended so when launch is asked to stop)
   std::function<void()> on_hup;  // called from the loop after SIGHUP (with --grow)
 };
 
@@ -91,6 +92,7 @@ struct Ran {
   int status = 0;  // exit code, or 128 + signal
   std::string out, err_tail;
   bool timed_out = false;
+  bool stopped = false;  // not the job, and ended because launch was asked to stop
 };
 
 constexpr size_t kTail = 256 * 1024;  // stderr kept for parsing: the launcher's report is at its end
@@ -155,6 +157,7 @@ Ran run_child(const LaunchCommand& cmd, const RunIo& io) {
   };
   const auto t0 = std::chrono::steady_clock::now();
   int status = 0, term_sent = 0;
+  double t_end = 0;  // when it was told to end (timed out, or launch stopped)
   for (;;) {
     pollfd p[2];
     int np = 0;
@@ -172,8 +175,15 @@ Ran run_child(const LaunchCommand& cmd, const RunIo& io) {
       io.on_hup();
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (io.timeout_s > 0 && secs > io.timeout_s + 2.0 * term_sent) {
+    if (!io.job && g_stops && !r.timed_out && !r.stopped) {
+      r.stopped = true;
+      t_end = secs;
+    }
+    if (!r.stopped && io.timeout_s > 0 && secs > io.timeout_s && !r.timed_out) {
       r.timed_out = true;
+      t_end = secs;
+    }
+    if ((r.timed_out || r.stopped) && secs >= t_end + 2.0 * term_sent) {
       ::kill(-pid, term_sent ? SIGKILL : SIGTERM);
       ++term_sent;
     }
@@ -250,6 +260,28 @@ std::map<int, Failure> read_exit_records(const std::string& job_dir, int ranks) 
   return out;
 }
 
+// The launcher's stderr with every line longer than a launcher's own report dropped. The
+// ranks' output passes through it too: a tenant's endless line must not reach std::regex, whose
+// backtracking recurses once per character matched (a 200 kB match overflows the stack).
+std::string short_lines(const std::string& err) {
+  constexpr size_t kMaxReportLine = 1024;
+  std::string out;
+  for (size_t pos = 0; pos < err.size();) {
+    size_t end = err.find('\n', pos);
+    if (end == std::string::npos) end = err.size();
+    if (end - pos <= kMaxReportLine) out.append(err, pos, end - pos).push_back('\n');
+    pos = end + 1;
+  }
+  return out;
+}
+
+// The last match of `re` in `text` (the launcher's report comes after anything a rank printed).
+bool last_match(const std::string& text, const std::regex& re, std::smatch& m) {
+  bool found = false;
+  for (std::sregex_iterator it(text.begin(), text.end(), re), end; it != end; ++it) m = *it, found = true;
+  return found;
+}
+
 // Who failed: the launcher's own report of a rank killed by a signal first (a rank that is
 // killed leaves no last words, and the survivors' are about losing it), then of a node whose
 // daemon it lost (no rank named: the node's ranks went with it), then the rank the launcher
@@ -263,34 +295,38 @@ std::map<int, Failure> read_exit_records(const std::string& job_dir, int ranks) 
 // signal's strsignal() name ("task 2: Killed", "Segmentation fault (core dumped)"), its first
 // line about the task that ended first; the tasks it then terminated follow ("tasks 0-1,3:
 // Terminated"). A watchdog's exit (3) only says that another rank stopped answering: the ranks'
-// records name that one.
-Failure find_failure(const std::string& err, const std::map<int, Failure>& records, const Plan& p) {
+// records name that one. The patterns match within a line or two of the short lines only (the
+// last match wins: the launcher's report comes after anything a rank printed), and the host of
+// a rank named is the plan's.
+Failure find_failure(const std::string& err_tail, const std::map<int, Failure>& records, const Plan& p) {
   Failure f;
   std::smatch m;
   static const std::regex kOmpiSignal(R"(process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+))");
   static const std::regex kOmpiDaemon(R"(Remote daemon: \[\[\d+,\d+\],\d+\] on node (\S+))");
-  static const std::regex kOmpiPeer(R"(Peer host:\s*(\S+))");
-  static const std::regex kOmpiExit(R"(Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s*(\d+))");
+  static const std::regex kOmpiPeer(R"(Peer host:[ \t]*(\S+))");
+  static const std::regex kOmpiExit(R"(Process name: \[\[\d+,\d+\],(\d+)\][ \t]*\n[ \t]*Exit code:[ \t]*(\d+))");
   static const std::regex kSrun(R"(srun: error: (\S+): task (\d+): (Exited with exit code (\d+)|([A-Z][^\n(]*[a-z])))");
+  const std::string err = short_lines(err_tail);
   const size_t at = err.find("An MPI communication peer process has unexpectedly disconnected");
   const std::string hung_up = at == std::string::npos ? "" : err.substr(at, 2000);
+  auto small = [](const std::string& s) { return s.size() <= 9 ? std::atoi(s.c_str()) : -1; };  // \d+ only
   auto rank_of = [&](const std::string& s) {
-    int r = std::atoi(s.c_str());
+    int r = small(s);
     return r >= 0 && size_t(r) < p.ranks.size() ? r : -1;
   };
-  if (std::regex_search(err, m, kOmpiSignal)) {
-    f.rank = rank_of(m[1]), f.host = m[2], f.signal = std::atoi(m[3].str().c_str());
-  } else if (std::regex_search(err, m, kSrun) &&
-             !(m[4].matched && std::atoi(m[4].str().c_str()) == kExitWatchdog && !records.empty())) {
+  if (last_match(err, kOmpiSignal, m)) {
+    f.rank = rank_of(m[1]), f.host = m[2], f.signal = std::max(0, small(m[3]));
+  } else if (last_match(err, kSrun, m) &&
+             !(m[4].matched && small(m[4]) == kExitWatchdog && !records.empty())) {
     f.rank = rank_of(m[2]), f.host = m[1];
-    if (m[4].matched) f.exit_code = std::atoi(m[4].str().c_str());
+    if (m[4].matched) f.exit_code = small(m[4]);
     for (int sig = 1; sig < NSIG && m[5].matched && !f.signal; ++sig)
       if (const char* name = strsignal(sig); name && m[5] == name) f.signal = sig;
     if (m[5].matched && !f.signal) f.error = m[5];  // a name this libc does not use: quoted as srun said it
-  } else if (std::regex_search(err, m, kOmpiDaemon)) {
+  } else if (last_match(err, kOmpiDaemon, m)) {
     f.host = m[1], f.error = "lost communication with its daemon on node " + f.host;
-  } else if (std::regex_search(err, m, kOmpiExit)) {
-    f.rank = rank_of(m[1]), f.exit_code = std::atoi(m[2].str().c_str());
+  } else if (last_match(err, kOmpiExit, m)) {
+    f.rank = rank_of(m[1]), f.exit_code = small(m[2]);
   } else if (!hung_up.empty() && std::regex_search(hung_up, m, kOmpiPeer)) {
     f.host = m[1], f.error = "an MPI process on node " + f.host + " hung up on its peers";
   } else if (!records.empty()) {
@@ -314,7 +350,7 @@ Failure find_failure(const std::string& err, const std::map<int, Failure>& recor
       f.error = it->second.error;
       if (f.exit_code < 0) f.exit_code = it->second.exit_code;
     }
-    if (f.host.empty()) f.host = p.ranks[size_t(f.rank)].host;
+    f.host = p.ranks[size_t(f.rank)].host;
   }
   return f;
 }
@@ -373,6 +409,27 @@ void archive_attempt(const WriteRoot& jd, int n) {
     if (!jd.rename(name, dir + "/" + name))
       throw_write_error(jd.display(name), "move into " + dir + "/", errno);
   }
+}
+
+// What an earlier launch with the same job dir left (its attempts.json, attempt-<n>.log and
+// attempt-<n>/, and its last attempt's progress.json and rank records) moves into
+// earlier-<k>/, so this launch's first attempt is not judged by another run's progress or last
+// words (the crash-loop rule, the global batch, the failed rank) and overwrites none of it.
+void set_aside_earlier_launch(const WriteRoot& jd) {
+  std::vector<std::string> names;
+  for (const std::string& name : jd.list("")) {
+    const bool ours = name == "progress.json" || name == "attempts.json" || name.rfind("attempt-", 0) == 0 ||
+                      (name.rfind("rank-", 0) == 0 && name.size() > 10 && name.compare(name.size() - 5, 5, ".json") == 0);
+    if (ours) names.push_back(name);
+  }
+  if (names.empty()) return;
+  int k = 1;
+  while (jd.exists("earlier-" + std::to_string(k))) ++k;
+  const std::string dir = "earlier-" + std::to_string(k);
+  jd.open_dir(dir, true);
+  for (const std::string& name : names)
+    if (!jd.rename(name, dir + "/" + name)) throw_write_error(jd.display(name), "move into " + dir + "/", errno);
+  say("launch: the job dir held an earlier launch's attempts; moved them into " + jd.display(dir) + "/");
 }
 
 // The usage record of one attempt (see audit.h for the fields).
@@ -441,6 +498,7 @@ struct ProbeResult {
   bool ok = false;
   std::string why;                   // why not, or what it found
   std::set<std::string> missing;     // leased devices whose /dev/nvidia<minor> is gone
+  bool stopped = false;              // ended because launch was asked to stop: says nothing of the node
 };
 
 ProbeResult probe_node(const Manifest& m, const Allocation& a, const Plan& p, const SuperviseOptions& o) {
@@ -463,6 +521,11 @@ ProbeResult probe_node(const Manifest& m, const Allocation& a, const Plan& p, co
   io.timeout_s = o.probe_timeout_s;
   Ran r = run_child(c, io);
   ProbeResult pr;
+  if (r.stopped) {
+    pr.why = "stopped: launch was asked to stop";
+    pr.stopped = true;
+    return pr;
+  }
   if (r.timed_out) {
     pr.why = "no answer within " + std::to_string(o.probe_timeout_s) + " s";
     return pr;
@@ -538,7 +601,9 @@ int supervise(const SuperviseOptions& o) {
         say("launch: node " + a.node + " stays left out");
         continue;
       }
+      if (g_stops) break;  // launch was asked to stop: no more probes, nothing concluded
       ProbeResult r = probe_node(m, a, p, o);
+      if (r.stopped) break;
       if (!r.ok) {
         say("launch: probe of " + a.node + " failed (" + r.why + "); leaving it out");
         ex.whole_node = true;
@@ -591,7 +656,10 @@ int supervise(const SuperviseOptions& o) {
     c.files.emplace_back(job_dir + "/plan.json", plan_json(p).dump(2) + "\n");
     if (jd) archive_attempt(*jd, n - 1);
     for (const auto& [path, content] : c.files) write_file_atomic(path, content);
-    if (!jd) jd.emplace(job_dir);
+    if (!jd) {
+      jd.emplace(job_dir);
+      set_aside_earlier_launch(*jd);
+    }
     if (o.restarts > 0 || n > 1)
       say("launch: attempt " + std::to_string(n) + " of at most " + std::to_string(o.restarts + 1 + (n - 1 - restarts_used)) +
           ": " + std::to_string(p.np) + (p.np == 1 ? " rank on " : " ranks on ") + nodes_text(p) + (resume ? ", resuming" : ""));
@@ -641,7 +709,8 @@ int supervise(const SuperviseOptions& o) {
     if (!f.host.empty()) aj["failed_host"] = f.host;
     if (pr.known) aj["progress"] = {{"step", pr.step}, {"start_step", pr.start_step}};
     attempts.push_back(aj);
-    write_file_atomic(*jd, "attempts.json", attempts.dump(2) + "\n");
+    // Replacement for bytes that are not UTF-8: a reason quotes the ranks' words, cut to a length.
+    write_file_atomic(*jd, "attempts.json", attempts.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
 
     if (r.status == 0) {
       if (n > 1) say("launch: completed on attempt " + std::to_string(n));

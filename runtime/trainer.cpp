@@ -243,7 +243,7 @@ namespace {
 // STEP (1-based) rank RANK stalls forever ("stall": its peers wait in a collective until the
 // watchdog fires), kills itself with SIGKILL ("kill"), throws ("throw"; STEP 0: while setting
 // up its device, after MPI is up), or sends itself a preemption notice ("sigterm", "sigusr1",
-// "sigint"); "perturb" changes one of its parameters after that step (the checksum must
+// "sigint"; STEP 0: during set-up, as "throw" does); "perturb" changes one of its parameters after that step (the checksum must
 // notice); "kill-in-save" SIGKILLs it while the checkpoint of step STEP is written (rank 0:
 // with every file written but the seal; another rank: as rank 0 starts writing). With ATTEMPT
 // the fault fires only when LEASETRAIN_ATTEMPT (set by `launch`) equals it.
@@ -274,6 +274,13 @@ Fault test_fault() {
     if (!attempt || s.substr(c + 1) != attempt) return Fault{};
   }
   return f;
+}
+
+// The signal faults: a notice to the process, as a scheduler sends it.
+void send_fault_signal(const std::string& kind) {
+  if (kind == "sigterm") ::kill(::getpid(), SIGTERM);
+  if (kind == "sigusr1") ::kill(::getpid(), SIGUSR1);
+  if (kind == "sigint") ::kill(::getpid(), SIGINT);
 }
 
 // Preemption notices. SIGTERM (a scheduler or an operator draining a node), SIGUSR1 (Slurm's
@@ -364,6 +371,9 @@ TrainResult run_train(const TrainOptions& o) {
   // Past a file size limit (RLIMIT_FSIZE) write(2) then fails with EFBIG and the run stops with
   // a line naming the file, instead of the default SIGXFSZ killing it with a core dump.
   std::signal(SIGXFSZ, SIG_IGN);
+  // From the start: a notice during set-up (MPI, the config, the checkpoint and data loading)
+  // must not kill the rank; the run stops at its first step boundary.
+  const PreemptionNotices notices;
   auto load = [&o] {
     TrainConfig cfg = load_train_config(o.config_path);
     if (o.steps) cfg.steps = *o.steps;
@@ -384,9 +394,11 @@ TrainResult run_train(const TrainOptions& o) {
     cfg = load();
     comm = make_cpu_communicator(env, cfg.dist);
     backend = make_backend(o.backend);
-    const Fault fault = test_fault();  // "throw" at step 0: one rank's device set-up fails
-    if (fault.kind == "throw" && fault.step == 0 && fault.rank == env.rank)
-      throw UserError("LEASETRAIN_TEST_FAULT: injected set-up failure");
+    const Fault fault = test_fault();  // at step 0: one rank's device set-up fails, or it gets a notice
+    if (fault.step == 0 && fault.rank == env.rank) {
+      if (fault.kind == "throw") throw UserError("LEASETRAIN_TEST_FAULT: injected set-up failure");
+      send_fault_signal(fault.kind);
+    }
     device_comm = make_device_comm(*backend, *comm, o.backend.device_index);
   } catch (const std::exception& e) {
     if (env.world == 1) throw;
@@ -695,9 +707,7 @@ class TrainingRun {
     if (fault_.kind == "stall")
       for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
     if (fault_.kind == "kill") std::raise(SIGKILL);
-    if (fault_.kind == "sigterm") ::kill(::getpid(), SIGTERM);  // to the process, as a scheduler sends it
-    if (fault_.kind == "sigusr1") ::kill(::getpid(), SIGUSR1);
-    if (fault_.kind == "sigint") ::kill(::getpid(), SIGINT);
+    send_fault_signal(fault_.kind);
     if (fault_.kind == "throw") throw UserError("LEASETRAIN_TEST_FAULT: injected failure at step " + std::to_string(step));
   }
 
@@ -971,7 +981,6 @@ class TrainingRun {
   int64_t timed_steps_ = 0;
   int64_t auto_steps_ = 0;    // checkpoint_interval = "auto": the interval chosen (0: not yet)
   int nodes_ = 1;
-  PreemptionNotices notices_;
 };
 
 TrainResult train_with(const TrainOptions& o, TrainConfig cfg, Communicator& comm, Backend& backend) {

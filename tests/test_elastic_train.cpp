@@ -170,6 +170,22 @@ TEST(Preemption, ARepeatedSigtermIsOneMoreNotice) {
   EXPECT_TRUE(std::regex_search(read_file(job.dir / "out"), line)) << read_file(job.dir / "out");
 }
 
+// A notice that arrives while the run is still setting up (MPI, the config, the checkpoint
+// and the data being loaded: seconds at scale, when a scheduler drains nodes as a job starts)
+// is a notice too, not a kill: the run stops at its first step boundary with a checkpoint and
+// exit 75, for every kind of notice.
+TEST(ElasticReview, ANoticeDuringSetUpStopsAtTheFirstStepWithExit75) {
+  Job job(20);
+  for (const std::string kind : {"sigterm", "sigusr1", "sigint"}) {
+    const std::string run = job.dir / ("run-" + kind);
+    RunResult r = run_cli(job.train("run-" + kind), "", {{"LEASETRAIN_TEST_FAULT", kind + ":0:0"}});
+    EXPECT_EQ(r.code, 75) << kind << ": " << r.out << r.err;
+    EXPECT_NE(r.out.find("at step 1: checkpointed step 1 ("), std::string::npos) << kind << ": " << r.out;
+    if (fs::exists(run + "/checkpoints")) EXPECT_EQ(checkpoint_steps(run), std::vector<int64_t>{1}) << kind;
+    else ADD_FAILURE() << kind << ": no checkpoint";
+  }
+}
+
 TEST(AutoInterval, ATinyMtbfCheckpointsEveryStepOnceStepsAreTimed) {
   Job job(8, "checkpoint_interval = \"auto\"\nmtbf_hours = 1e-9\n");
   RunResult r = run_cli(job.train("run"));
