@@ -494,7 +494,9 @@ class TrainingRun {
     for (int64_t step = start_; step < cfg_.steps; step++) {
       comm_.set_step(step + 1);
       inject_fault_before(step + 1);
+      in_step_ = true;  // until the agreement: the waits a preemption notice bounds (start_watchdog)
       json line = train_step(step);
+      in_step_ = false;
       const int64_t done = step + 1;
       const bool last = done == cfg_.steps;
       if (!cfg_.val_data.empty() && ((cfg_.eval_interval > 0 && done % cfg_.eval_interval == 0) || last))
@@ -503,7 +505,10 @@ class TrainingRun {
       print_progress(line, done, last);
       const double step_s = line["ms"].get<double>() / 1e3;
       if (done > start_ + 1) timed_s_ += step_s, timed_steps_++;  // the attempt's first step warms up
+      longest_step_s_ = std::max(longest_step_s_.load(), step_s);
+      in_step_ = true;
       const Boundary b = agree_at_boundary(done, step_s);
+      in_step_ = false;
       const bool saved = last || b.checkpoint;
       if (saved) checkpoint(done);
       result_.steps_done = done;
@@ -580,6 +585,29 @@ class TrainingRun {
       policy->record_exit(comm.rank(), kExitWatchdog, what);
       comm.abort(kExitWatchdog);
     });
+    // After a preemption notice a rank waits for its peers only as long as a step can take: a
+    // collective of the step (or of the agreement after it) still pending 5 longest steps (at
+    // least 10 s, at most train.preempt_grace) after both the notice and its issue means a peer
+    // is gone or stalled, and the notice cannot be honoured by all. Under srun a lost rank is
+    // exactly this: --kill-on-bad-exit sends the survivors SIGTERM while they wait for it, and
+    // they would otherwise wait until the scheduler's SIGKILL (Slurm's KillWait). Set-up,
+    // evaluation and checkpoints are not bounded so: a healthy rank may wait long there.
+    watchdog_->set_due(
+        [this](double waited) {
+          if (!in_step_.load() || !PreemptionNotices::signal()) return false;
+          const double bound = std::min(cfg_.preempt_grace, std::max(10.0, 5 * longest_step_s_.load()));
+          return std::min(waited, PreemptionNotices::seconds_since()) > bound;
+        },
+        [&comm, policy](const Work& w, double waited) {
+          char what[512];
+          std::snprintf(what, sizeof what,
+                        "preempted by %s, but %s has waited %.1f s for the other ranks (a rank is gone or "
+                        "stalled): stopping without a checkpoint; exit %d",
+                        signal_name(PreemptionNotices::signal()), w.describe().c_str(), waited, kExitPreempted);
+          std::fprintf(stderr, "leasetrain: %s: %s\n", comm.who().c_str(), what);
+          policy->record_exit(comm.rank(), kExitPreempted, what);
+          comm.abort(kExitPreempted);
+        });
     comm_.set_watchdog(watchdog_);
     // Every rank has looked at the run directory before rank 0 writes into it.
     comm_.set_step(0);
@@ -957,6 +985,9 @@ class TrainingRun {
   const RunPolicy& policy_;
   const fs::path out_;
   const Fault fault_;
+  // Read by the watchdog's thread (start_watchdog), so declared before it: they outlive it.
+  std::atomic<bool> in_step_{false};        // in a step or its agreement
+  std::atomic<double> longest_step_s_{0};   // the longest step of this attempt so far
 
   std::string resume_from_, init_ckpt_;  // the checkpoint continued, or the --init weights
   GPTConfig mcfg_;

@@ -23,6 +23,12 @@ void Watchdog::watch(WorkPtr w) {
   works_.push_back(std::move(w));
 }
 
+void Watchdog::set_due(Due due, OnTimeout on_due) {
+  std::lock_guard<std::mutex> lock(mu_);
+  due_ = std::move(due);
+  on_due_ = std::move(on_due);
+}
+
 size_t Watchdog::pending() {
   std::lock_guard<std::mutex> lock(mu_);
   return std::count_if(works_.begin(), works_.end(), [](const WorkPtr& w) { return !w->query(); });
@@ -40,10 +46,12 @@ void Watchdog::loop() {
     const auto now = Work::Clock::now();
     for (const WorkPtr& w : works_) {
       const double waited = std::chrono::duration<double>(now - w->issued()).count();
-      if (waited > timeout_s_ && !w->query()) {
+      const bool timed_out = waited > timeout_s_, due = !timed_out && due_ && due_(waited);
+      if ((timed_out || due) && !w->query()) {
         WorkPtr stalled = w;
+        const OnTimeout& call = timed_out ? on_timeout_ : on_due_;
         lock.unlock();
-        on_timeout_(*stalled, waited);  // does not return
+        call(*stalled, waited);  // does not return
         lock.lock();
         break;
       }

@@ -24,6 +24,11 @@ class Watchdog {
   Watchdog& operator=(const Watchdog&) = delete;
 
   void watch(WorkPtr w);
+  // An end sooner than the timeout: `due` is asked about each pending collective (how long it
+  // has waited) on every check; when it says yes, on_due is called with that collective and it
+  // must not return either. The trainer uses it after a preemption notice.
+  using Due = std::function<bool(double waited_s)>;
+  void set_due(Due due, OnTimeout on_due);
   double timeout() const { return timeout_s_; }
   size_t pending();  // collectives watched and not yet done
 
@@ -31,6 +36,8 @@ class Watchdog {
   void loop();
   double timeout_s_;
   OnTimeout on_timeout_;
+  Due due_;
+  OnTimeout on_due_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<WorkPtr> works_;

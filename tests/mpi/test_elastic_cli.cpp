@@ -160,5 +160,58 @@ TEST(ElasticCli, Sigusr1ToMpirunStopsEveryRankAtOneStepWithACheckpoint) {
   EXPECT_EQ(err.find("MPI_ABORT"), std::string::npos) << err;
 }
 
+
+// The pid of the process whose environment holds every one of `vars` (0: none).
+pid_t find_process(const std::vector<std::string>& vars) {
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string env = std::string(1, '\0') + read_file(e.path().string() + "/environ");
+    bool all = env.size() > 1;
+    for (const std::string& v : vars) all = all && env.find(std::string(1, '\0') + v + '\0') != std::string::npos;
+    if (all) return pid_t(std::stoi(name));
+  }
+  return 0;
+}
+
+// A notice reaches rank 0 while rank 1 has stopped answering inside step 20 (it sleeps there, as
+// on a hung GPU, or as a rank killed under srun looks to its peers): rank 0 cannot reach a step
+// boundary with it, and waits only for the bound (train.preempt_grace = 3 s here, below the
+// 10 s floor of 5 steps), not for the watchdog's 300 s or a scheduler's SIGKILL: exit 75 without
+// a checkpoint, saying why.
+TEST(ElasticCli, ANoticeWithAPeerStalledEndsAfterTheBoundNotTheWatchdog) {
+  TempDir dir;
+  write_corpus_shards(dir.path.string());
+  const std::string config = dp_write_config(
+      dir.path.string(), "job",
+      DpJobSpec{.micro_batch = 2, .steps = 1000000, .train = "preempt_grace = 3\n", .dist = "watchdog_timeout = 300\n"});
+  const std::string run = dir / "run";
+  std::vector<std::string> argv = local_mpirun_argv(2);
+  for (const std::string& e : std::vector<std::string>{"LEASETRAIN_TEST_FAULT=stall:1:20", "LT_TEST_JOB=" + dir.path.string()})
+    argv.insert(argv.end(), {"-x", e});
+  const pid_t pid = spawn(shell_join(argv) + " " + train_cmd(config, run) + " >" + (dir / "out") + " 2>" +
+                          (dir / "err") + " </dev/null");
+  ASSERT_GT(pid, 0);
+  const pid_t rank0 = wait_for_steps(run, 19, 60) ? find_process({"OMPI_COMM_WORLD_RANK=0", "LT_TEST_JOB=" + dir.path.string()}) : 0;
+  if (!rank0) {
+    ::kill(pid, SIGKILL);
+    wait_bounded(pid, 10);
+    FAIL() << "the job did not reach step 19: " << read_file(dir / "err");
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // rank 1 is inside step 20 for good
+  const auto t0 = std::chrono::steady_clock::now();
+  ::kill(rank0, SIGUSR1);
+  const int code = wait_bounded(pid, 60);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string err = read_file(dir / "err");
+  EXPECT_EQ(code, 75) << read_file(dir / "out") << err;
+  EXPECT_GT(secs, 2.5) << err;
+  EXPECT_LT(secs, 15.0) << err;
+  EXPECT_NE(err.find("preempted by SIGUSR1, but "), std::string::npos) << err;
+  EXPECT_NE(err.find("for the other ranks (a rank is gone or stalled): stopping without a checkpoint; exit 75"),
+            std::string::npos) << err;
+  EXPECT_EQ(err.find("watchdog:"), std::string::npos) << err;
+}
+
 }  // namespace
 }  // namespace lt::test
