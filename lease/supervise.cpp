@@ -126,6 +126,8 @@ Ran run_child(const LaunchCommand& cmd, const RunIo& io) {
   }
   ::setpgid(pid, pid);  // also here: whichever of the two runs first
   if (io.job) g_child = pid;
+  // A stop asked for between the check before this attempt and now found no launcher to tell.
+  if (io.job && g_stops) ::kill(pid, g_stops > 1 ? SIGTERM : SIGUSR1);
   ::close(err_pipe[1]);
   if (io.capture_out) ::close(out_pipe[1]);
   int fds[2] = {err_pipe[0], out_pipe[0]};
@@ -570,47 +572,227 @@ json probe_this_node(const std::vector<int>& minors, const std::string& dev_root
   return {{"host", local_hostname()}, {"cpus", ::sysconf(_SC_NPROCESSORS_ONLN)}, {"devices", devices}};
 }
 
-int supervise(const SuperviseOptions& o) {
-  const Manifest& m = *o.manifest;
-  const Lease& lease = m.lease(o.lease_id);
-  const std::string& job_dir = o.launch.job_dir;
-  SignalScope signals(o.grow);
-  std::map<std::string, PlanRequest::Exclusion> excl;  // by node
-  std::optional<int64_t> global_batch;
-  std::optional<WriteRoot> jd;
-  json attempts = json::array();
-  int restarts_used = 0, first_np = 0, last_status = 0;
-  bool prev_no_progress = false, resume = false;
-  const std::vector<std::string>& cmd = o.launch.command;
-  const bool is_train = !o.probe_argv.empty() && cmd.size() > 1 && cmd[0] == o.probe_argv[0] && cmd[1] == "train" &&
-                        !has_arg(cmd, "--resume") && !has_arg(cmd, "--init");
-  auto give_up = [&](int n, const std::string& why) {
-    say("launch: giving up after attempt " + std::to_string(n) + ": " + why);
-    return last_status;
+namespace {
+
+// The attempts of one launch, in phases a reader can find: plan (the lease again, minus what
+// is left out), run (start the launcher, copy its stderr, wait), judge (outcome, reason, who
+// failed), record (usage record, attempts.json), then next (give up, or leave out and restart).
+class Supervisor {
+ public:
+  explicit Supervisor(const SuperviseOptions& o)
+      : o_(o), m_(*o.manifest), lease_(m_.lease(o.lease_id)), job_dir_(o.launch.job_dir), signals_(o.grow) {
+    const std::vector<std::string>& cmd = o.launch.command;
+    is_train_ = !o.probe_argv.empty() && cmd.size() > 1 && cmd[0] == o.probe_argv[0] && cmd[1] == "train" &&
+                !has_arg(cmd, "--resume") && !has_arg(cmd, "--init");
+  }
+
+  int run() {
+    for (int n = 1;; ++n) {
+      if (g_stops) {
+        say("launch: stopped by a signal before attempt " + std::to_string(n));
+        return kExitPreempted;
+      }
+      Attempt a;
+      a.n = n;
+      if (std::optional<int> stop = plan(a)) return *stop;
+      run_attempt(a);
+      judge(a);
+      record(a);
+      if (std::optional<int> stop = next(a)) return *stop;
+      resume_ = is_train_;
+    }
+  }
+
+ private:
+  struct Attempt {
+    int n = 0;
+    Plan plan;
+    LaunchCommand cmd;
+    TimePoint start{}, end{};
+    Ran ran;
+    bool stopped = false;       // launch was asked to stop while it ran
+    bool grow_restart = false;  // preempted by us (SIGHUP with --grow) to restart larger
+    Progress progress;
+    Failure failure;
+    std::string outcome, reason, log_name;
   };
+
+  int give_up(int n, const std::string& why) const {
+    say("launch: giving up after attempt " + std::to_string(n) + ": " + why);
+    return last_status_;
+  }
+
+  // ---- plan: the lease again (window, quota, users), without what is left out ---------------
+  std::optional<int> plan(Attempt& a) {
+    PlanRequest req = o_.request;
+    req.now = system_now();
+    req.attempt = a.n;
+    req.exclude = excl_;
+    if (a.n > 1) {
+      int left = 0;
+      for (const Allocation& al : lease_.alloc) left += usable_slots(al, excl_);
+      int np = std::min(left, first_np_);
+      // The trainer keeps the global batch by changing grad_accum: it needs a world size that divides it.
+      if (global_batch_)
+        while (np > 1 && *global_batch_ % np != 0) --np;
+      if (np < 1) return give_up(a.n - 1, "no usable slot is left in lease " + lease_.id);
+      req.np = np;
+    }
+    try {
+      a.plan = make_plan(m_, o_.lease_id, req);
+    } catch (const UserError& e) {
+      if (a.n == 1) throw;
+      return give_up(a.n - 1, e.what());
+    }
+    a.plan.signature_note = o_.signature_note;
+    if (a.n == 1) first_np_ = a.plan.np;
+    LaunchOptions lo = o_.launch;
+    if (resume_) lo.command.push_back("--resume");
+    a.cmd = build_launch(a.plan, o_.env, lo);
+    a.cmd.files.emplace_back(job_dir_ + "/plan.json", plan_json(a.plan).dump(2) + "\n");
+    return std::nullopt;
+  }
+
+  // ---- run: the job dir made this attempt's, the launcher started and waited for -------------
+  void run_attempt(Attempt& a) {
+    if (jd_) archive_attempt(*jd_, a.n - 1);
+    for (const auto& [path, content] : a.cmd.files) write_file_atomic(path, content);
+    if (!jd_) {
+      jd_.emplace(job_dir_);
+      set_aside_earlier_launch(*jd_);
+    }
+    if (o_.restarts > 0 || a.n > 1)
+      say("launch: attempt " + std::to_string(a.n) + " of at most " +
+          std::to_string(o_.restarts + 1 + (a.n - 1 - restarts_used_)) + ": " + std::to_string(a.plan.np) +
+          (a.plan.np == 1 ? " rank on " : " ranks on ") + nodes_text(a.plan) + (resume_ ? ", resuming" : ""));
+    say(command_line(a.cmd));
+    a.log_name = "attempt-" + std::to_string(a.n) + ".log";
+    Fd log = jd_->open_file(a.log_name, O_WRONLY | O_CREAT | O_TRUNC);
+    RunIo io;
+    io.job = true;
+    io.log_fd = log.get();
+    io.on_hup = [&] {
+      say("launch: SIGHUP: probing the left-out nodes");
+      if (probe_all(a.plan, true)) {
+        say("launch: asking the job to checkpoint and stop, to restart it larger");
+        a.grow_restart = true;
+        if (g_child > 0) ::kill(pid_t(g_child), SIGUSR1);
+      }
+    };
+    a.start = system_now();
+    a.ran = run_child(a.cmd, io);
+    a.end = system_now();
+    log.close_checked(jd_->display(a.log_name));
+    last_status_ = a.ran.status;
+    a.stopped = g_stops > 0;
+  }
+
+  // ---- judge: how it ended, and who failed --------------------------------------------------
+  void judge(Attempt& a) {
+    a.progress = read_progress(job_dir_);
+    if (a.progress.global_batch) global_batch_ = a.progress.global_batch;
+    const int status = a.ran.status;
+    a.outcome = outcome_of(status);
+    if (status == 0) {
+      a.reason = "finished";
+    } else if (a.stopped && g_stops < 2) {
+      a.outcome = "preempted", a.reason = "launch was asked to stop; the job was sent SIGUSR1";
+    } else if (status == kExitPreempted) {
+      a.reason = a.grow_restart ? "preempted to restart on more slots" : "the job was preempted";
+    } else {
+      a.failure = find_failure(a.ran.err_tail, read_exit_records(job_dir_, a.plan.np), a.plan);
+      a.reason = describe_failure(a.failure, a.cmd.launcher, status, a.ran.err_tail);
+    }
+  }
+
+  // ---- record: one usage record per attempt, and attempts.json -------------------------------
+  void record(const Attempt& a) {
+    if (!a.plan.usage_log.empty()) {
+      std::string hash = append_record(a.plan.usage_log, usage_record(a.plan, a.cmd, job_dir_, a.start, a.end,
+                                                                      a.ran.status, a.n, a.outcome, a.reason));
+      say("usage record " + hash + " appended to " + a.plan.usage_log);
+    }
+    json hosts = json::array();
+    for (const NodePlan& np : a.plan.nodes) hosts.push_back(np.host);
+    json aj = {{"attempt", a.n},        {"start", format_time(a.start)}, {"end", format_time(a.end)},
+               {"ranks", a.plan.np},    {"hosts", hosts},                {"resumed", resume_},
+               {"exit_status", a.ran.status}, {"outcome", a.outcome},    {"reason", a.reason},
+               {"log", a.log_name}};
+    if (a.failure.rank >= 0) aj["failed_rank"] = a.failure.rank;
+    if (!a.failure.host.empty()) aj["failed_host"] = a.failure.host;
+    if (a.progress.known) aj["progress"] = {{"step", a.progress.step}, {"start_step", a.progress.start_step}};
+    attempts_.push_back(aj);
+    // Replacement for bytes that are not UTF-8: a reason quotes the ranks' words, cut to a length.
+    write_file_atomic(*jd_, "attempts.json", attempts_.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+  }
+
+  // ---- next: stop with an exit status, or leave out what failed and restart ------------------
+  std::optional<int> next(const Attempt& a) {
+    const int status = a.ran.status;
+    if (status == 0) {
+      if (a.n > 1) say("launch: completed on attempt " + std::to_string(a.n));
+      return 0;
+    }
+    if (a.stopped) {
+      if (g_stops >= 2) return status;
+      say("launch: stopped by a signal: attempt " + std::to_string(a.n) +
+          " recorded as preempted; run the same launch again to resume");
+      return kExitPreempted;
+    }
+    if (status == kExitPreempted) say("launch: attempt " + std::to_string(a.n) + ": " + a.reason);
+    else say("launch: attempt " + std::to_string(a.n) + " failed (exit " + std::to_string(status) + "): " + a.reason);
+    if (status == kExitBadInput)
+      return o_.restarts > 0 ? give_up(a.n, "bad input (exit 2); a restart cannot fix it") : kExitBadInput;
+    if (o_.restarts == 0) return status;
+    const bool no_progress = !a.progress.known || a.progress.step <= a.progress.start_step;
+    if (no_progress && prev_no_progress_)
+      return give_up(a.n, "crash loop: attempts " + std::to_string(a.n - 1) + " and " + std::to_string(a.n) +
+                              " both ended before completing their first step");
+    prev_no_progress_ = no_progress;
+    if (status != kExitPreempted) {
+      if (restarts_used_ >= o_.restarts)
+        return give_up(a.n, std::to_string(o_.restarts) + " restart" + (o_.restarts == 1 ? "" : "s") + " used");
+      ++restarts_used_;
+      leave_out_failed_slot(a);
+      probe_all(a.plan, false);
+    } else if (!a.grow_restart && o_.grow) {
+      probe_all(a.plan, true);
+    }
+    return std::nullopt;
+  }
+
+  void leave_out_failed_slot(const Attempt& a) {
+    if (a.failure.rank < 0) return;
+    const RankPlan& rp = a.plan.ranks[size_t(a.failure.rank)];
+    PlanRequest::Exclusion& ex = excl_[rp.host];
+    if (rp.devices.empty()) ++ex.cpu_slots;
+    else ex.devices.insert(rp.devices[0]);
+    say("launch: leaving out rank " + std::to_string(a.failure.rank) + "'s slot (" + rp.host + ", " +
+        (rp.devices.empty() ? std::string("one CPU slot") : rp.devices[0]) + ")");
+  }
 
   // Probes every node (without --grow, not those already left out whole) and leaves out those
   // that fail, and leased devices that are gone. Returns whether anything was re-admitted.
-  auto probe_all = [&](const Plan& p, bool only_left_out) {
+  bool probe_all(const Plan& p, bool only_left_out) {
     bool readmitted = false;
-    for (const Allocation& a : lease.alloc) {
-      PlanRequest::Exclusion& ex = excl[a.node];
+    for (const Allocation& al : lease_.alloc) {
+      PlanRequest::Exclusion& ex = excl_[al.node];
       const bool left_out = ex.whole_node || ex.cpu_slots > 0 || !ex.devices.empty();
       if (only_left_out && !left_out) continue;
-      if (ex.whole_node && !o.grow) {
-        say("launch: node " + a.node + " stays left out");
+      if (ex.whole_node && !o_.grow) {
+        say("launch: node " + al.node + " stays left out");
         continue;
       }
       if (g_stops) break;  // launch was asked to stop: no more probes, nothing concluded
-      ProbeResult r = probe_node(m, a, p, o);
+      ProbeResult r = probe_node(m_, al, p, o_);
       if (r.stopped) break;
       if (!r.ok) {
-        say("launch: probe of " + a.node + " failed (" + r.why + "); leaving it out");
+        say("launch: probe of " + al.node + " failed (" + r.why + "); leaving it out");
         ex.whole_node = true;
         continue;
       }
-      std::string msg = "launch: probe of " + a.node + ": " + r.why;
-      if (o.grow && left_out) {
+      std::string msg = "launch: probe of " + al.node + ": " + r.why;
+      if (o_.grow && left_out) {
         readmitted = true;
         ex = PlanRequest::Exclusion{};
         msg += "; admitted again";
@@ -620,135 +802,24 @@ int supervise(const SuperviseOptions& o) {
       say(msg);
     }
     return readmitted;
-  };
-
-  for (int n = 1;; ++n) {
-    if (g_stops) {
-      say("launch: stopped by a signal before attempt " + std::to_string(n));
-      return kExitPreempted;
-    }
-    PlanRequest req = o.request;
-    req.now = system_now();
-    req.attempt = n;
-    req.exclude = excl;
-    if (n > 1) {
-      int left = 0;
-      for (const Allocation& a : lease.alloc) left += usable_slots(a, excl);
-      int np = std::min(left, first_np);
-      // The trainer keeps the global batch by changing grad_accum: it needs a world size that divides it.
-      if (global_batch)
-        while (np > 1 && *global_batch % np != 0) --np;
-      if (np < 1) return give_up(n - 1, "no usable slot is left in lease " + lease.id);
-      req.np = np;
-    }
-    Plan p;
-    try {
-      p = make_plan(m, o.lease_id, req);
-    } catch (const UserError& e) {
-      if (n == 1) throw;
-      return give_up(n - 1, e.what());
-    }
-    p.signature_note = o.signature_note;
-    if (n == 1) first_np = p.np;
-    LaunchOptions lo = o.launch;
-    if (resume) lo.command.push_back("--resume");
-    LaunchCommand c = build_launch(p, o.env, lo);
-    c.files.emplace_back(job_dir + "/plan.json", plan_json(p).dump(2) + "\n");
-    if (jd) archive_attempt(*jd, n - 1);
-    for (const auto& [path, content] : c.files) write_file_atomic(path, content);
-    if (!jd) {
-      jd.emplace(job_dir);
-      set_aside_earlier_launch(*jd);
-    }
-    if (o.restarts > 0 || n > 1)
-      say("launch: attempt " + std::to_string(n) + " of at most " + std::to_string(o.restarts + 1 + (n - 1 - restarts_used)) +
-          ": " + std::to_string(p.np) + (p.np == 1 ? " rank on " : " ranks on ") + nodes_text(p) + (resume ? ", resuming" : ""));
-    say(command_line(c));
-    const std::string log_name = "attempt-" + std::to_string(n) + ".log";
-    Fd log = jd->open_file(log_name, O_WRONLY | O_CREAT | O_TRUNC);
-    bool grow_restart = false;
-    RunIo io;
-    io.job = true;
-    io.log_fd = log.get();
-    io.on_hup = [&] {
-      say("launch: SIGHUP: probing the left-out nodes");
-      if (probe_all(p, true)) {
-        say("launch: asking the job to checkpoint and stop, to restart it larger");
-        grow_restart = true;
-        if (g_child > 0) ::kill(pid_t(g_child), SIGUSR1);
-      }
-    };
-    const TimePoint start = system_now();
-    Ran r = run_child(c, io);
-    const TimePoint end = system_now();
-    log.close_checked(jd->display(log_name));
-    last_status = r.status;
-    const bool stopped = g_stops > 0;
-    const Progress pr = read_progress(job_dir);
-    if (pr.global_batch) global_batch = pr.global_batch;
-    Failure f;
-    std::string outcome = outcome_of(r.status), reason;
-    if (r.status == 0) reason = "finished";
-    else if (stopped && g_stops < 2) outcome = "preempted", reason = "launch was asked to stop; the job was sent SIGUSR1";
-    else if (r.status == kExitPreempted) reason = grow_restart ? "preempted to restart on more slots" : "the job was preempted";
-    else {
-      f = find_failure(r.err_tail, read_exit_records(job_dir, p.np), p);
-      reason = describe_failure(f, c.launcher, r.status, r.err_tail);
-    }
-    if (!p.usage_log.empty()) {
-      std::string hash =
-          append_record(p.usage_log, usage_record(p, c, job_dir, start, end, r.status, n, outcome, reason));
-      say("usage record " + hash + " appended to " + p.usage_log);
-    }
-    json hosts = json::array();
-    for (const NodePlan& np : p.nodes) hosts.push_back(np.host);
-    json aj = {{"attempt", n},       {"start", format_time(start)}, {"end", format_time(end)}, {"ranks", p.np},
-               {"hosts", hosts},     {"resumed", resume},           {"exit_status", r.status}, {"outcome", outcome},
-               {"reason", reason},   {"log", log_name}};
-    if (f.rank >= 0) aj["failed_rank"] = f.rank;
-    if (!f.host.empty()) aj["failed_host"] = f.host;
-    if (pr.known) aj["progress"] = {{"step", pr.step}, {"start_step", pr.start_step}};
-    attempts.push_back(aj);
-    // Replacement for bytes that are not UTF-8: a reason quotes the ranks' words, cut to a length.
-    write_file_atomic(*jd, "attempts.json", attempts.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
-
-    if (r.status == 0) {
-      if (n > 1) say("launch: completed on attempt " + std::to_string(n));
-      return 0;
-    }
-    if (stopped) {
-      if (g_stops >= 2) return r.status;
-      say("launch: stopped by a signal: attempt " + std::to_string(n) +
-          " recorded as preempted; run the same launch again to resume");
-      return kExitPreempted;
-    }
-    if (r.status == kExitPreempted) say("launch: attempt " + std::to_string(n) + ": " + reason);
-    else say("launch: attempt " + std::to_string(n) + " failed (exit " + std::to_string(r.status) + "): " + reason);
-    if (r.status == kExitBadInput) return o.restarts > 0 ? give_up(n, "bad input (exit 2); a restart cannot fix it") : kExitBadInput;
-    if (o.restarts == 0) return r.status;
-    const bool no_progress = !pr.known || pr.step <= pr.start_step;
-    if (no_progress && prev_no_progress)
-      return give_up(n, "crash loop: attempts " + std::to_string(n - 1) + " and " + std::to_string(n) +
-                            " both ended before completing their first step");
-    prev_no_progress = no_progress;
-    if (r.status != kExitPreempted) {
-      if (restarts_used >= o.restarts)
-        return give_up(n, std::to_string(o.restarts) + " restart" + (o.restarts == 1 ? "" : "s") + " used");
-      ++restarts_used;
-      if (f.rank >= 0) {
-        const RankPlan& rp = p.ranks[size_t(f.rank)];
-        PlanRequest::Exclusion& ex = excl[rp.host];
-        if (rp.devices.empty()) ++ex.cpu_slots;
-        else ex.devices.insert(rp.devices[0]);
-        say("launch: leaving out rank " + std::to_string(f.rank) + "'s slot (" + rp.host + ", " +
-            (rp.devices.empty() ? std::string("one CPU slot") : rp.devices[0]) + ")");
-      }
-      probe_all(p, false);
-    } else if (!grow_restart && o.grow) {
-      probe_all(p, true);
-    }
-    resume = is_train;
   }
-}
+
+  const SuperviseOptions& o_;
+  const Manifest& m_;
+  const Lease& lease_;
+  const std::string& job_dir_;
+  SignalScope signals_;
+  bool is_train_ = false;   // `train` without --resume/--init: restarts add --resume
+  std::map<std::string, PlanRequest::Exclusion> excl_;  // left out, by node
+  std::optional<int64_t> global_batch_;  // the run's, from progress.json
+  std::optional<WriteRoot> jd_;          // the job dir, once the first attempt made it
+  json attempts_ = json::array();
+  int restarts_used_ = 0, first_np_ = 0, last_status_ = 0;
+  bool prev_no_progress_ = false, resume_ = false;
+};
+
+}  // namespace
+
+int supervise(const SuperviseOptions& o) { return Supervisor(o).run(); }
 
 }  // namespace lt::lease
