@@ -134,6 +134,7 @@ void add_launch(CLI::App& app) {
   auto restarts = std::make_shared<int>(0);
   auto probe_timeout = std::make_shared<int>(30);
   auto grow = std::make_shared<bool>(false);
+  auto grow_interval = std::make_shared<int>(300);
   CLI::App* cmd = app.add_subcommand(
       "launch",
       "Start COMMAND on every rank of a lease through mpirun (srun inside a SLURM allocation): writes "
@@ -166,10 +167,15 @@ void add_launch(CLI::App& app) {
       ->check(in_range<int>(1, 3600))
       ->capture_default_str();
   cmd->add_flag("--grow", *grow,
-                "At each restart probe the left-out nodes and slots again and take back those that pass; on SIGHUP "
-                "probe them and, when one passes, have the job checkpoint (exit 75) and restart larger");
+                "Take back left-out nodes and slots when they pass a probe again: probed every --grow-interval "
+                "seconds while the job runs, on SIGHUP to launch, and at a restart after a preemption; when one "
+                "passes, the job checkpoints (exit 75) and restarts larger. What a failure left out is not taken "
+                "back by the restart that follows it");
+  cmd->add_option("--grow-interval", *grow_interval, "Seconds between the probes of --grow (0: only on SIGHUP)")
+      ->check(in_range<int>(0, 86400))
+      ->capture_default_str();
   cmd->add_option("command", opt->command, "The program each rank runs, after --")->required();
-  cmd->callback([a, opt, job_id, dry_run, restarts, probe_timeout, grow, &app] {
+  cmd->callback([a, opt, job_id, dry_run, restarts, probe_timeout, grow, grow_interval, &app] {
     Loaded l = load(*a);
     TimePoint now = system_now();
     PlanRequest req = request(*a, l, now);
@@ -232,6 +238,7 @@ void add_launch(CLI::App& app) {
     so.restarts = *restarts;
     so.probe_timeout_s = *probe_timeout;
     so.grow = *grow;
+    so.grow_every_s = *grow_interval;
     so.probe_argv = {self_exe(), "probe"};
     int status = supervise(so);
     if (status != 0) {

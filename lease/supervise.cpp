@@ -86,6 +86,7 @@ struct RunIo {
   int timeout_s = 0;        // 0: none; else SIGTERM to its process group, SIGKILL 2 s later
                             // (a probe is also ended so when launch is asked to stop)
   std::function<void()> on_hup;  // called from the loop after SIGHUP (with --grow)
+  int grow_every_s = 0;          // and every so many seconds (0: only on SIGHUP)
 };
 
 struct Ran {
@@ -158,6 +159,10 @@ Ran run_child(const LaunchCommand& cmd, const RunIo& io) {
     }
   };
   const auto t0 = std::chrono::steady_clock::now();
+  auto last_grow = t0;
+  auto secs_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
   int status = 0, term_sent = 0;
   double t_end = 0;  // when it was told to end (timed out, or launch stopped)
   for (;;) {
@@ -172,8 +177,10 @@ Ran run_child(const LaunchCommand& cmd, const RunIo& io) {
     pid_t w = ::waitpid(pid, &status, WNOHANG);
     if (w == pid) break;
     if (w < 0 && errno != EINTR) throw IoError(std::string("waitpid: ") + std::strerror(errno));
-    if (io.job && g_hup && io.on_hup) {
+    const bool grow_due = io.grow_every_s > 0 && secs_since(last_grow) >= io.grow_every_s;
+    if (io.job && (g_hup || grow_due) && io.on_hup) {
       g_hup = 0;
+      last_grow = std::chrono::steady_clock::now();
       io.on_hup();
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -671,9 +678,11 @@ class Supervisor {
     RunIo io;
     io.job = true;
     io.log_fd = log.get();
+    io.grow_every_s = o_.grow ? o_.grow_every_s : 0;
     io.on_hup = [&] {
-      say("launch: SIGHUP: probing the left-out nodes");
-      if (probe_all(a.plan, true)) {
+      if (!anything_left_out()) return;
+      say("launch: probing the left-out nodes and slots (--grow)");
+      if (probe_all(a.plan, true, true)) {
         say("launch: asking the job to checkpoint and stop, to restart it larger");
         a.grow_restart = true;
         if (g_child > 0) ::kill(pid_t(g_child), SIGUSR1);
@@ -744,7 +753,8 @@ class Supervisor {
     if (status == kExitBadInput)
       return o_.restarts > 0 ? give_up(a.n, "bad input (exit 2); a restart cannot fix it") : kExitBadInput;
     if (o_.restarts == 0) return status;
-    const bool no_progress = !a.progress.known || a.progress.step <= a.progress.start_step;
+    // Stopped by us to grow is no crash, whatever it managed before.
+    const bool no_progress = !a.grow_restart && (!a.progress.known || a.progress.step <= a.progress.start_step);
     if (no_progress && prev_no_progress_)
       return give_up(a.n, "crash loop: attempts " + std::to_string(a.n - 1) + " and " + std::to_string(a.n) +
                               " both ended before completing their first step");
@@ -754,11 +764,17 @@ class Supervisor {
         return give_up(a.n, std::to_string(o_.restarts) + " restart" + (o_.restarts == 1 ? "" : "s") + " used");
       ++restarts_used_;
       leave_out_failed_slot(a);
-      probe_all(a.plan, false);
+      probe_all(a.plan, false, false);  // what this failure left out is not taken back by its own restart
     } else if (!a.grow_restart && o_.grow) {
-      probe_all(a.plan, true);
+      probe_all(a.plan, true, true);
     }
     return std::nullopt;
+  }
+
+  bool anything_left_out() const {
+    return std::any_of(excl_.begin(), excl_.end(), [](const auto& kv) {
+      return kv.second.whole_node || kv.second.cpu_slots > 0 || !kv.second.devices.empty();
+    });
   }
 
   void leave_out_failed_slot(const Attempt& a) {
@@ -771,15 +787,17 @@ class Supervisor {
         (rp.devices.empty() ? std::string("one CPU slot") : rp.devices[0]) + ")");
   }
 
-  // Probes every node (without --grow, not those already left out whole) and leaves out those
-  // that fail, and leased devices that are gone. Returns whether anything was re-admitted.
-  bool probe_all(const Plan& p, bool only_left_out) {
+  // Probes every node (only those with something left out when `only_left_out`; a node left out
+  // whole only when `readmit`) and leaves out those that fail, and leased devices that are gone.
+  // With --grow and `readmit`, what passes is taken back. Returns whether anything was.
+  bool probe_all(const Plan& p, bool only_left_out, bool readmit) {
+    readmit = readmit && o_.grow;
     bool readmitted = false;
     for (const Allocation& al : lease_.alloc) {
       PlanRequest::Exclusion& ex = excl_[al.node];
       const bool left_out = ex.whole_node || ex.cpu_slots > 0 || !ex.devices.empty();
       if (only_left_out && !left_out) continue;
-      if (ex.whole_node && !o_.grow) {
+      if (ex.whole_node && !readmit) {
         say("launch: node " + al.node + " stays left out");
         continue;
       }
@@ -792,7 +810,7 @@ class Supervisor {
         continue;
       }
       std::string msg = "launch: probe of " + al.node + ": " + r.why;
-      if (o_.grow && left_out) {
+      if (readmit && left_out) {
         readmitted = true;
         ex = PlanRequest::Exclusion{};
         msg += "; admitted again";

@@ -23,6 +23,7 @@ struct SuperviseOptions {
   int restarts = 0;          // failures restarted before giving up; preemptions do not count
   int probe_timeout_s = 30;  // per node probe
   bool grow = false;         // re-admit left-out nodes/slots whose probe passes again
+  int grow_every_s = 300;    // with grow: probe them this often while the job runs (and on SIGHUP)
   std::vector<std::string> probe_argv;  // `<this binary> probe`, run on each node through the launcher
 };
 
@@ -41,8 +42,10 @@ struct SuperviseOptions {
 //    before their first step (crash loop).
 //  - SIGTERM, SIGUSR1 or a first SIGINT to launch: SIGUSR1 to the launcher (the ranks
 //    checkpoint and exit 75), the attempt is recorded as preempted and launch exits 75; a second
-//    SIGINT/SIGTERM is forwarded as SIGTERM. SIGHUP: with `grow`, probe the left-out nodes and,
-//    when one passes, preempt the job and restart it larger; without, forwarded.
+//    SIGINT/SIGTERM is forwarded as SIGTERM. SIGHUP (and every grow_every_s): with `grow`,
+//    probe the left-out nodes and slots and, when one passes, preempt the job and restart it
+//    larger; without, SIGHUP is forwarded. What a failure leaves out is not taken back by the
+//    restart that follows it, only by a later probe.
 int supervise(const SuperviseOptions& o);
 
 // What `leasetrain probe --minor M ...` prints on a node: {"host", "cpus" (online), "devices":

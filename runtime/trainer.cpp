@@ -588,7 +588,7 @@ class TrainingRun {
     // After a preemption notice a rank waits for its peers only as long as a step can take: a
     // collective of the step (or of the agreement after it) still pending 5 longest steps (at
     // least 10 s, at most train.preempt_grace) after both the notice and its issue means a peer
-    // is gone or stalled, and the notice cannot be honoured by all. Under srun a lost rank is
+    // is gone or stalled, and the notice cannot be honoured by all: the watchdog's exit (3). Under srun a lost rank is
     // exactly this: --kill-on-bad-exit sends the survivors SIGTERM while they wait for it, and
     // they would otherwise wait until the scheduler's SIGKILL (Slurm's KillWait). Set-up,
     // evaluation and checkpoints are not bounded so: a healthy rank may wait long there.
@@ -599,14 +599,16 @@ class TrainingRun {
           return std::min(waited, PreemptionNotices::seconds_since()) > bound;
         },
         [&comm, policy](const Work& w, double waited) {
+          // Not exit 75: the notice could not be honoured because a rank failed, and launch must
+          // see that failure (leave the rank's slot out, count the restart), as after a watchdog.
           char what[512];
           std::snprintf(what, sizeof what,
-                        "preempted by %s, but %s has waited %.1f s for the other ranks (a rank is gone or "
-                        "stalled): stopping without a checkpoint; exit %d",
-                        signal_name(PreemptionNotices::signal()), w.describe().c_str(), waited, kExitPreempted);
+                        "preempted by %s, but %s has waited %.1f s for the other ranks: a rank is gone or "
+                        "stalled; stopping without a checkpoint (exit %d)",
+                        signal_name(PreemptionNotices::signal()), w.describe().c_str(), waited, kExitWatchdog);
           std::fprintf(stderr, "leasetrain: %s: %s\n", comm.who().c_str(), what);
-          policy->record_exit(comm.rank(), kExitPreempted, what);
-          comm.abort(kExitPreempted);
+          policy->record_exit(comm.rank(), kExitWatchdog, what);
+          comm.abort(kExitWatchdog);
         });
     comm_.set_watchdog(watchdog_);
     // Every rank has looked at the run directory before rank 0 writes into it.

@@ -276,18 +276,23 @@ TEST(ElasticLaunch, GivesUpAfterNRestartsWhenEachAttemptProgresses) {
   EXPECT_EQ(a[2]["ranks"], 2);
 }
 
-TEST(ElasticLaunch, GrowTakesBackASlotWhoseNodePassesItsProbe) {
+TEST(ElasticLaunch, GrowTakesBackASlotAtItsNextProbeNotAtTheRestart) {
   if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
   TempDir dir;
-  const std::string rank =
-      "if [ $LEASETRAIN_ATTEMPT = 1 ] && [ $OMPI_COMM_WORLD_RANK = 1 ]; then sleep 1; kill -9 $$; fi; sleep 3";
-  RunResult r = launch(dir, "--np 4 --restarts 1 --grow -- sh -c " + lt::test::shell_quote(rank));
+  // Rank 1 of attempt 1 dies; every rank takes SIGUSR1 as a trainer does (exit 75).
+  const std::string rank = "trap 'exit 75' USR1; if [ $LEASETRAIN_ATTEMPT = 1 ] && [ $OMPI_COMM_WORLD_RANK = 1 ]; "
+                           "then sleep 1; kill -9 $$; fi; sleep 4 & wait";
+  RunResult r = launch(dir, "--np 4 --restarts 1 --grow --grow-interval 1 -- sh -c " + lt::test::shell_quote(rank));
   ASSERT_EQ(r.code, 0) << r.both();
   EXPECT_NE(r.err.find("leaving out rank 1's slot"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("; admitted again"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("asking the job to checkpoint and stop, to restart it larger"), std::string::npos) << r.err;
   json a = attempts(dir);
-  ASSERT_EQ(a.size(), 2u);
-  EXPECT_EQ(a[1]["ranks"], 4);
+  ASSERT_EQ(a.size(), 3u) << r.err;
+  EXPECT_EQ(a[1]["ranks"], 3);  // the restart after the failure keeps the slot out
+  EXPECT_EQ(a[1]["reason"], "preempted to restart on more slots");
+  EXPECT_EQ(a[2]["ranks"], 4);  // taken back by the probe a second later
+  EXPECT_EQ(a[2]["outcome"], "completed");
 }
 
 // SIGTERM to launch: the ranks get SIGUSR1 (they checkpoint and exit 75), the attempt is
@@ -465,18 +470,26 @@ TEST(ElasticLaunch, ProbeReportsCpusAndDeviceNodes) {
   EXPECT_EQ(k["devices"], json({{"0", true}, {"3", false}, {"5", false}}));
 }
 
-// The pid of the process whose environment holds every one of `vars` ("NAME=value"), or 0.
-pid_t find_process(const std::vector<std::string>& vars) {
+// The pids of the processes whose /proc/<pid>/FILE (environ, cmdline: NUL-separated) holds every
+// one of `items` as a whole entry.
+std::vector<pid_t> find_processes(const std::vector<std::string>& items, const char* file = "environ") {
+  std::vector<pid_t> found;
   for (const auto& e : fs::directory_iterator("/proc")) {
     const std::string name = e.path().filename().string();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::string env = read_file(e.path().string() + "/environ");
-    bool all = !env.empty();
-    for (const std::string& v : vars) all = all && (env.find(std::string(1, '\0') + v + '\0') != std::string::npos ||
-                                                    env.rfind(v + '\0', 0) == 0);
-    if (all) return pid_t(std::stoi(name));
+    std::string text = read_file(e.path().string() + "/" + file);
+    bool all = !text.empty();
+    for (const std::string& v : items) all = all && (text.find(std::string(1, '\0') + v + '\0') != std::string::npos ||
+                                                     text.rfind(v + '\0', 0) == 0);
+    if (all) found.push_back(pid_t(std::stoi(name)));
   }
-  return 0;
+  return found;
+}
+
+// The pid of the process whose environment holds every one of `vars` ("NAME=value"), or 0.
+pid_t find_process(const std::vector<std::string>& vars) {
+  const std::vector<pid_t> found = find_processes(vars);
+  return found.empty() ? 0 : found.front();
 }
 
 int64_t last_step(const std::string& metrics) {
@@ -681,6 +694,72 @@ TEST(ElasticLaunch, NoRestartPastTheLeasesWindow) {
   }();
   ASSERT_EQ(rec.size(), 1u);
   EXPECT_EQ(rec[0]["outcome"], "failed");
+  EXPECT_TRUE(verify_log(dir / "usage.jsonl").ok);
+}
+
+
+// --grow: attempt 1 loses rank 2 (killed at step 5), attempt 2 runs on the 3 slots left. A
+// SIGHUP to launch probes the left-out slot's node again; it passes, so launch asks the job to
+// checkpoint and stop (SIGUSR1: exit 75, "preempted to restart on more slots", not counted
+// against --restarts) and attempt 3 runs on all 4 slots again from that checkpoint. Attempt 2's
+// ranks are held with SIGSTOP from its first step until launch has sent its notice, so a job
+// this small cannot finish before the SIGHUP is handled.
+TEST(ElasticLaunchTrain, GrowTakesTheSlotBackOnSighupAndRestartsLarger) {
+  if (!have_mpirun()) GTEST_SKIP() << "mpirun not installed";
+  TempDir dir;
+  write_corpus_shards(dir.path.string());
+  // A checkpoint before the kill at step 5: the run's global batch (12) is then the checkpoint's
+  // on every attempt (a run restarted before its first checkpoint starts over on the new world).
+  const std::string config =
+      dp_write_config(dir.path.string(), "job", DpJobSpec{.micro_batch = 3, .steps = 200, .checkpoint_interval = 4});
+  const std::string job = dir / "job", err_file = dir / "launch.err";
+  const std::string cmd = "timeout -k 5 150 " + std::string(LT_CLI) + " launch --launcher mpirun --np 4 --restarts 1 " +
+                          "--grow --grow-interval 0 --usage-log " + lt::test::shell_quote(dir / "usage.jsonl") + " --job-dir " +
+                          lt::test::shell_quote(job) + " -- env LEASETRAIN_TEST_FAULT=kill:2:5:1 " + std::string(LT_CLI) +
+                          " train --resume --config " + lt::test::shell_quote(config) + " --out " +
+                          lt::test::shell_quote(dir / "run") + " 2>" + lt::test::shell_quote(err_file);
+  RunResult r;
+  std::thread t([&] { r = run_sh(cmd, dir.path.string()); });
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  std::vector<pid_t> held;
+  while (clock::now() - t0 < std::chrono::seconds(90) && held.empty()) {
+    if (fs::exists(job + "/attempt-2.log") && fs::exists(job + "/progress.json"))
+      held = find_processes({"LEASETRAIN_JOB_DIR=" + job, "LEASETRAIN_ATTEMPT=2"});
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  for (pid_t p : held) ::kill(p, SIGSTOP);
+  std::vector<pid_t> launch = find_processes({"launch", "--grow", job}, "cmdline");
+  std::erase_if(launch, [](pid_t p) {  // timeout's own command line names them too
+    return read_file("/proc/" + std::to_string(p) + "/comm") != "leasetrain\n";
+  });
+  if (!held.empty() && launch.size() == 1) ::kill(launch[0], SIGHUP);
+  bool noticed = false;
+  while (clock::now() - t0 < std::chrono::seconds(90) && !held.empty() && !noticed) {
+    noticed = read_file(err_file).find("asking the job to checkpoint and stop") != std::string::npos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (pid_t p : held) ::kill(p, SIGCONT);
+  t.join();
+  const std::string err = read_file(err_file);
+  ASSERT_EQ(held.size(), 3u) << err;
+  ASSERT_EQ(launch.size(), 1u);
+  ASSERT_TRUE(noticed) << err;
+  EXPECT_EQ(r.code, 0) << err;
+  EXPECT_NE(err.find("launch: probing the left-out nodes and slots (--grow)"), std::string::npos) << err;
+  // Taken back on SIGHUP, not by the restart that followed the failure.
+  EXPECT_NE(err.find("launch: attempt 2 of at most 2: 3 ranks on"), std::string::npos) << err;
+  EXPECT_NE(err.find("; admitted again"), std::string::npos) << err;
+  EXPECT_NE(err.find("launch: attempt 3 of at most 3: 4 ranks on"), std::string::npos) << err;
+  const json a = attempts(dir);
+  ASSERT_EQ(a.size(), 3u) << err;
+  EXPECT_EQ(a[0]["ranks"], 4);
+  EXPECT_EQ(a[1]["ranks"], 3);
+  EXPECT_EQ(a[1]["outcome"], "preempted");
+  EXPECT_EQ(a[1]["reason"], "preempted to restart on more slots");
+  EXPECT_EQ(a[2]["ranks"], 4);
+  EXPECT_EQ(a[2]["outcome"], "completed");
+  expect_steps_one_to(dir, 200);
   EXPECT_TRUE(verify_log(dir / "usage.jsonl").ok);
 }
 
