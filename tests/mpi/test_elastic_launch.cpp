@@ -711,7 +711,7 @@ TEST(ElasticLaunchTrain, GrowTakesTheSlotBackOnSighupAndRestartsLarger) {
   // A checkpoint before the kill at step 5: the run's global batch (12) is then the checkpoint's
   // on every attempt (a run restarted before its first checkpoint starts over on the new world).
   const std::string config =
-      dp_write_config(dir.path.string(), "job", DpJobSpec{.micro_batch = 3, .steps = 200, .checkpoint_interval = 4});
+      dp_write_config(dir.path.string(), "job", DpJobSpec{.micro_batch = 3, .steps = 60, .checkpoint_interval = 4});
   const std::string job = dir / "job", err_file = dir / "launch.err";
   const std::string cmd = "timeout -k 5 150 " + std::string(LT_CLI) + " launch --launcher mpirun --np 4 --restarts 1 " +
                           "--grow --grow-interval 0 --usage-log " + lt::test::shell_quote(dir / "usage.jsonl") + " --job-dir " +
@@ -759,7 +759,7 @@ TEST(ElasticLaunchTrain, GrowTakesTheSlotBackOnSighupAndRestartsLarger) {
   EXPECT_EQ(a[1]["reason"], "preempted to restart on more slots");
   EXPECT_EQ(a[2]["ranks"], 4);
   EXPECT_EQ(a[2]["outcome"], "completed");
-  expect_steps_one_to(dir, 200);
+  expect_steps_one_to(dir, 60);
   EXPECT_TRUE(verify_log(dir / "usage.jsonl").ok);
 }
 
