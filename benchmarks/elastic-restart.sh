@@ -3,9 +3,11 @@
 # (global batch 12, so 3 ranks keep it), one rank killed with SIGKILL at a random step, TRIALS
 # times. For each trial: seconds from the kill to the restarted job's first completed step
 # (progress.json of attempt 2), and the steps lost (the last step completed before the kill
-# minus the checkpoint the restart resumed from). At the end: medians, and the loss difference
-# of the last trial's run against an uninterrupted one (`report --against`), whose plot is
-# written to OUT/report/.
+# minus the checkpoint the restart resumed from). At the end: medians, the loss difference of
+# every trial's run against an uninterrupted 4-rank one (`report --against`; the last trial's
+# plot is written to OUT/report/), and, as the control, that of an uninterrupted 3-rank run of
+# the same global batch (micro_batch 2 x grad_accum 2): fp32 sums in another order drift apart
+# over the steps the same way, restart or not.
 #
 #   benchmarks/elastic-restart.sh [--trials N] [--interval K] [--out DIR] [--build DIR]
 #
@@ -106,25 +108,41 @@ for t in $(seq 1 "$trials"); do
   results+=("{\"trial\": $t, \"rank\": $victim_rank, \"killed_after_step\": $done_before, \"resumed_from\": $resumed, \"steps_lost\": $lost, \"seconds_to_first_step\": $secs}")
 done
 
-# The same job uninterrupted, and the last trial's run drawn against it.
+# The same job uninterrupted on 4 ranks, every trial's run against it (the last one's plot),
+# and the control: uninterrupted on 3 ranks with the same global batch.
 "$lt" launch --np 4 --job-dir "$out/job-straight" -- train --config "$out/job.toml" --out "$out/straight" \
   >"$out/straight.out" 2>"$out/straight.err"
-"$lt" report "$out/run-$trials" --against "$out/straight" --out "$out/report" --json > "$out/report.json"
+sed 's/^micro_batch = 3$/micro_batch = 2/; s/^grad_accum = 1$/grad_accum = 2/' "$out/job.toml" > "$out/job3.toml"
+"$lt" launch --np 3 --job-dir "$out/job-straight3" -- train --config "$out/job3.toml" --out "$out/straight3" \
+  >"$out/straight3.out" 2>"$out/straight3.err"
+for t in $(seq 1 "$trials"); do
+  "$lt" report "$out/run-$t" --against "$out/straight" --out "$out/report-$t" --json > "$out/report-$t.json"
+done
+rm -rf "$out/report"
+cp -r "$out/report-$trials" "$out/report"
+"$lt" report "$out/straight3" --against "$out/straight" --out "$out/report-control" --json > "$out/report-control.json"
 
-python3 - "$out" "$interval" "${results[@]}" <<'EOF'
+python3 - "$out" "$interval" "$trials" "${results[@]}" <<'EOF'
 import json, statistics, sys
-out, interval, rows = sys.argv[1], int(sys.argv[2]), [json.loads(r) for r in sys.argv[3:]]
-rep = json.load(open(f"{out}/report.json"))["against"]
+out, interval, trials = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = [json.loads(r) for r in sys.argv[4:]]
+for r in rows:
+    r["against_uninterrupted"] = json.load(open(f"{out}/report-{r['trial']}.json"))["against"]
+control = json.load(open(f"{out}/report-control.json"))["against"]
 s = {"checkpoint_interval": interval, "trials": rows,
      "median_seconds_to_first_step": statistics.median(r["seconds_to_first_step"] for r in rows),
      "median_steps_lost": statistics.median(r["steps_lost"] for r in rows),
      "mean_steps_lost": statistics.mean(r["steps_lost"] for r in rows),
-     "against_uninterrupted": rep}
+     "control_3_ranks_uninterrupted": control}
 json.dump(s, open(f"{out}/summary.json", "w"), indent=2)
 print(f"median {s['median_seconds_to_first_step']:.2f} s from the kill to the first step of the restart; "
       f"steps lost: median {s['median_steps_lost']}, mean {s['mean_steps_lost']:.1f} at a checkpoint every {interval} "
       f"(expected about {(interval - 1) / 2:.1f} for a kill at a uniformly random step)")
-print(f"last run against an uninterrupted one: largest loss difference {rep['max_abs_loss_diff']:.3g} "
-      f"({rep['max_rel_loss_diff']:.2g} relative) over {rep['common_steps']} steps; plot in {out}/report/")
-print(f"wrote {out}/summary.json")
+for r in rows:
+    a = r["against_uninterrupted"]
+    print(f"trial {r['trial']} (resumed from step {r['resumed_from']} on 3 ranks) against the uninterrupted 4-rank run: "
+          f"largest loss difference {a['max_rel_loss_diff']:.2g} relative (step {a['worst_step']})")
+print(f"control, uninterrupted on 3 ranks with the same global batch: {control['max_rel_loss_diff']:.2g} relative "
+      f"(step {control['worst_step']}): fp32 sums in another order drift the same way")
+print(f"plot of the last trial in {out}/report/; wrote {out}/summary.json")
 EOF
