@@ -42,15 +42,6 @@ bool is_notable(const std::string& n) {
   return false;
 }
 
-std::string join(const std::vector<std::string>& v, const std::string& sep) {
-  std::string out;
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i) out += sep;
-    out += v[i];
-  }
-  return out;
-}
-
 }  // namespace
 
 EnvMap current_environment() {

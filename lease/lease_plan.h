@@ -114,6 +114,9 @@ int usable_slots(const Allocation& a, const std::map<std::string, PlanRequest::E
 // LEASETRAIN_ATTEMPT (req.attempt) and LEASETRAIN_NODES (the nodes of this plan).
 Plan make_plan(const Manifest& m, const std::string& lease_id, const PlanRequest& req);
 
+// v's items with sep between them (names in plans, NIC lists, messages).
+std::string join(const std::vector<std::string>& v, const std::string& sep);
+
 // The lease used when no manifest is given: this machine alone, its GPUs (read from
 // <proc_root>/driver/nvidia/gpus/*/information, kept only when <dev_root>/nvidia<minor>
 // opens) or, with none, `cpu_ranks` CPU ranks; no window, no quotas, no storage limits.

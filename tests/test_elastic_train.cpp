@@ -116,59 +116,54 @@ TEST(Preemption, NoCheckpointWhenTheSaveDoesNotFitTheGrace) {
   EXPECT_EQ(checkpoint_steps(job.dir / "run"), std::vector<int64_t>{5});
 }
 
-TEST(Preemption, ASecondSigintEndsTheRunAtOnce) {
-  // A step long enough (hundreds of ms) for both signals to land inside it.
-  Job job(1000000, "", 256, 16);
+// Runs a long training job, sends it `sig` twice 20 ms apart once its first step is done (a
+// step long enough, hundreds of ms, for both to land inside it), and returns its wait status
+// (0 after a kill at 30 s: the test then fails) with what it printed in `out`.
+int signal_twice(const Job& job, int sig, std::string* out) {
   const std::string run = job.dir / "run";
   pid_t pid = -1;
   const std::string cmd = "exec " + std::string(LT_CLI) + " " + job.train("run") + " >" + (job.dir / "out") + " 2>&1";
   const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
-  ASSERT_EQ(posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+  if (posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) != 0) return 0;
   for (int i = 0; i < 3000 && count_lines(read_file(run + "/metrics.jsonl")) < 1; i++)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ::kill(pid, SIGINT);
+  ::kill(pid, sig);
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  ::kill(pid, SIGINT);
+  ::kill(pid, sig);
   int status = 0;
   for (int i = 0; i < 3000 && ::waitpid(pid, &status, WNOHANG) == 0; i++)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  if (::waitpid(pid, &status, WNOHANG) == 0 && !WIFSIGNALED(status) && !WIFEXITED(status)) {
+  if (!WIFSIGNALED(status) && !WIFEXITED(status)) {
     ::kill(pid, SIGKILL);
     ::waitpid(pid, &status, 0);
-    FAIL() << "still running 30 s after the second SIGINT";
+    status = 0;
+    ADD_FAILURE() << "still running 30 s after the second signal";
   }
-  ASSERT_TRUE(WIFSIGNALED(status)) << "exited " << WEXITSTATUS(status) << ": " << read_file(job.dir / "out");
+  *out = read_file(job.dir / "out");
+  return status;
+}
+
+TEST(Preemption, ASecondSigintEndsTheRunAtOnce) {
+  Job job(1000000, "", 256, 16);
+  std::string out;
+  const int status = signal_twice(job, SIGINT, &out);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "exited " << WEXITSTATUS(status) << ": " << out;
   EXPECT_EQ(WTERMSIG(status), SIGINT);
-  EXPECT_EQ(read_file(job.dir / "out").find("preempted"), std::string::npos);
+  EXPECT_EQ(out.find("preempted"), std::string::npos);
 }
 
 // A scheduler may send SIGTERM twice for one stop (Slurm cancelling a job signals each task from
 // its step daemon and again through srun): the second is one more notice, not the end.
 TEST(Preemption, ARepeatedSigtermIsOneMoreNotice) {
   Job job(1000000, "", 256, 16);
-  const std::string run = job.dir / "run";
-  pid_t pid = -1;
-  const std::string cmd = "exec " + std::string(LT_CLI) + " " + job.train("run") + " >" + (job.dir / "out") + " 2>&1";
-  const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
-  ASSERT_EQ(posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ), 0);
-  for (int i = 0; i < 3000 && count_lines(read_file(run + "/metrics.jsonl")) < 1; i++)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ::kill(pid, SIGTERM);
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  ::kill(pid, SIGTERM);
-  int status = 0;
-  for (int i = 0; i < 3000 && ::waitpid(pid, &status, WNOHANG) == 0; i++)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  if (::waitpid(pid, &status, WNOHANG) == 0 && !WIFSIGNALED(status) && !WIFEXITED(status)) {
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, &status, 0);
-    FAIL() << "still running 30 s after the second SIGTERM";
-  }
-  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status) << ": " << read_file(job.dir / "out");
-  EXPECT_EQ(WEXITSTATUS(status), 75) << read_file(job.dir / "out");
+  std::string out;
+  const int status = signal_twice(job, SIGTERM, &out);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status) << ": " << out;
+  EXPECT_EQ(WEXITSTATUS(status), 75) << out;
   const std::regex line(R"(preempted by SIGTERM at step (\d+): checkpointed step \1 )");
-  EXPECT_TRUE(std::regex_search(read_file(job.dir / "out"), line)) << read_file(job.dir / "out");
+  EXPECT_TRUE(std::regex_search(out, line)) << out;
 }
+
 
 // A notice that arrives while the run is still setting up (MPI, the config, the checkpoint
 // and the data being loaded: seconds at scale, when a scheduler drains nodes as a job starts)
