@@ -37,8 +37,13 @@ void copy_f32(Backend& be, const Tensor& dst, const Tensor& src) {
 }  // namespace
 
 std::vector<Bucket> plan_buckets(const GPT& model, double first_bucket_mb, double bucket_mb, int64_t align) {
-  const std::vector<ParamInfo>& infos = model.param_info();
-  const int64_t end = round_up(model.num_params(), align);
+  return plan_buckets(model.param_info(), first_bucket_mb, bucket_mb, align);
+}
+
+std::vector<Bucket> plan_buckets(const std::vector<ParamInfo>& infos, double first_bucket_mb, double bucket_mb,
+                                 int64_t align) {
+  LT_CHECK(!infos.empty(), "plan_buckets: no parameters");
+  const int64_t end = round_up(infos.back().offset + infos.back().numel, align);
   // Readiness units, in the order backward finishes them: runs of parameters (walking down
   // the buffer) of the same layer: ln_f, layer L-1, ..., layer 0, the embeddings.
   struct Unit {

@@ -132,5 +132,9 @@ class DataParallel {
 // The buckets for a model: boundaries as described above; `align` elements (1, or 16 x world
 // for ZeRO-1) divide every boundary and the padded end. Exposed for tests and the benchmark.
 std::vector<Bucket> plan_buckets(const GPT& model, double first_bucket_mb, double bucket_mb, int64_t align);
+// The same from a parameter layout alone (gpt_param_layout): the step-time model plans a job's
+// buckets this way without allocating the model.
+std::vector<Bucket> plan_buckets(const std::vector<ParamInfo>& infos, double first_bucket_mb, double bucket_mb,
+                                 int64_t align);
 
 }  // namespace lt

@@ -16,36 +16,30 @@ namespace {
 enum LayerParam { LN1W, LN1B, QKVW, QKVB, PROJW, PROJB, LN2W, LN2B, FCW, FCB, FCPW, FCPB, kPerLayer };
 }  // namespace
 
-GPT::GPT(const GPTConfig& cfg, Backend& backend) : cfg_(cfg), be_(&backend), cdt_(backend.compute_dtype()) {
-  const int64_t C = cfg.n_embd, L = cfg.n_layer;
+void check_gpt_config(const GPTConfig& cfg) {
   if (cfg.n_layer < 1 || cfg.n_head < 1 || cfg.n_embd < 1 || cfg.block_size < 1 || cfg.vocab_size < 1 ||
       cfg.n_layer > kMaxLayers || cfg.n_head > kMaxHeads || cfg.n_embd > kMaxEmbd || cfg.block_size > kMaxBlockSize ||
       cfg.vocab_size > kMaxVocab || cfg.n_embd % cfg.n_head != 0)
     throw UserError("model: n_layer, n_head, n_embd, block_size, vocab_size must be positive and within the limits "
                     "of runtime/model.h, and n_embd a multiple of n_head");
-  // Callers check the whole job up front (check_model_memory); this catches any other path to
-  // a model too large for the machine before the allocation aborts.
-  {
-    MemoryPlan plan;
-    plan.batch = 0;
-    plan.device = backend.device();
-    plan.compute = cdt_;
-    const MemoryEstimate e = estimate_memory(cfg, plan);
-    require_memory(plan.device == Device::CPU ? e.host : e.device, plan.device, 0, "the model",
-                   std::to_string(e.params) + " parameters");
-  }
+}
+
+std::vector<ParamInfo> gpt_param_layout(const GPTConfig& cfg) {
+  const int64_t C = cfg.n_embd, L = cfg.n_layer;
+  std::vector<ParamInfo> out;
+  int64_t n = 0;
   auto add = [&](std::string name, std::vector<int64_t> shape, bool transposed, int layer) {
     ParamInfo p;
     p.name = std::move(name);
     p.shape = std::move(shape);
     p.numel = 1;
     for (int64_t s : p.shape) p.numel *= s;
-    p.offset = n_params_;
+    p.offset = n;
     p.hf_transposed = transposed;
     p.decay = p.shape.size() == 2;
     p.layer = layer;
-    n_params_ += p.numel;
-    infos_.push_back(std::move(p));
+    n += p.numel;
+    out.push_back(std::move(p));
   };
   add("wte.weight", {cfg.padded_vocab(), C}, false, -1);
   add("wpe.weight", {cfg.block_size, C}, false, -1);
@@ -66,6 +60,24 @@ GPT::GPT(const GPTConfig& cfg, Backend& backend) : cfg_(cfg), be_(&backend), cdt
   }
   add("ln_f.weight", {C}, false, -1);
   add("ln_f.bias", {C}, false, -1);
+  return out;
+}
+
+GPT::GPT(const GPTConfig& cfg, Backend& backend) : cfg_(cfg), be_(&backend), cdt_(backend.compute_dtype()) {
+  check_gpt_config(cfg);
+  // Callers check the whole job up front (check_model_memory); this catches any other path to
+  // a model too large for the machine before the allocation aborts.
+  {
+    MemoryPlan plan;
+    plan.batch = 0;
+    plan.device = backend.device();
+    plan.compute = cdt_;
+    const MemoryEstimate e = estimate_memory(cfg, plan);
+    require_memory(plan.device == Device::CPU ? e.host : e.device, plan.device, 0, "the model",
+                   std::to_string(e.params) + " parameters");
+  }
+  infos_ = gpt_param_layout(cfg);
+  n_params_ = infos_.back().offset + infos_.back().numel;
   params_ = be_->zeros(DType::F32, {n_params_});
   grads_ = be_->zeros(cdt_, {n_params_});
   wparams_ = cdt_ == DType::F32 ? params_ : be_->zeros(cdt_, {n_params_});
@@ -274,8 +286,14 @@ void GPT::backward(float loss_scale) {
 double GPT::flops_per_step(int B, int T) const {
   // llm.c's count: 6 FLOPs per parameter per token (forward 2 + backward 4) plus the
   // attention scores and weighted sums, 6*L*C*T per token with the causal mask's halving.
-  const double n = (double)num_params() - (double)(cfg_.padded_vocab() - cfg_.vocab_size) * cfg_.n_embd;
-  const double per_token = 6.0 * n + 6.0 * cfg_.n_layer * cfg_.n_embd * (double)T;
+  return gpt_flops_per_step(cfg_, B, T);
+}
+
+double gpt_flops_per_step(const GPTConfig& cfg, int B, int T) {
+  const std::vector<ParamInfo> layout = gpt_param_layout(cfg);
+  const double n = (double)(layout.back().offset + layout.back().numel) -
+                   (double)(cfg.padded_vocab() - cfg.vocab_size) * cfg.n_embd;
+  const double per_token = 6.0 * n + 6.0 * cfg.n_layer * cfg.n_embd * (double)T;
   return per_token * B * T;
 }
 

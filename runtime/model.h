@@ -44,6 +44,15 @@ struct ParamInfo {
   int layer = -1;              // transformer block index, -1 for embeddings and ln_f
 };
 
+// UserError unless every shape is positive, within the limits above, and n_embd a multiple of
+// n_head (what GPT's constructor checks first).
+void check_gpt_config(const GPTConfig& cfg);
+// The flat parameter buffer's layout for a config, without allocating it: what GPT holds as
+// param_info(), and what plan_buckets and the step-time model (benchmarks/predict.h) read.
+std::vector<ParamInfo> gpt_param_layout(const GPTConfig& cfg);
+// GPT::flops_per_step without a model instance.
+double gpt_flops_per_step(const GPTConfig& cfg, int B, int T);
+
 class GPT {
  public:
   GPT(const GPTConfig& cfg, Backend& backend);
