@@ -153,7 +153,7 @@ Prediction predict_step(const Job& job, const Rates& rates, const Network& net) 
   t.at("embedding").forward_s += bytes_s(3 * BT * C * e);           // read wte and wpe rows, write x
   const double ln_fwd = bytes_s(2 * BT * C * e);                      // read x, write y
   const double ln_bwd = bytes_s(4 * BT * C * e);                      // read x, dy, dres; write dres
-  const double attn_flops = attention_flops(job.micro_batch, job.seq_len, m.n_head, m.n_embd / m.n_head, false);
+  const double attn_flops = bench::attention_flops(job.micro_batch, job.seq_len, m.n_head, m.n_embd / m.n_head, false);
   struct Linear {
     const char* kind;
     int64_t out, in;
