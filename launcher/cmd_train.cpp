@@ -232,7 +232,8 @@ void add_train_commands(CLI::App& app) {
       "Exit status: 0 finished (or checkpointed and stopped for the lease's end), 1 failure, 2 bad input, 3 the "
       "watchdog aborted a stalled job, 75 preempted: on SIGTERM, SIGUSR1 (mpirun forwards it to every rank) or a "
       "first SIGINT every rank stops at the same step and checkpoints if the save fits in train.preempt_grace "
-      "seconds (default 30); resume with --resume. A second SIGINT or SIGTERM ends it at once.\n"
+      "seconds (default 30); resume with --resume. A second SIGINT ends it at once; a repeated SIGTERM is one more "
+      "notice. A rank that cannot reach a step boundary with its peers after a notice exits 3.\n"
       "Devices: --device auto (the default) trains on the GPU when this binary was built with CUDA and the machine "
       "has a usable one (each rank takes local rank mod device count), else on the CPU with one line saying why. On "
       "CUDA, --precision bf16 is llm.c's mixed precision; checkpoints are fp32 either way and resume on any device.");

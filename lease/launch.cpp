@@ -130,10 +130,12 @@ LaunchCommand launcher_of(const EnvFilter& env, const LaunchOptions& opt) {
   return c;
 }
 
-// mpirun's options before the first app context: root, and the interfaces of the plan.
-std::vector<std::string> mpirun_head(const Plan& plan, const LaunchOptions& opt) {
+// mpirun's options before the first app context: root, the job's hostfile (none for a probe),
+// and the interfaces of the plan.
+std::vector<std::string> mpirun_head(const Plan& plan, const LaunchOptions& opt, const std::string& hostfile) {
   std::vector<std::string> a = {opt.mpirun};
   if (opt.as_root) a.push_back("--allow-run-as-root");
+  if (!hostfile.empty()) a.insert(a.end(), {"--hostfile", hostfile});
   const std::string ifs = join(plan.mpi_interfaces, ",");
   a.insert(a.end(), {"--bind-to", "none", "--mca", "btl_tcp_if_include", ifs, "--mca", "oob_tcp_if_include", ifs});
   return a;
@@ -145,7 +147,7 @@ LaunchCommand build_probe(const std::string& host, const std::vector<std::string
                           const EnvFilter& env, const LaunchOptions& opt) {
   LaunchCommand c = launcher_of(env, opt);
   if (c.launcher == "mpirun") {
-    c.argv = mpirun_head(plan, opt);
+    c.argv = mpirun_head(plan, opt, "");
     c.argv.insert(c.argv.end(), {"-np", "1", "--host", host + ":1"});
   } else {
     c.argv = {opt.srun, "-w", host, "--nodes=1", "--ntasks=1", "--export=NONE"};
@@ -175,8 +177,7 @@ LaunchCommand build_launch(const Plan& plan, const EnvFilter& env, const LaunchO
 
   if (c.launcher == "mpirun") {
     auto& a = c.argv;
-    a = mpirun_head(plan, opt);
-    a.insert(a.begin() + 1 + (opt.as_root ? 1 : 0), {"--hostfile", opt.job_dir + "/hostfile"});
+    a = mpirun_head(plan, opt, opt.job_dir + "/hostfile");
     // One app context per rank, in rank order: OpenMPI numbers ranks by context, and -x given
     // inside a context applies to that context only.
     for (size_t i = 0; i < plan.ranks.size(); ++i) {

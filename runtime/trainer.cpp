@@ -949,8 +949,8 @@ class TrainingRun {
     if (measured)
       std::snprintf(save, sizeof save, "%.3g s save (measured)", C);
     else
-      std::snprintf(save, sizeof save, "%.3g s save (estimated: %.3g MB at 200 MB/s)", C,
-                    (double)checkpoint_bytes() / 1e6);
+      std::snprintf(save, sizeof save, "%.3g s save (estimated: %.3g MB at %.0f MB/s)", C,
+                    (double)checkpoint_bytes() / 1e6, kAssumedSaveBytesPerS / 1e6);
     if (cfg_.mtbf_hours > 0)
       std::snprintf(mtbf, sizeof mtbf, "%.3g h MTBF (train.mtbf_hours)", mtbf_h);
     else

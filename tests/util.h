@@ -87,6 +87,34 @@ inline int count_lines(const std::string& s) {
   return n;
 }
 
+// How many times `what` occurs in `s` (overlapping occurrences counted).
+inline size_t count(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) n++;
+  return n;
+}
+
+// The pids of the processes whose /proc/<pid>/FILE (environ, cmdline: NUL-separated) holds every
+// one of `items` as a whole entry.
+inline std::vector<pid_t> find_processes(const std::vector<std::string>& items, const char* file = "environ") {
+  std::vector<pid_t> found;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string text = std::string(1, '\0') + read_file(e.path().string() + "/" + file);
+    bool all = text.size() > 1;
+    for (const std::string& v : items) all = all && text.find(std::string(1, '\0') + v + '\0') != std::string::npos;
+    if (all) found.push_back(pid_t(std::stoi(name)));
+  }
+  return found;
+}
+
+// The pid of a process whose environment holds every one of `vars` ("NAME=value"), or 0.
+inline pid_t find_process(const std::vector<std::string>& vars) {
+  const std::vector<pid_t> found = find_processes(vars);
+  return found.empty() ? 0 : found.front();
+}
+
 // A training run's metrics.jsonl (what `train --out RUN` writes), one object per step.
 inline std::vector<nlohmann::json> read_metrics(const std::string& run_dir) {
   std::vector<nlohmann::json> v;

@@ -34,12 +34,6 @@ struct Job {
   }
 };
 
-int count(const std::string& s, const std::string& what) {
-  int n = 0;
-  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) n++;
-  return n;
-}
-
 class DeviceCli : public testing::Test {
  protected:
   void SetUp() override {
@@ -53,7 +47,7 @@ TEST_F(DeviceCli, AutoFallsBackToTheCpuWithOneLine) {
                               "", {{"OMP_NUM_THREADS", "1"}});
   ASSERT_EQ(r.code, 0) << r.both();
   EXPECT_EQ(r.out.rfind("device: ", 0), 0u) << "the first line says why the CPU was chosen:\n" << r.out;
-  EXPECT_EQ(count(r.out, "device:"), 1) << r.out;
+  EXPECT_EQ(count(r.out, "device:"), 1u) << r.out;
   EXPECT_NE(r.out.find("runs on the CPU"), std::string::npos) << r.out;
   EXPECT_EQ(r.err, "");
   EXPECT_EQ(read_metrics(job.dir / "run").size(), 3u);

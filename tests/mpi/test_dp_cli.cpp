@@ -25,12 +25,6 @@ struct Job {
   }
 };
 
-size_t count(const std::string& s, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) n++;
-  return n;
-}
-
 TEST(DpJob, TwoRanksTrainAndLogFromRankZeroOnly) {
   Job job;
   Timed t = mpirun(2, job.train("run"));

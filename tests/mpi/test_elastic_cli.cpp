@@ -161,19 +161,6 @@ TEST(ElasticCli, Sigusr1ToMpirunStopsEveryRankAtOneStepWithACheckpoint) {
 }
 
 
-// The pid of the process whose environment holds every one of `vars` (0: none).
-pid_t find_process(const std::vector<std::string>& vars) {
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string name = e.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const std::string env = std::string(1, '\0') + read_file(e.path().string() + "/environ");
-    bool all = env.size() > 1;
-    for (const std::string& v : vars) all = all && env.find(std::string(1, '\0') + v + '\0') != std::string::npos;
-    if (all) return pid_t(std::stoi(name));
-  }
-  return 0;
-}
-
 // A notice reaches rank 0 while rank 1 has stopped answering inside step 20 (it sleeps there, as
 // on a hung GPU, or as a rank killed under srun looks to its peers): rank 0 cannot reach a step
 // boundary with it, and waits only for the bound (train.preempt_grace = 3 s here, below the

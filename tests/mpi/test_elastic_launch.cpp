@@ -55,12 +55,6 @@ std::vector<json> records(const TempDir& dir) {
 
 json attempts(const TempDir& dir) { return json::parse(read_file(dir / "job/attempts.json")); }
 
-size_t count(const std::string& s, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) n++;
-  return n;
-}
-
 // make_plan around what a restart left out: a device of node01 and the whole of node02 of the
 // fixture cluster's acme lease (two GPUs on each node).
 TEST(ElasticPlan, LeftOutDevicesAndNodesAreNotPlanned) {
@@ -468,28 +462,6 @@ TEST(ElasticLaunch, ProbeReportsCpusAndDeviceNodes) {
   write_file(dev / "nvidia3", "");
   json k = probe_this_node({0, 3, 5}, dev.path.string());
   EXPECT_EQ(k["devices"], json({{"0", true}, {"3", false}, {"5", false}}));
-}
-
-// The pids of the processes whose /proc/<pid>/FILE (environ, cmdline: NUL-separated) holds every
-// one of `items` as a whole entry.
-std::vector<pid_t> find_processes(const std::vector<std::string>& items, const char* file = "environ") {
-  std::vector<pid_t> found;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string name = e.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::string text = read_file(e.path().string() + "/" + file);
-    bool all = !text.empty();
-    for (const std::string& v : items) all = all && (text.find(std::string(1, '\0') + v + '\0') != std::string::npos ||
-                                                     text.rfind(v + '\0', 0) == 0);
-    if (all) found.push_back(pid_t(std::stoi(name)));
-  }
-  return found;
-}
-
-// The pid of the process whose environment holds every one of `vars` ("NAME=value"), or 0.
-pid_t find_process(const std::vector<std::string>& vars) {
-  const std::vector<pid_t> found = find_processes(vars);
-  return found.empty() ? 0 : found.front();
 }
 
 int64_t last_step(const std::string& metrics) {

@@ -32,12 +32,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int kSteps = 60, kCheckpoint = 10;
 
-size_t count(const std::string& s, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) n++;
-  return n;
-}
-
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // A JSON file another process replaces atomically, or nothing while it is absent or unreadable.
