@@ -9,6 +9,7 @@
 #include "benchmarks/peak.h"
 #include "runtime/ddp.h"
 #include "runtime/error.h"
+#include "runtime/trainer.h"
 
 namespace lt::predict {
 
@@ -323,6 +324,152 @@ LinkFit fit_alpha_beta(const std::vector<CurvePoint>& points, int ranks_per_node
   for (const CurvePoint& q : points)
     f.max_rel_err = std::max(f.max_rel_err, std::fabs(a + b * q.bytes - q.seconds) / q.seconds);
   return f;
+}
+
+// ---- suite results ------------------------------------------------------------------------------
+
+namespace {
+
+using json = nlohmann::json;
+
+bool ok_row(const json& r, const char* suite) {
+  return r.value("suite", "") == suite && r.value("status", "") == "ok";
+}
+
+double metric(const json& r, const char* key) {
+  const json& m = r["metrics"];
+  return m.contains(key) && m[key].is_number() ? m[key].get<double>() : 0.0;
+}
+
+int64_t int_param(const json& r, const char* key) {
+  const json& p = r["params"];
+  return p.contains(key) && p[key].is_number_integer() ? p[key].get<int64_t>() : 0;
+}
+
+}  // namespace
+
+SuiteInputs suite_inputs(const json& suite, const std::string& file, const GPTConfig& model, int seq_len,
+                         const std::string& gemm_impl) {
+  SuiteInputs in;
+  in.file = file;
+  in.device = suite.value("device", "cpu");
+  const json& machine = suite["machine"];
+  const bool gpu = in.device == "cuda" && machine["gpu"].is_object();
+  in.label = gpu ? machine["gpu"].value("name", "gpu") : machine["cpu"].value("model", "cpu");
+  in.gpus = gpu ? std::max(1, machine["gpu"].value("count", 1)) : 1;
+  in.act_bytes = gpu ? 2 : 4;
+  in.rates.peak_tflops = machine["peak"].value("tflops", 0.0);
+  if (!(in.rates.peak_tflops > 0)) throw UserError(file + ": machine.peak.tflops: expected a peak > 0");
+  const json& rows = suite["results"];
+
+  // GEMM: the kernel the trainer runs. On a CPU the suite's "leasetrain" rows (OpenBLAS is the
+  // baseline); on a GPU the hand-written path gemm() picks ("mma.sync"), never cuBLAS, and not
+  // the forced-tile rows ("mma.sync/<tile>").
+  in.gemm_impl = !gemm_impl.empty() ? gemm_impl : gpu ? "mma.sync" : "leasetrain";
+  for (const json& r : rows)
+    if (ok_row(r, "gemm") && r.value("device", "") == in.device && r.value("impl", "") == in.gemm_impl) {
+      GemmRate g{int_param(r, "M"), int_param(r, "N"), int_param(r, "K"), metric(r, "tflops")};
+      if (g.M > 0 && g.N > 0 && g.K > 0 && g.tflops > 0) in.rates.gemm.push_back(g);
+    }
+  if (in.rates.gemm.empty())
+    throw UserError(file + ": results: no measured gemm row of the kernel asked for (suite gemm, impl " + in.gemm_impl +
+                    ", device " + in.device + ", status ok)");
+
+  // Attention: per pass, the row nearest the model's head dim and sequence length (log distance).
+  const double hd = (double)model.n_embd / model.n_head;
+  for (const char* pass : {"fwd", "bwd"}) {
+    double best_d = std::numeric_limits<double>::infinity(), rate = 0;
+    for (const json& r : rows) {
+      if (!ok_row(r, "attention") || r.value("device", "") != in.device || r["params"].value("pass", "") != pass) continue;
+      const double d_hd = std::log(std::max<int64_t>(1, int_param(r, "head_dim")) / hd);
+      const double d_t = std::log(std::max<int64_t>(1, int_param(r, "T")) / (double)seq_len);
+      const double d = d_hd * d_hd + d_t * d_t;
+      if (metric(r, "tflops") > 0 && d < best_d) best_d = d, rate = metric(r, "tflops");
+    }
+    if (!(rate > 0))
+      throw UserError(file + ": results: no measured attention " + std::string(pass) + " row (device " + in.device +
+                      ", status ok)");
+    (std::string(pass) == "fwd" ? in.rates.attention_fwd_tflops : in.rates.attention_bwd_tflops) = rate;
+  }
+
+  for (const json& r : rows)
+    if (ok_row(r, "memory") && r.value("device", "") == in.device) in.rates.memory_gbps = std::max(in.rates.memory_gbps, metric(r, "gbps"));
+  if (!(in.rates.memory_gbps > 0))
+    throw UserError(file + ": results: no measured memory row (device " + in.device + ", status ok)");
+
+  // The all-reduce sweep: every size measured on the machine's ranks (nccl-tests' time column).
+  for (const json& r : rows) {
+    if (!ok_row(r, "allreduce") || !r["params"]["bytes"].is_number_integer()) continue;
+    const int64_t bytes = int_param(r, "bytes"), ranks = int_param(r, "ranks");
+    const double us = metric(r, "time_us");
+    if (bytes <= 0 || ranks < 2 || !(us > 0)) continue;
+    if (in.allreduce_ranks != 0 && ranks != in.allreduce_ranks) continue;  // one sweep: the first rank count seen
+    in.allreduce_ranks = (int)ranks;
+    in.allreduce_backend = r.value("impl", "");
+    in.allreduce.push_back({(double)bytes, us * 1e-6});
+  }
+  return in;
+}
+
+// ---- the table over node counts -----------------------------------------------------------------
+
+PlanTable plan_table(const PlanSetup& setup, const Rates& rates, const Network& net) {
+  require(!setup.node_counts.empty(), "node counts", "at least one", 0);
+  require(setup.price_per_gpu_hour >= 0 && std::isfinite(setup.price_per_gpu_hour), "price per GPU-hour", ">= 0",
+          setup.price_per_gpu_hour);
+  require(setup.token_budget >= 0 && std::isfinite(setup.token_budget), "token budget", ">= 0", setup.token_budget);
+  require(setup.knee_fraction > 0 && setup.knee_fraction <= 1, "knee fraction", "in (0, 1]", setup.knee_fraction);
+  PlanTable t;
+  for (int n : setup.node_counts) {
+    PlanRow row;
+    row.nodes = n;
+    row.gpus = n * setup.job.ranks_per_node;
+    Job job = setup.job;
+    job.nodes = n;
+    if (setup.global_batch > 0) {
+      // What the trainer does with a global batch on another rank count (split_global_batch):
+      // the largest micro batch up to the config's that divides each rank's share.
+      const std::optional<BatchSplit> split = split_global_batch(setup.global_batch, row.gpus, setup.job.micro_batch);
+      if (!split) {
+        row.feasible = false;
+        row.note = "the global batch (" + std::to_string(setup.global_batch) + ") does not divide over " +
+                   std::to_string(row.gpus) + " GPUs";
+        t.rows.push_back(row);
+        continue;
+      }
+      job.micro_batch = split->micro_batch;
+      job.grad_accum = split->grad_accum;
+    }
+    row.micro_batch = job.micro_batch;
+    row.grad_accum = job.grad_accum;
+    row.p = predict_step(job, rates, net);
+    if (setup.token_budget > 0) {
+      row.hours = setup.token_budget / row.p.tokens_per_s / 3600.0;
+      row.cost = row.hours * row.gpus * setup.price_per_gpu_hour;
+    }
+    t.rows.push_back(row);
+  }
+  // The knee: walking up the node counts, the last count reached by a step that still added
+  // at least knee_fraction x (one node's tokens/s, at the first row) per added node.
+  const PlanRow* first = nullptr;
+  for (const PlanRow& r : t.rows)
+    if (r.feasible) {
+      first = &r;
+      break;
+    }
+  if (first) {
+    const double per_node = first->p.tokens_per_s / first->nodes;
+    const PlanRow* prev = first;
+    t.knee_nodes = first->nodes;
+    for (const PlanRow& r : t.rows) {
+      if (!r.feasible || r.nodes <= prev->nodes) continue;
+      const double gain = (r.p.tokens_per_s - prev->p.tokens_per_s) / (r.nodes - prev->nodes);
+      if (gain < setup.knee_fraction * per_node) break;
+      t.knee_nodes = r.nodes;
+      prev = &r;
+    }
+  }
+  return t;
 }
 
 }  // namespace lt::predict

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "runtime/config.h"
 #include "runtime/model.h"
 
@@ -111,5 +113,52 @@ struct LinkFit {
 // collective_seconds: see predict.cpp). Fit one level at a time: one node's ranks for
 // Network::intra, one rank per node for Network::inter.
 LinkFit fit_alpha_beta(const std::vector<CurvePoint>& points, int ranks_per_node, int nodes, Algo algo);
+
+// ---- Inputs from a suite result (`bench suite --json`, benchmarks/suite.schema.json) ----------
+
+// What one suite result says about its machine, as the model's inputs: the rates of the kernels
+// the trainer runs (the CPU GEMM on a CPU; on a GPU the hand-written GEMM, not the cuBLAS
+// baseline), the attention rows nearest the model's head dim and sequence length, the memory
+// row, the peak, and the all-reduce sweep across the machine's ranks (one node).
+struct SuiteInputs {
+  std::string file, label, device;  // label: the GPU's name (or the CPU's), device: cpu or cuda
+  Rates rates;
+  int act_bytes = 4;                  // 2 on a GPU (bf16 activations and gradients), 4 on a CPU
+  int gpus = 1;                       // machine.gpu.count (1 on a CPU)
+  std::vector<CurvePoint> allreduce;  // the sweep, one point per size (empty: not measured)
+  int allreduce_ranks = 0;
+  std::string allreduce_backend;      // nccl or mpi
+  std::string gemm_impl;              // which rows gave the GEMM rates
+};
+// UserError naming the file and what is missing (no GEMM row of the trainer's kernel, no
+// attention, memory or peak): a suite run where those rows were skipped or failed cannot
+// predict anything.
+// `gemm_impl` "" reads the GEMM rows of the trainer's own kernel; another impl ("cublas") asks
+// what the job would do at that kernel's rates.
+SuiteInputs suite_inputs(const nlohmann::json& suite, const std::string& file, const GPTConfig& model, int seq_len,
+                         const std::string& gemm_impl = "");
+
+// ---- A table over node counts (`leasetrain plan --predict`) ------------------------------------
+
+struct PlanSetup {
+  Job job;                    // the model, micro_batch and grad_accum per rank, dist; nodes is set per row
+  int64_t global_batch = 0;   // > 0: held over node counts (split as the trainer does); 0: per-rank batch held
+  std::vector<int> node_counts;
+  double price_per_gpu_hour = 0;  // 0: no cost columns
+  double token_budget = 0;        // 0: no time/cost to budget
+  double knee_fraction = 0.5;     // an added node must add this share of one node's tokens/s
+};
+struct PlanRow {
+  int nodes = 0, gpus = 0, micro_batch = 0, grad_accum = 0;
+  bool feasible = true;
+  std::string note;           // why a row is not feasible (the global batch does not divide)
+  Prediction p;
+  double hours = 0, cost = 0; // to the token budget
+};
+struct PlanTable {
+  std::vector<PlanRow> rows;
+  int knee_nodes = 0;  // the last node count whose step up still paid the knee fraction (0: none computed)
+};
+PlanTable plan_table(const PlanSetup& setup, const Rates& rates, const Network& net);
 
 }  // namespace lt::predict

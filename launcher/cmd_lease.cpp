@@ -15,6 +15,7 @@
 
 #include "lease/audit.h"
 #include "launcher/cli_checks.h"
+#include "launcher/cmd_predict.h"
 #include "launcher/commands.h"
 #include "lease/launch.h"
 #include "lease/lease_plan.h"
@@ -107,7 +108,25 @@ void add_plan(CLI::App& app) {
       "reason when the lease is invalid, not yet valid, expired, over quota, or --np exceeds it.");
   add_lease_options(cmd, *a);
   cmd->add_option("--at", a->at, "Plan as of this UTC time (2025-06-01T00:00:00Z) instead of now");
-  cmd->callback([a] {
+  auto pa = std::make_shared<PredictArgs>();
+  add_predict_options(cmd, *pa);
+  cmd->callback([a, pa] {
+    if (pa->predict) {
+      // The lease gives the topology only when one is named: without --manifest the prediction
+      // is for the node counts asked, not this machine's embedded lease.
+      pa->json = a->json;
+      if (a->manifest.empty()) return run_predict(*pa, nullptr);
+      Loaded l = load(*a);
+      TimePoint now = a->at.empty() ? system_now() : parse_time(a->at);
+      Plan p = make_plan(l.manifest, l.lease_id, request(*a, l, now));
+      LeaseTopology t;
+      t.id = p.lease_id;
+      t.nodes = (int)p.nodes.size();
+      for (const NodePlan& n : p.nodes) t.gpus_per_node = std::max(t.gpus_per_node, n.slots);
+      t.hours_left = std::chrono::duration<double>(p.deadline - p.now).count() / 3600.0;
+      t.gpu_hours_left = p.gpu_seconds_left() / 3600.0;
+      return run_predict(*pa, &t);
+    }
     Loaded l = load(*a);
     TimePoint now = a->at.empty() ? system_now() : parse_time(a->at);
     Plan p = make_plan(l.manifest, l.lease_id, request(*a, l, now));

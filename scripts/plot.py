@@ -5,6 +5,7 @@ one per line.
 
   plot.py compare DATA.json OUTDIR   DATA: what `bench compare --json` writes
   plot.py report METRICS.jsonl OUTDIR [TITLE [AGAINST_METRICS.jsonl AGAINST_LABEL]]
+  plot.py predict DATA.json OUTDIR   DATA: what `plan --predict --json` writes
 """
 import json
 import math
@@ -122,13 +123,56 @@ def report(metrics_path, outdir, title, against_path=None, against_label=None):
     save(fig, outdir, "training")
 
 
+def predict(data_path, outdir):
+    """Predicted tokens/s and cost to the token budget (or MFU without one) against node count,
+    one line per machine: the H100-or-A100 question side by side."""
+    with open(data_path) as f:
+        data = json.load(f)
+    budget = data.get("token_budget", 0)
+    priced = budget > 0 and any(m.get("price_per_gpu_hour", 0) > 0 for m in data["machines"])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for m in data["machines"]:
+        rows = [r for r in m["rows"] if r["feasible"]]
+        if not rows:
+            continue
+        nodes = [r["nodes"] for r in rows]
+        label = f'{m["label"]} x{m["gpus_per_node"]}/node'
+        a1.plot(nodes, [r["tokens_per_s"] for r in rows], marker="o", label=label)
+        if m.get("knee_nodes"):
+            k = [r for r in rows if r["nodes"] == m["knee_nodes"]]
+            if k:
+                a1.annotate("knee", (k[0]["nodes"], k[0]["tokens_per_s"]), textcoords="offset points",
+                            xytext=(4, -12), fontsize=8)
+        if priced and m.get("price_per_gpu_hour", 0) > 0:
+            a2.plot(nodes, [r["cost"] for r in rows], marker="o", label=label)
+        elif not priced:
+            a2.plot(nodes, [100 * r["mfu"] for r in rows], marker="o", label=label)
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("nodes")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    a1.set_ylabel("tokens/s (predicted)")
+    a1.set_title("throughput")
+    if priced:
+        a2.set_ylabel(f"$ to {budget:.3g} tokens")
+        a2.set_title("cost to the token budget")
+    else:
+        a2.set_ylabel("MFU %")
+        a2.set_title("model FLOPs utilisation")
+    fig.suptitle(os.path.basename(data.get("config", "")), fontsize=10)
+    save(fig, outdir, "predict")
+
+
 def main(argv):
-    if len(argv) < 4 or argv[1] not in ("compare", "report"):
+    if len(argv) < 4 or argv[1] not in ("compare", "report", "predict"):
         print(__doc__, file=sys.stderr)
         return 2
     os.makedirs(argv[3], exist_ok=True)
     if argv[1] == "compare":
         compare(argv[2], argv[3])
+    elif argv[1] == "predict":
+        predict(argv[2], argv[3])
     else:
         title = argv[4] if len(argv) > 4 else os.path.basename(os.path.dirname(argv[2]))
         report(argv[2], argv[3], title, *(argv[5:7] if len(argv) > 6 else []))
