@@ -303,7 +303,6 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
                  {"mfu", p.mfu}, {"scaling_efficiency", p.scaling_efficiency}, {"buckets", p.buckets.size()}});
       if (tokens > 0) jr["hours"] = r.hours;
       if (cost) jr["cost"] = r.cost;
-      m["rows"].push_back(jr);
       std::snprintf(line, sizeof line, "  %5d %5d %3d x %-3d %9.2f %11.4g %5.1f%% %8.1f%% %5.1f%%", r.nodes, r.gpus,
                     r.micro_batch, r.grad_accum, 1e3 * p.step_s, p.tokens_per_s, 100 * p.mfu,
                     100 * p.exposed_comm_s / p.step_s, 100 * p.scaling_efficiency);
@@ -311,6 +310,12 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
       if (tokens > 0) text += fmt("  %8.2f", r.hours);
       if (cost) text += fmt("  %10.4g", r.cost);
       if (lease && tokens > 0 && r.hours > lease->hours_left) text += "  past the lease's window";
+      if (lease && tokens > 0 && r.hours * r.gpus > lease->gpu_hours_left) text += "  past the lease's GPU-hours";
+      if (lease && tokens > 0) {
+        jr["within_window"] = r.hours <= lease->hours_left;
+        jr["within_gpu_hours"] = r.hours * r.gpus <= lease->gpu_hours_left;
+      }
+      m["rows"].push_back(jr);
       text += "\n";
     }
     if (t.knee_nodes > 0 && t.rows.size() > 1)

@@ -296,3 +296,73 @@ TEST(Predict, BadInputsNameTheField) {
   // One line.
   EXPECT_EQ(user_error(tiny_job(2), r, net(1e-3, 0)).find('\n'), std::string::npos);
 }
+
+// The table over node counts: each row is predict_step on that many nodes; time and cost to the
+// budget are tokens / (tokens/s) and hours x GPUs x price.
+TEST(PredictTable, RowsArePredictStepPerNodeCountWithTimeAndCost) {
+  PlanSetup s;
+  s.job = tiny_job(2);
+  s.node_counts = {1, 2, 4};
+  s.price_per_gpu_hour = 2.0;
+  s.token_budget = 1e6;
+  const Network n = net(1e-3, 1e6);
+  const PlanTable t = plan_table(s, unit_rates(), n);
+  ASSERT_EQ(t.rows.size(), 3u);
+  for (const PlanRow& r : t.rows) {
+    Job j = s.job;
+    j.nodes = r.nodes;
+    const Prediction p = predict_step(j, unit_rates(), n);
+    EXPECT_EQ(r.gpus, 2 * r.nodes);
+    EXPECT_TRUE(r.feasible);
+    EXPECT_DOUBLE_EQ(r.p.step_s, p.step_s) << r.nodes;
+    EXPECT_DOUBLE_EQ(r.p.tokens_per_s, 2.0 * r.nodes * 64 / p.step_s) << r.nodes;
+    EXPECT_DOUBLE_EQ(r.hours, 1e6 / r.p.tokens_per_s / 3600) << r.nodes;
+    EXPECT_DOUBLE_EQ(r.cost, r.hours * r.gpus * 2.0) << r.nodes;
+  }
+}
+
+// A held global batch is split as the trainer splits it (split_global_batch); a GPU count it
+// does not divide is a row that says so, not a prediction.
+TEST(PredictTable, GlobalBatchSplitAsTheTrainerDoes) {
+  PlanSetup s;
+  s.job = tiny_job(2);
+  s.job.micro_batch = 2;
+  s.global_batch = 12;
+  s.node_counts = {1, 2, 4};
+  const PlanTable t = plan_table(s, unit_rates(), net(1e-3, 1e6));
+  ASSERT_EQ(t.rows.size(), 3u);
+  EXPECT_EQ(t.rows[0].micro_batch, 2);  // 12 / 2 GPUs = 6 = 2 x 3
+  EXPECT_EQ(t.rows[0].grad_accum, 3);
+  EXPECT_EQ(t.rows[1].micro_batch, 1);  // 12 / 4 = 3: the largest micro batch <= 2 dividing 3 is 1
+  EXPECT_EQ(t.rows[1].grad_accum, 3);
+  EXPECT_FALSE(t.rows[2].feasible);     // 12 over 8 GPUs
+  EXPECT_EQ(t.rows[2].note, "the global batch (12) does not divide over 8 GPUs");
+  // The same tokens per step on every feasible row.
+  EXPECT_NEAR(t.rows[0].p.tokens_per_s * t.rows[0].p.step_s, 12 * 64, 1e-6);
+  EXPECT_NEAR(t.rows[1].p.tokens_per_s * t.rows[1].p.step_s, 12 * 64, 1e-6);
+}
+
+// The knee: free communication scales perfectly (every added node pays in full, the knee is the
+// last row); a link so slow that a second node's all-reduce dwarfs the step puts it at 1.
+TEST(PredictTable, KneeWhereAnAddedNodeStopsPaying) {
+  PlanSetup s;
+  s.job = tiny_job(1);
+  s.node_counts = {1, 2, 4, 8};
+  s.knee_fraction = 0.5;
+  Network fast = net(0, 1e30);
+  EXPECT_EQ(plan_table(s, unit_rates(), fast).knee_nodes, 8);
+  Network slow = net(0, 1e30);
+  slow.inter = Link{0, 1e3};  // 1 kB/s between nodes: 200 kB of gradients take minutes
+  const PlanTable t = plan_table(s, unit_rates(), slow);
+  EXPECT_EQ(t.knee_nodes, 1);
+  EXPECT_LT(t.rows[1].p.tokens_per_s, 1.5 * t.rows[0].p.tokens_per_s);
+  // In between: 0.5 s per hop across nodes (the ring's 2(p-1) hops per bucket grow with the
+  // nodes). tokens/s 2.54, 4.54, 7.49, 11.09 at 1, 2, 4, 8 nodes: each added node adds 2.0, then
+  // 1.47, then 0.90, against half a node's 1.27: the knee is at 4.
+  Network mid = net(0, 1e30);
+  mid.inter = Link{0.5, 1e30};
+  const PlanTable m = plan_table(s, unit_rates(), mid);
+  EXPECT_NEAR(m.rows[2].p.tokens_per_s, 7.49247, 1e-4);
+  EXPECT_NEAR(m.rows[3].p.tokens_per_s, 11.09, 1e-2);
+  EXPECT_EQ(m.knee_nodes, 4);
+}
