@@ -308,7 +308,7 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
                     100 * p.exposed_comm_s / p.step_s, 100 * p.scaling_efficiency);
       text += line;
       if (tokens > 0) text += fmt("  %8.2f", r.hours);
-      if (cost) text += fmt("  %10.4g", r.cost);
+      if (cost) text += fmt("  %10.2f", r.cost);
       if (lease && tokens > 0 && r.hours > lease->hours_left) text += "  past the lease's window";
       if (lease && tokens > 0 && r.hours * r.gpus > lease->gpu_hours_left) text += "  past the lease's GPU-hours";
       if (lease && tokens > 0) {
@@ -318,7 +318,13 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
       m["rows"].push_back(jr);
       text += "\n";
     }
-    if (t.knee_nodes > 0 && t.rows.size() > 1)
+    int last_feasible = 0;
+    for (const pr::PlanRow& r : t.rows)
+      if (r.feasible) last_feasible = r.nodes;
+    if (t.knee_nodes > 0 && t.knee_nodes == last_feasible && t.rows.size() > 1)
+      text += "  no knee up to " + std::to_string(last_feasible) + " nodes: every added node adds at least " +
+              fmt("%.0f%%", 100 * a.knee) + " of one node's tokens/s\n";
+    else if (t.knee_nodes > 0 && t.rows.size() > 1)
       text += "  knee: " + std::to_string(t.knee_nodes) + " node" + (t.knee_nodes == 1 ? "" : "s") +
               " (past it, an added node adds less than " + fmt("%.0f%%", 100 * a.knee) + " of one node's tokens/s)\n";
     out["machines"].push_back(m);
@@ -327,6 +333,7 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
           "work / this step time; MFU uses llm.c's FLOP count (6N + 6LCT per token)\n";
   if (a.json) std::cout << out.dump(2) << "\n";
   else std::cout << text;
+  std::cout.flush();
   if (!a.plot_dir.empty()) {
     const std::filesystem::path data = std::filesystem::path(a.plot_dir) / "predict.json";
     std::filesystem::create_directories(a.plot_dir);

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: searchable, and smaller
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def save(fig, outdir, name):
@@ -149,6 +150,7 @@ def predict(data_path, outdir):
             a2.plot(nodes, [100 * r["mfu"] for r in rows], marker="o", label=label)
     for ax in (a1, a2):
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 1, 2, 4 rather than 2^k
         ax.set_xlabel("nodes")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
