@@ -196,7 +196,7 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
   if (lease) out["lease"] = {{"id", lease->id}, {"nodes", lease->nodes}, {"gpus_per_node", lease->gpus_per_node},
                              {"hours_left", lease->hours_left}, {"gpu_hours_left", lease->gpu_hours_left}};
   std::string text;
-  text += "plan --predict: " + a.config + ": " + fmt("%.1fM", n_params / 1e6) + " parameters, " +
+  text += "plan --predict: " + a.config + "\n  " + fmt("%.1fM", n_params / 1e6) + " parameters, " +
           std::to_string(cfg.seq_len) + "-token sequences, " +
           (a.global_batch > 0 ? "global batch " + std::to_string(a.global_batch) + " sequences held"
                               : "per GPU " + std::to_string(cfg.micro_batch) + " x " + std::to_string(cfg.grad_accum) +
@@ -272,10 +272,10 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
                         {"inter_fit_max_rel_err", inter_fit_err}}},
            {"knee_nodes", t.knee_nodes},
            {"rows", json::array()}};
-    text += "\n" + in.label + " (" + file + "): peak " + fmt("%.4g", in.rates.peak_tflops) + " TFLOP/s; GEMM " +
-            in.gemm_impl + " at " + std::to_string(in.rates.gemm.size()) + " shapes; attention " +
+    text += "\n" + in.label + ": " + file + "\n  rates: peak " + fmt("%.4g", in.rates.peak_tflops) + " TFLOP/s, GEMM " +
+            in.gemm_impl + " (" + std::to_string(in.rates.gemm.size()) + " shapes), attention " +
             fmt("%.3g", in.rates.attention_fwd_tflops) + "/" + fmt("%.3g", in.rates.attention_bwd_tflops) +
-            " TFLOP/s fwd/bwd; memory " + fmt("%.4g", in.rates.memory_gbps) + " GB/s\n";
+            " TFLOP/s fwd/bwd, memory " + fmt("%.4g", in.rates.memory_gbps) + " GB/s\n";
     text += "  within a node: " + intra_text + "\n";
     if (max_nodes > 1) text += "  across nodes: " + inter_text + "\n";
     const bool cost = setup.price_per_gpu_hour > 0 && tokens > 0;
@@ -329,8 +329,8 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
               " (past it, an added node adds less than " + fmt("%.0f%%", 100 * a.knee) + " of one node's tokens/s)\n";
     out["machines"].push_back(m);
   }
-  text += "\nexposed = share of the step that is communication only; eff = one GPU's step time for the same per-GPU "
-          "work / this step time; MFU uses llm.c's FLOP count (6N + 6LCT per token)\n";
+  text += "\nexposed: the share of the step that is communication only; eff: one GPU's step for the same per-GPU\n"
+          "work / this step; MFU: llm.c's FLOP count (6N + 6LCT per token) / the suite's peak\n";
   if (a.json) std::cout << out.dump(2) << "\n";
   else std::cout << text;
   std::cout.flush();

@@ -63,7 +63,14 @@ TEST(PlanPredict, TableOverNodeCountsAsTextAndJson) {
   ASSERT_EQ(r.code, 0) << r.both();
   EXPECT_NE(r.out.find("NVIDIA A100-SXM4-80GB (datasheet)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("across nodes: NIC 3200 Gbit/s x 0.9 (datasheet)"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("knee:"), std::string::npos) << r.out;
+  // The per-GPU batch held: every added node pays in full across 3200 Gbit/s.
+  EXPECT_NE(r.out.find("no knee up to 8 nodes: every added node adds at least 50% of one node's tokens/s"),
+            std::string::npos) << r.out;
+  // 512 sequences held: at 8 nodes each GPU runs 8, and communication no longer hides.
+  auto k = run_cli(args + " --global-batch 512");
+  ASSERT_EQ(k.code, 0) << k.both();
+  EXPECT_NE(k.out.find("knee: 4 nodes (past it, an added node adds less than 50% of one node's tokens/s)"),
+            std::string::npos) << k.out;
   r = run_cli(args + " --json");
   ASSERT_EQ(r.code, 0) << r.both();
   const json j = json::parse(r.out);
