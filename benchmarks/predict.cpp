@@ -279,17 +279,22 @@ Prediction predict_step(const Job& job, const Rates& rates, const Network& net) 
   return r;
 }
 
-LinkFit fit_alpha_beta(const std::vector<CurvePoint>& points, int ranks_per_node, int nodes, Algo algo) {
+LinkFit fit_alpha_beta(const std::vector<CurvePoint>& all, int ranks_per_node, int nodes, Algo algo,
+                       double min_bytes) {
   require(ranks_per_node >= 1, "allreduce.ranks_per_node", ">= 1", ranks_per_node);
   require(nodes >= 1, "allreduce.nodes", ">= 1", nodes);
   require(ranks_per_node * nodes >= 2, "allreduce ranks (ranks_per_node x nodes)", ">= 2", ranks_per_node * nodes);
-  require(points.size() >= 2, "allreduce points", "at least 2", (double)points.size());
-  for (size_t i = 0; i < points.size(); i++) {
-    require(std::isfinite(points[i].bytes) && points[i].bytes > 0, "allreduce[" + std::to_string(i) + "].bytes", "> 0",
-            points[i].bytes);
-    require(std::isfinite(points[i].seconds) && points[i].seconds > 0, "allreduce[" + std::to_string(i) + "].seconds",
-            "> 0", points[i].seconds);
+  require(all.size() >= 2, "allreduce points", "at least 2", (double)all.size());
+  for (size_t i = 0; i < all.size(); i++) {
+    require(std::isfinite(all[i].bytes) && all[i].bytes > 0, "allreduce[" + std::to_string(i) + "].bytes", "> 0",
+            all[i].bytes);
+    require(std::isfinite(all[i].seconds) && all[i].seconds > 0, "allreduce[" + std::to_string(i) + "].seconds",
+            "> 0", all[i].seconds);
   }
+  std::vector<CurvePoint> points;
+  for (const CurvePoint& q : all)
+    if (q.bytes >= min_bytes) points.push_back(q);
+  if (points.size() < 2) points = all;
   // t = a + b x bytes by weighted least squares with weights 1/t^2: a sweep spans 8 B to
   // hundreds of MB, and unweighted squares would let the largest sizes set alpha too; 1/t^2
   // minimises the relative error, so the small sizes (latency) and large (bandwidth) count
@@ -323,6 +328,7 @@ LinkFit fit_alpha_beta(const std::vector<CurvePoint>& points, int ranks_per_node
   f.link.busbw_Bps = F / b;
   for (const CurvePoint& q : points)
     f.max_rel_err = std::max(f.max_rel_err, std::fabs(a + b * q.bytes - q.seconds) / q.seconds);
+  f.points_used = (int)points.size();
   return f;
 }
 

@@ -106,13 +106,17 @@ struct CurvePoint {
 };
 struct LinkFit {
   Link link;
-  double max_rel_err = 0;  // worst |model - measured| / measured over the points
+  double max_rel_err = 0;  // worst |model - measured| / measured over the points fitted
+  int points_used = 0;
 };
 // Fits alpha and busbw to all-reduce times measured on ranks_per_node x nodes ranks with
 // `algo` (least squares on t = a + b x bytes, weighted by 1/t^2, inverted through
 // collective_seconds: see predict.cpp). Fit one level at a time: one node's ranks for
 // Network::intra, one rank per node for Network::inter.
-LinkFit fit_alpha_beta(const std::vector<CurvePoint>& points, int ranks_per_node, int nodes, Algo algo);
+// Only points of at least `min_bytes` are fitted when two or more are (the sizes a job sends: a
+// real curve bends where protocols switch, and a line through all of it fits none of it well).
+LinkFit fit_alpha_beta(const std::vector<CurvePoint>& points, int ranks_per_node, int nodes, Algo algo,
+                       double min_bytes = 0);
 
 // ---- Inputs from a suite result (`bench suite --json`, benchmarks/suite.schema.json) ----------
 

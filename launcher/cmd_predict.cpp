@@ -15,6 +15,7 @@
 #include "runtime/config.h"
 #include "runtime/error.h"
 #include "runtime/input.h"
+#include "runtime/ddp.h"
 #include "runtime/model.h"
 
 namespace lt::cli {
@@ -161,27 +162,17 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
   for (int n = 1; n < max_nodes; n *= 2) counts.push_back(n);
   counts.push_back(max_nodes);
 
-  pr::Network inter_only;
-  std::string inter_text;
-  pr::Link inter;
-  double inter_fit_err = -1;
-  if (!a.inter_allreduce.empty()) {
-    const pr::LinkFit f = pr::fit_alpha_beta(read_sweep(a.inter_allreduce), 1, a.inter_nodes,
-                                             a.algo == "tree" ? pr::Algo::Tree : pr::Algo::Ring);
-    inter = f.link;
-    inter_fit_err = f.max_rel_err;
-    inter_text = "fitted to " + a.inter_allreduce + " (" + std::to_string(a.inter_nodes) + " nodes, max error " +
-                 fmt("%.0f%%", 100 * f.max_rel_err) + ")";
-  } else if (a.nic_gbps > 0) {
-    check_positive(a.nic_gbps, "plan --predict: --nic-gbps");
-    inter.busbw_Bps = a.nic_gbps * 1e9 / 8 * a.nic_efficiency;
-    inter.alpha_s = a.inter_latency_us * 1e-6;
-    inter_text = "NIC " + fmt("%g", a.nic_gbps) + " Gbit/s x " + fmt("%g", a.nic_efficiency) + " (datasheet)";
-  } else if (max_nodes > 1) {
+  // Measured sweeps are fitted over the sizes the job sends: from a quarter of its smallest
+  // gradient bucket up (predict.h, fit_alpha_beta), in bf16 on a GPU and fp32 on a CPU.
+  int64_t min_bucket = INT64_MAX;
+  for (const Bucket& b : plan_buckets(layout, cfg.dist.first_bucket_mb, cfg.dist.bucket_mb, 1))
+    min_bucket = std::min<int64_t>(min_bucket, b.numel());
+  if (a.inter_allreduce.empty() && !(a.nic_gbps > 0) && max_nodes > 1)
     throw UserError("plan --predict: --nic-gbps: expected each node's NIC line rate (Gbit/s) to predict past one node "
                     "(or --inter-allreduce, or --max-nodes 1)");
-  }
-
+  if (a.inter_allreduce.empty() && a.nic_gbps != 0) check_positive(a.nic_gbps, "plan --predict: --nic-gbps");
+  const std::vector<pr::CurvePoint> inter_sweep =
+      a.inter_allreduce.empty() ? std::vector<pr::CurvePoint>{} : read_sweep(a.inter_allreduce);
   json out{{"schema", "leasetrain.predict/1"},
            {"config", a.config},
            {"model", {{"n_layer", cfg.model.n_layer}, {"n_head", cfg.model.n_head}, {"n_embd", cfg.model.n_embd},
@@ -232,12 +223,29 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
       if (in.allreduce.size() < 2)
         throw UserError(file + ": results: no all-reduce sweep to fit the link between a node's " + std::to_string(g) +
                         " ranks (the suite measures it on a machine with 2 or more GPUs, or CPU ranks)");
-      const pr::LinkFit f = pr::fit_alpha_beta(in.allreduce, in.allreduce_ranks, 1, net.algo);
+      const pr::LinkFit f = pr::fit_alpha_beta(in.allreduce, in.allreduce_ranks, 1, net.algo,
+                                               (double)min_bucket * in.act_bytes / 4);
       net.intra = f.link;
       intra_err = f.max_rel_err;
       intra_text = in.allreduce_backend + " sweep on " + std::to_string(in.allreduce_ranks) + " ranks: alpha " +
-                   fmt("%.1f us", f.link.alpha_s * 1e6) + ", busbw " + fmt("%.2f GB/s", f.link.busbw_Bps / 1e9) +
-                   " (max fit error " + fmt("%.0f%%", 100 * f.max_rel_err) + ")";
+                   fmt("%.1f us", f.link.alpha_s * 1e6) + ", busbw " + fmt("%.3g GB/s", f.link.busbw_Bps / 1e9) +
+                   " (" + std::to_string(f.points_used) + " sizes, max fit error " + fmt("%.0f%%", 100 * f.max_rel_err) + ")";
+    }
+    const double fit_from = (double)min_bucket * in.act_bytes / 4;
+    pr::Link inter;
+    std::string inter_text;
+    double inter_fit_err = -1;
+    if (!inter_sweep.empty()) {
+      const pr::LinkFit f = pr::fit_alpha_beta(inter_sweep, 1, a.inter_nodes, net.algo, fit_from);
+      inter = f.link;
+      inter_fit_err = f.max_rel_err;
+      inter_text = a.inter_allreduce + " on " + std::to_string(a.inter_nodes) + " nodes: alpha " +
+                   fmt("%.1f us", f.link.alpha_s * 1e6) + ", busbw " + fmt("%.3g GB/s", f.link.busbw_Bps / 1e9) +
+                   " (" + std::to_string(f.points_used) + " sizes, max fit error " + fmt("%.0f%%", 100 * f.max_rel_err) + ")";
+    } else if (a.nic_gbps > 0) {
+      inter.busbw_Bps = a.nic_gbps * 1e9 / 8 * a.nic_efficiency;
+      inter.alpha_s = a.inter_latency_us * 1e-6;
+      inter_text = "NIC " + fmt("%g", a.nic_gbps) + " Gbit/s x " + fmt("%g", a.nic_efficiency) + " (datasheet)";
     }
     net.inter = inter;
     pr::PlanSetup setup;
