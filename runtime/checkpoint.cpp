@@ -223,7 +223,8 @@ Fd open_model_file(const fs::path& dir, const std::string& name) {
   std::error_code ec;
   if (fs::is_symlink(fs::symlink_status(p, ec)))
     throw UserError(p.string() + ": is a symbolic link; weight files are read only as regular files in the "
-                                 "checkpoint's directory (copy the target there, e.g. cp -L)");
+                                 "checkpoint's directory (copy the target there with cp -L; a Hugging Face cache "
+                                 "snapshot is links: hf download --local-dir DIR writes real files)");
   if (!present(p))
     throw UserError(p.string() + ": missing" + (name == kModelFile ? "" : " (model.safetensors.index.json names it)"));
   Fd fd = WriteRoot(dir.string()).open_file(name, O_RDONLY | O_NONBLOCK);

@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
       files[layout] = 0;
       for (const auto& e : fs::directory_iterator(ckpt)) {
         bytes += e.file_size();
-        files[layout] += e.path().filename().string().starts_with("model");
+        files[layout] += e.path().filename().string().starts_with("model");  // the shards and the index
       }
       t0 = Clock::now();
       lt::load_model_weights(ckpt, model2);
@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
       fs::remove_all(dir / "run");
     }
   for (int layout = 0; layout < 2; ++layout) {
-    std::printf("%-30s checkpoint %.3f GB, %zu model file(s): save %.2f s, load weights %.2f s, load optimizer %.2f s "
+    std::printf("%-30s checkpoint %.3f GB, %zu model file(s) (shards + index): save %.2f s, load weights %.2f s, load optimizer %.2f s "
                 "(medians of %d; checksums verified)\n",
                 layout ? (std::string("sharded, ") + (argc > 2 ? argv[2] : "100MB") + " shards").c_str()
                        : "single model.safetensors",
