@@ -189,6 +189,39 @@ TEST(HfShards, ShardedRoundTripIsBitExactAndSplitsAsTransformersDoes) {
   EXPECT_EQ(again.params(), m.params());
 }
 
+TEST(HfShards, ReadsTheIndexAsSavePretrainedWritesIt) {
+  // save_pretrained names tensors "transformer.*", writes metadata.total_parameters beside
+  // total_size, and dumps the index with sorted keys; shards are split at other points than ours.
+  TempDir tmp;
+  const std::string d = sharded_export(tmp, "hf");
+  for (const std::string& f : shard_files(d)) fs::remove(d + "/" + f);
+  TinyModel m(1);
+  const Tensors all = [&] {
+    Tensors t;
+    const std::string single = save_checkpoint(mkdir(tmp / "one"), m.model, m.opt, json{{"step", 1}});
+    for (auto& [name, raw] : read_shard(single + "/model.safetensors")) t["transformer." + name] = raw;
+    return t;
+  }();
+  json index = {{"metadata", {{"total_parameters", 0}, {"total_size", 0}}}, {"weight_map", json::object()}};
+  uint64_t total = 0, params = 0;
+  Tensors part[2];
+  int i = 0;
+  for (const auto& [name, raw] : all) {  // alternate tensors between two shards, by name
+    const std::string shard = i % 2 ? "model-00002-of-00002.safetensors" : "model-00001-of-00002.safetensors";
+    part[i++ % 2][name] = raw;
+    index["weight_map"][name] = shard;
+    total += raw.bytes.size();
+    params += raw.bytes.size() / 4;
+  }
+  write_shard(d + "/model-00001-of-00002.safetensors", part[0]);
+  write_shard(d + "/model-00002-of-00002.safetensors", part[1]);
+  index["metadata"] = {{"total_parameters", params}, {"total_size", total}};
+  write_index(d, index);
+  TinyModel back(3);
+  load_model_weights(d, back.model);
+  EXPECT_EQ(back.params(), m.params());
+}
+
 TEST(HfShards, TensorMissingDuplicatedOrInTheWrongShardIsRefused) {
   TempDir tmp;
   {  // The index names a tensor its shard does not hold.
