@@ -220,7 +220,8 @@ void add_train_commands(CLI::App& app) {
       "globs of llm.c token shards), [optim] (lr, min_lr, warmup_steps, beta1, beta2, eps, weight_decay, grad_clip) and "
       "[train] (micro_batch, seq_len, grad_accum, steps, eval_interval, eval_batches, checkpoint_interval, "
       "log_interval, seed, mtbf_hours, node_mtbf_hours, preempt_grace), and optionally [dist] (zero, bucket_mb, first_bucket_mb, overlap, checksum_interval, "
-      "watchdog_timeout, progress). Unknown keys are errors. See configs/tiny.toml.\n"
+      "watchdog_timeout, progress). Unknown keys are errors. With --init, [model] may be omitted (the checkpoint's "
+      "shape is used) and keys it sets must agree with the checkpoint's config.json. See configs/tiny.toml.\n"
       "Data parallel: start it under mpirun or srun (e.g. mpirun -np 2 leasetrain train ...); each rank takes "
       "micro_batch sequences of every micro-step, rank 0 logs and writes checkpoints, and checkpoints resume on any "
       "number of ranks.\n"
@@ -249,10 +250,18 @@ void add_train_commands(CLI::App& app) {
   auto train_dev = std::make_shared<DeviceArgs>();
   train_dev->add_to(t);
   t->add_option("--init", train->init_dir,
-                "Start from the weights of this checkpoint (a directory with model.safetensors and config.json, "
-                "e.g. Hugging Face GPT-2)")
+                "Start from the weights of this checkpoint (a directory with config.json and model.safetensors, or "
+                "model.safetensors.index.json and its shards, e.g. Hugging Face GPT-2 from save_pretrained); the "
+                "model's shape is the checkpoint's, so the config's [model] may be omitted (keys it sets must agree)")
       ->excludes(resume);
-  t->callback([train, t, steps_opt, seed_opt, train_dev] {
+  auto shard_size = std::make_shared<std::string>("50GB");
+  t->add_option("--max-shard-size", *shard_size,
+                "Write each checkpoint's weights as shards of at most this size (5GB, 500MB, 100KB or bytes; units "
+                "are powers of ten) with model.safetensors.index.json, as transformers' save_pretrained does; one "
+                "model.safetensors when they fit")
+      ->capture_default_str();
+  t->callback([train, t, steps_opt, seed_opt, train_dev, shard_size] {
+    train->max_shard_bytes = parse_shard_size(*shard_size, "--max-shard-size");
     if (t->count("--steps")) train->steps = *steps_opt;
     if (t->count("--seed")) train->seed = *seed_opt;
     train_dev->read_counts(t);
@@ -282,7 +291,10 @@ void add_train_commands(CLI::App& app) {
   e->add_option("--data", ea->data, "Glob of llm.c token shards")->required();
   e->add_option("--batch", ea->batch, "Sequences per batch")->capture_default_str()->check(in_range(1, 1 << 20));
   e->add_option("--seq", ea->seq, "Tokens per sequence")->capture_default_str()->check(in_range(1, kMaxBlockSize));
-  e->add_option("--batches", ea->batches, "Batches to average")->capture_default_str()->check(in_range(1, 1 << 20));
+  e->add_option("--batches", ea->batches,
+                "Batches to average (0: every whole batch in the shard; more than it holds is an error)")
+      ->capture_default_str()
+      ->check(in_range(0, 1 << 20));
   auto eval_dev = std::make_shared<DeviceArgs>();
   eval_dev->add_to(e);
   e->callback([ea, e, eval_dev] {

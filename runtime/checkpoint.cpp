@@ -3,6 +3,7 @@
 #include "runtime/checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <sstream>
 
@@ -30,6 +32,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kModelFile = "model.safetensors";
+constexpr const char* kIndexFile = "model.safetensors.index.json";  // a sharded model's weight map
 constexpr const char* kConfigFile = "config.json";
 constexpr const char* kOptimizerFile = "optimizer.safetensors";
 constexpr const char* kTrainerFile = "trainer.json";
@@ -114,6 +117,124 @@ std::optional<int64_t> dir_step(const fs::path& dir) {
   return step;
 }
 
+// model-00001-of-00003.safetensors: transformers' name for shard 1 of 3 (and ours).
+std::string shard_name(size_t i, size_t n) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+  return buf;
+}
+
+bool is_shard_name(const std::string& name) {
+  auto digits = [&](size_t at) {
+    return std::all_of(name.begin() + at, name.begin() + at + 5, [](char c) { return c >= '0' && c <= '9'; });
+  };
+  return name.size() == 32 && name.starts_with("model-") && digits(6) && name.compare(11, 4, "-of-") == 0 &&
+         digits(15) && name.ends_with(".safetensors");
+}
+
+// Why `name`, from an index, cannot be a shard ("" when it can): shards are plain .safetensors
+// files in the checkpoint's own directory, so no name may lead anywhere else.
+std::string shard_name_problem(const std::string& name) {
+  if (name.find('/') != std::string::npos || name.find('\\') != std::string::npos)
+    return "expected a plain file name in the checkpoint's directory, without '/'";
+  if (name.find("..") != std::string::npos) return "expected a plain file name in the checkpoint's directory, without '..'";
+  if (name.find('\0') != std::string::npos || name.starts_with(".") || !name.ends_with(".safetensors"))
+    return "expected the name of a .safetensors file in the checkpoint's directory";
+  if (name == kModelFile || name == kOptimizerFile) return "expected a shard, not " + name;
+  return "";
+}
+
+// Weights in a format we do not read, with why and what to do instead ("" when there are none).
+std::string foreign_weights_problem(const fs::path& dir) {
+  static constexpr std::pair<const char*, const char*> kForeign[] = {
+      {"pytorch_model.bin.index.json", "the index of sharded PyTorch pickles"},
+      {"pytorch_model.bin", "a PyTorch pickle"},
+      {"tf_model.h5", "TensorFlow (HDF5) weights"},
+      {"flax_model.msgpack", "Flax (msgpack) weights"},
+  };
+  for (const auto& [name, what] : kForeign)
+    if (present(dir / name)) {
+      const bool pickle = std::string(name).starts_with("pytorch_model");
+      return (dir / name).string() + ": " + what + ", " +
+             (pickle ? "which leasetrain does not load (unpickling executes code from the file)"
+                     : "a format leasetrain does not read") +
+             "; convert it to safetensors with transformers: GPT2LMHeadModel.from_pretrained(DIR) then "
+             "model.save_pretrained(DIR, safe_serialization=True)";
+    }
+  return "";
+}
+
+// Where a checkpoint's weights are: model.safetensors alone, or the shards its index names.
+struct ModelFiles {
+  std::vector<std::string> files;                 // names in the directory, in name order
+  bool sharded = false;                           // from model.safetensors.index.json
+  std::map<std::string, std::string> weight_map;  // tensor -> shard (sharded only)
+  std::optional<uint64_t> total_size;             // the index's metadata.total_size, when it has one
+};
+
+// The index transformers writes: {"metadata": {"total_size": N, ...}, "weight_map": {tensor: shard}}.
+// metadata is optional (transformers' own loader does not need it); total_size is checked when given.
+ModelFiles read_model_index(const fs::path& dir) {
+  const fs::path path = dir / kIndexFile;
+  const nlohmann::json j = read_json_file(path);
+  const JsonFields f(j, path.string());
+  ModelFiles m;
+  m.sharded = true;
+  const JsonFields wm = f.object("weight_map");
+  if (wm.json().empty()) f.fail("weight_map", "a non-empty object mapping each tensor to its shard file");
+  for (const auto& [tensor, v] : wm.json().items()) {
+    if (!v.is_string()) wm.fail(tensor, "a shard file name");
+    const std::string shard = v.get<std::string>();
+    if (const std::string why = shard_name_problem(shard); !why.empty())
+      throw UserError(path.string() + ": field 'weight_map." + tensor + "' is " + json_excerpt(v) + ": " + why);
+    m.weight_map[tensor] = shard;
+    if (std::find(m.files.begin(), m.files.end(), shard) == m.files.end()) m.files.push_back(shard);
+  }
+  std::sort(m.files.begin(), m.files.end());
+  if (f.has("metadata")) {
+    const JsonFields md = f.object("metadata");
+    if (md.has("total_size")) m.total_size = md.unsigned_integer("total_size");
+    md.opt_integer("total_parameters", 0);
+  }
+  return m;
+}
+
+// The weight files of the checkpoint in `dir`, or a UserError saying what is there instead.
+ModelFiles locate_model_files(const fs::path& dir) {
+  const bool single = present(dir / kModelFile), index = present(dir / kIndexFile);
+  if (single && index)
+    throw UserError(dir.string() + ": holds both model.safetensors and model.safetensors.index.json; expected "
+                                   "one of them (remove the stale one)");
+  if (single) {
+    ModelFiles m;
+    m.files = {kModelFile};
+    return m;
+  }
+  if (index) return read_model_index(dir);
+  if (const std::string p = foreign_weights_problem(dir); !p.empty()) throw UserError(p);
+  throw UserError((dir / kModelFile).string() +
+                  ": missing (expected model.safetensors, or model.safetensors.index.json and the shards it names)");
+}
+
+// A weight file of the checkpoint in `dir`, opened beneath it without following a link (through
+// the resolver every write uses, safe_path.h), and checked to be a regular file.
+Fd open_model_file(const fs::path& dir, const std::string& name) {
+  const fs::path p = dir / name;
+  std::error_code ec;
+  if (fs::is_symlink(fs::symlink_status(p, ec)))
+    throw UserError(p.string() + ": is a symbolic link; weight files are read only as regular files in the "
+                                 "checkpoint's directory (copy the target there with cp -L; a Hugging Face cache "
+                                 "snapshot is links: hf download --local-dir DIR writes real files)");
+  if (!present(p))
+    throw UserError(p.string() + ": missing" + (name == kModelFile ? "" : " (model.safetensors.index.json names it)"));
+  Fd fd = WriteRoot(dir.string()).open_file(name, O_RDONLY | O_NONBLOCK);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
+    throw UserError(p.string() + ": a weight file must be a regular file");
+  ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);  // plain reads from here on
+  return fd;
+}
+
 // trainer.json of a checkpoint, trusted only when sealed: trainer.json.sha256 (written last,
 // after everything else is durable) holds its SHA-256, its fields have their types, and its step
 // is the directory's. Every other file is then checked against trainer.json's "files".
@@ -154,15 +275,25 @@ std::string seal_problem(const fs::path& dir, Sealed* out, bool* legacy = nullpt
       return trainer_path.string() + ": field 'step' is " + std::to_string(step) + " but the directory is " +
              dir.filename().string();
     const JsonFields files = f.object("files");
-    for (const char* name : {kModelFile, kConfigFile, kOptimizerFile}) {
-      const std::string h = files.string(name);
-      if (h.size() != 64) files.fail(name, "a SHA-256 (64 hex digits)");
-      s.files[name] = h;
+    // The weights are model.safetensors or, sharded, the index and its shards (whose names the
+    // loader checks against the index); config.json and optimizer.safetensors always.
+    const bool sharded = files.has(kIndexFile);
+    for (const auto& [name, _] : files.json().items()) {
+      const bool known = name == kConfigFile || name == kOptimizerFile || name == (sharded ? kIndexFile : kModelFile) ||
+                         (sharded && is_shard_name(name));
+      // Nothing in a checkpoint goes unchecked: the files it vouches for are exactly ours.
+      if (!known)
+        files.fail(name, sharded ? "absent (a sharded checkpoint lists model.safetensors.index.json, its "
+                                   "model-NNNNN-of-NNNNN.safetensors shards, config.json and optimizer.safetensors)"
+                                 : "absent (a checkpoint lists model.safetensors, config.json and optimizer.safetensors)");
     }
-    // Nothing in a checkpoint goes unchecked: the files it vouches for are exactly ours, and the
-    // fields only recorded for people (seed, total_steps) still have their types.
-    for (const auto& [name, _] : files.json().items())
-      if (!s.files.count(name)) files.fail(name, "absent (a checkpoint lists model.safetensors, config.json and optimizer.safetensors)");
+    for (const auto& [name, _] : files.json().items()) s.files[name] = "";
+    for (const char* name : {sharded ? kIndexFile : kModelFile, kConfigFile, kOptimizerFile}) s.files[name] = "";
+    for (auto& [name, h] : s.files) {
+      h = files.string(name);
+      if (h.size() != 64) files.fail(name, "a SHA-256 (64 hex digits)");
+    }
+    // The fields only recorded for people (seed, total_steps) still have their types.
     f.opt_integer("seed", 0, std::numeric_limits<int64_t>::max());
     f.opt_integer("total_steps", 0, kMaxStep);
     f.opt_string("init");
@@ -189,12 +320,22 @@ Sealed read_sealed(const fs::path& dir) {
   throw UserError(problem);
 }
 
-// Checks one file against the sha256 recorded in the sealed trainer.json.
-void verify_checksum(const fs::path& dir, const Sealed& sealed, const std::string& file) {
-  const std::string& want = sealed.files.at(file);
-  // Regular files only: hashing a FIFO planted in its place would block forever.
-  ::close(open_regular_file((dir / file).string(), "checkpoint file"));
-  const std::string got = sha256_file((dir / file).string());
+// Checks one file against the sha256 recorded in the sealed trainer.json. With `fd` (the file as
+// the loader opened it) the bytes hashed are the bytes read.
+void verify_checksum(const fs::path& dir, const Sealed& sealed, const std::string& file, int fd = -1) {
+  auto it = sealed.files.find(file);
+  if (it == sealed.files.end())
+    throw UserError((dir / kTrainerFile).string() + ": field 'files' lacks '" + file +
+                    "' (every weight file must be covered by a checksum)");
+  const std::string& want = it->second;
+  std::string got;
+  if (fd >= 0) {
+    got = sha256_file("/proc/self/fd/" + std::to_string(fd));
+  } else {
+    // Regular files only: hashing a FIFO planted in its place would block forever.
+    ::close(open_regular_file((dir / file).string(), "checkpoint file"));
+    got = sha256_file((dir / file).string());
+  }
   if (got != want)
     throw UserError((dir / file).string() + ": checksum mismatch (expected " + want + ", got " + got + ")");
 }
@@ -250,28 +391,6 @@ void write_safetensors_at(int dirfd, const fs::path& shown, const char* name, co
   f.close_checked(shown.string());
 }
 
-void write_model_file(int dirfd, const fs::path& shown, const GPT& model) {
-  const GPTConfig& cfg = model.config();
-  std::vector<float> host((size_t)model.num_params());
-  model.backend().to_host(host.data(), model.params());
-
-  std::vector<std::vector<float>> transposed;  // owns the HF-layout copies until the write
-  transposed.reserve(model.param_info().size());
-  std::vector<StEntry> entries;
-  for (const ParamInfo& p : model.param_info()) {
-    // wte's real rows are a prefix of its padded rows, so its plain pointer already works.
-    StEntry e{p.name, StDType::F32, hf_shape(p, cfg), host.data() + p.offset};
-    if (p.hf_transposed) {
-      transposed.emplace_back((size_t)p.numel);
-      transpose(transposed.back().data(), host.data() + p.offset, p.shape[0], p.shape[1]);
-      e.data = transposed.back().data();
-    }
-    entries.push_back(std::move(e));
-  }
-  // transformers refuses safetensors files whose metadata lacks a recognised "format".
-  write_safetensors_at(dirfd, shown, kModelFile, entries, {{"format", "pt"}});
-}
-
 void write_optimizer_file(int dirfd, const fs::path& shown, Backend& be, const AdamW& opt) {
   const size_t n = (size_t)opt.m().numel();
   std::vector<float> m(n), v(n);
@@ -288,6 +407,89 @@ void write_text_at(int dirfd, const fs::path& shown, const char* name, const std
   if (f.get() < 0) throw_write_error(shown.string(), "cannot create", errno);
   write_all_or_throw(f.get(), text.data(), text.size(), shown.string(), true);
   f.close_checked(shown.string());
+}
+
+// The shards of tensors of `bytes` sizes (in order) under a limit of `max` bytes each, as
+// huggingface_hub's split_state_dict_into_shards_factory (what save_pretrained calls) makes them:
+// tensors in order, a new shard when the next tensor would take the current one past the limit,
+// and a tensor larger than the limit alone in a shard of its own, placed where it is met.
+std::vector<std::vector<size_t>> plan_shards(const std::vector<uint64_t>& bytes, uint64_t max) {
+  std::vector<std::vector<size_t>> shards;
+  std::vector<size_t> cur;
+  uint64_t cur_bytes = 0;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    if (bytes[i] > max) {
+      shards.push_back({i});
+      continue;
+    }
+    if (cur_bytes + bytes[i] > max) {
+      shards.push_back(std::move(cur));
+      cur.clear();
+      cur_bytes = 0;
+    }
+    cur.push_back(i);
+    cur_bytes += bytes[i];
+  }
+  if (!cur.empty()) shards.push_back(std::move(cur));
+  return shards;
+}
+
+// Writes the weights as model.safetensors, or as shards of at most `max_shard_bytes` of tensor
+// data plus model.safetensors.index.json (transformers' layout). Returns {file: sha256} of each.
+std::map<std::string, std::string> write_model_files(int dirfd, const fs::path& shown_dir, const GPT& model,
+                                                     uint64_t max_shard_bytes) {
+  const GPTConfig& cfg = model.config();
+  std::vector<float> host((size_t)model.num_params());
+  model.backend().to_host(host.data(), model.params());
+
+  std::vector<std::vector<float>> transposed;  // owns the HF-layout copies until the write
+  transposed.reserve(model.param_info().size());
+  std::vector<StEntry> entries;
+  std::vector<uint64_t> bytes;
+  for (const ParamInfo& p : model.param_info()) {
+    // wte's real rows are a prefix of its padded rows, so its plain pointer already works.
+    StEntry e{p.name, StDType::F32, hf_shape(p, cfg), host.data() + p.offset};
+    if (p.hf_transposed) {
+      transposed.emplace_back((size_t)p.numel);
+      transpose(transposed.back().data(), host.data() + p.offset, p.shape[0], p.shape[1]);
+      e.data = transposed.back().data();
+    }
+    uint64_t n = sizeof(float);
+    for (int64_t d : e.shape) n *= (uint64_t)d;
+    bytes.push_back(n);
+    entries.push_back(std::move(e));
+  }
+  // transformers refuses safetensors files whose metadata lacks a recognised "format".
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  const std::string proc = "/proc/self/fd/" + std::to_string(dirfd) + "/";
+  std::map<std::string, std::string> files;
+  const std::vector<std::vector<size_t>> shards = plan_shards(bytes, max_shard_bytes);
+  if (shards.size() <= 1) {
+    write_safetensors_at(dirfd, shown_dir / kModelFile, kModelFile, entries, metadata);
+    files[kModelFile] = sha256_file(proc + kModelFile);
+    return files;
+  }
+  nlohmann::json weight_map = nlohmann::json::object();
+  uint64_t total_size = 0, total_parameters = 0;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const std::string name = shard_name(s, shards.size());
+    std::vector<StEntry> part;
+    for (size_t i : shards[s]) {
+      part.push_back(entries[i]);
+      weight_map[entries[i].name] = name;
+      total_size += bytes[i];
+      total_parameters += bytes[i] / sizeof(float);
+    }
+    write_safetensors_at(dirfd, shown_dir / name, name.c_str(), part, metadata);
+    files[name] = sha256_file(proc + name);
+  }
+  // As transformers writes it (json.dumps(index, indent=2, sort_keys=True)).
+  const nlohmann::json index = {{"metadata", {{"total_parameters", total_parameters}, {"total_size", total_size}}},
+                                {"weight_map", weight_map}};
+  const std::string text = index.dump(2) + "\n";
+  write_text_at(dirfd, shown_dir / kIndexFile, kIndexFile, text);
+  files[kIndexFile] = sha256_hex(text);
+  return files;
 }
 
 // Puts the finished directory `tmp` at `final_dir` (both beneath `root`). When `final_dir` exists
@@ -333,7 +535,9 @@ int config_int(const JsonFields& f, const char* key, const char* fallback, int h
 }  // namespace
 
 std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW& opt,
-                            const nlohmann::json& trainer_state, const std::function<void()>& before_seal) {
+                            const nlohmann::json& trainer_state, const std::function<void()>& before_seal,
+                            uint64_t max_shard_bytes) {
+  LT_CHECK(max_shard_bytes > 0, "max_shard_bytes must be positive");
   LT_CHECK(trainer_state.is_object() && trainer_state.contains("step") &&
                trainer_state["step"].is_number_integer() && trainer_state["step"].get<int64_t>() >= 0 &&
                trainer_state["step"].get<int64_t>() <= kMaxStep,
@@ -350,16 +554,16 @@ std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW
   root.remove_all(tmp);
   try {
     const Fd dir = root.open_dir(tmp, true);
-    write_model_file(dir.get(), shown / kModelFile, model);
+    std::map<std::string, std::string> files = write_model_files(dir.get(), shown, model, max_shard_bytes);
     const std::string config_text = make_hf_config(model.config()).dump(2) + "\n";
     write_text_at(dir.get(), shown / kConfigFile, kConfigFile, config_text);
     write_optimizer_file(dir.get(), shown / kOptimizerFile, model.backend(), opt);
 
     nlohmann::json trainer = trainer_state;
     const std::string proc = "/proc/self/fd/" + std::to_string(dir.get()) + "/";
-    trainer["files"] = {{kModelFile, sha256_file(proc + kModelFile)},
-                        {kConfigFile, sha256_hex(config_text)},
-                        {kOptimizerFile, sha256_file(proc + kOptimizerFile)}};
+    files[kConfigFile] = sha256_hex(config_text);
+    files[kOptimizerFile] = sha256_file(proc + kOptimizerFile);
+    trainer["files"] = files;
     const std::string trainer_text = trainer.dump(2) + "\n";
     write_text_at(dir.get(), shown / kTrainerFile, kTrainerFile, trainer_text);
     if (before_seal) before_seal();
@@ -376,8 +580,33 @@ std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW
 }
 
 std::string save_checkpoint(const std::string& run_dir, const GPT& model, const AdamW& opt,
-                            const nlohmann::json& trainer_state) {
-  return save_checkpoint(WriteRoot(run_dir), model, opt, trainer_state);
+                            const nlohmann::json& trainer_state, uint64_t max_shard_bytes) {
+  return save_checkpoint(WriteRoot(run_dir), model, opt, trainer_state, {}, max_shard_bytes);
+}
+
+uint64_t parse_shard_size(const std::string& text, const std::string& what) {
+  // huggingface_hub's parse_size_to_int: the last two characters, in any case, name the unit.
+  static constexpr std::pair<const char*, double> kUnits[] = {{"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}};
+  std::string num = text;
+  double unit = 1;
+  if (text.size() > 2) {
+    std::string u = text.substr(text.size() - 2);
+    for (char& c : u) c = (char)std::toupper((unsigned char)c);
+    for (const auto& [name, mult] : kUnits)
+      if (u == name) {
+        num = text.substr(0, text.size() - 2);
+        while (!num.empty() && num.back() == ' ') num.pop_back();
+        unit = mult;
+      }
+  }
+  double v = 0;
+  const bool digits = !num.empty() && std::all_of(num.begin(), num.end(), [](char c) { return std::isdigit((unsigned char)c) || c == '.'; });
+  auto [end, err] = std::from_chars(num.data(), num.data() + num.size(), v, std::chars_format::fixed);
+  const double bytes = v * unit;
+  if (!digits || err != std::errc() || end != num.data() + num.size() || !(bytes >= 1) || bytes > 1e18 ||
+      (unit == 1 && num.find('.') != std::string::npos))
+    throw UserError(what + ": expected a size such as 5GB, 500MB, 100KB or a byte count, got '" + text + "'");
+  return (uint64_t)bytes;
 }
 
 CheckpointSearch find_checkpoint(const std::string& run_dir_or_ckpt_dir) {
@@ -385,7 +614,7 @@ CheckpointSearch find_checkpoint(const std::string& run_dir_or_ckpt_dir) {
   const fs::path p(run_dir_or_ckpt_dir);
   std::error_code ec;
   if (!fs::is_directory(p, ec)) return r;
-  if (is_file(p / kTrainerFile) || is_file(p / kModelFile)) {
+  if (is_file(p / kTrainerFile) || is_file(p / kModelFile) || is_file(p / kIndexFile)) {
     r.path = p.string();  // a checkpoint directory names itself; its loader checks it
     return r;
   }
@@ -422,7 +651,10 @@ std::string require_checkpoint(const std::string& run_dir_or_ckpt_dir) {
   if (!s.legacy.empty()) verify_checkpoint(s.legacy);
   if (!s.path.empty()) return s.path;
   if (!s.skipped.empty()) throw UserError(run_dir_or_ckpt_dir + ": no checkpoint verifies (" + s.skipped.front() + ")");
-  throw UserError(run_dir_or_ckpt_dir + ": no checkpoint (expected model.safetensors and config.json)");
+  if (const std::string p = foreign_weights_problem(run_dir_or_ckpt_dir); !p.empty()) throw UserError(p);
+  throw UserError(run_dir_or_ckpt_dir +
+                  ": no checkpoint (expected a directory with config.json and model.safetensors, or "
+                  "model.safetensors.index.json and its shards; or a run directory with checkpoints/step-*)");
 }
 
 GPTConfig read_checkpoint_config(const std::string& ckpt_dir) {
@@ -466,19 +698,45 @@ GPTConfig read_checkpoint_config(const std::string& ckpt_dir) {
   for (const char* key : {"scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"})
     if (auto it = j.find(key); it != j.end() && !(it->is_boolean() && !it->get<bool>()))
       throw UserError(path.string() + ": key '" + key + "' is " + json_excerpt(*it) + ", expected false");
+  // false drops attention's 1/sqrt(head size): a different model, not a variant we compute.
+  if (auto it = j.find("scale_attn_weights"); it != j.end() && !(it->is_boolean() && it->get<bool>()))
+    throw UserError(path.string() + ": key 'scale_attn_weights' is " + json_excerpt(*it) +
+                    ", expected true (leasetrain's attention always scales by 1/sqrt(head size))");
+  // Dropout only matters when training (checkpoint_dropout_warning says so); its type is checked here.
+  for (const char* key : {"resid_pdrop", "embd_pdrop", "attn_pdrop"}) f.opt_number(key, 0, 1);
   return c;
+}
+
+std::string checkpoint_dropout_warning(const std::string& ckpt_dir) {
+  const fs::path path = fs::path(ckpt_dir) / kConfigFile;
+  const nlohmann::json j = read_json_file(path);
+  const JsonFields f(j, path.string());
+  std::string set;
+  for (const char* key : {"resid_pdrop", "embd_pdrop", "attn_pdrop"})
+    if (const std::optional<double> p = f.opt_number(key, 0, 1); p && *p > 0) {
+      std::ostringstream v;
+      v << key << " = " << *p;
+      set += (set.empty() ? "" : ", ") + v.str();
+    }
+  if (set.empty()) return "";
+  return path.string() + ": " + set + ": leasetrain trains without dropout, so these are ignored";
 }
 
 void load_model_weights(const std::string& ckpt_dir, GPT& model) {
   const fs::path dir(ckpt_dir);
-  const fs::path path = dir / kModelFile;
-  if (!present(path)) throw UserError(path.string() + ": missing");
   // A checkpoint of ours (it has trainer.json) is trusted only sealed; a bare export has none.
+  std::optional<Sealed> sealed;
   if (present(dir / kTrainerFile) || present(dir / kSealFile)) {
-    const Sealed sealed = read_sealed(dir);
-    verify_checksum(dir, sealed, kConfigFile);  // it decides the model's shape
-    verify_checksum(dir, sealed, kModelFile);
+    sealed = read_sealed(dir);
+    verify_checksum(dir, *sealed, kConfigFile);  // it decides the model's shape
+    if (present(dir / kIndexFile)) verify_checksum(dir, *sealed, kIndexFile);  // it decides which files are read
   }
+  const ModelFiles mf = locate_model_files(dir);
+  if (sealed && mf.sharded)
+    for (const auto& [name, _] : sealed->files)
+      if (is_shard_name(name) && std::find(mf.files.begin(), mf.files.end(), name) == mf.files.end())
+        throw UserError((dir / kTrainerFile).string() + ": field 'files' lists '" + name + "', which " + kIndexFile +
+                        " does not name");
   const GPTConfig& cfg = model.config();
   if (present(dir / kConfigFile)) {
     GPTConfig saved = read_checkpoint_config(ckpt_dir);
@@ -487,15 +745,57 @@ void load_model_weights(const std::string& ckpt_dir, GPT& model) {
                       ") does not match the model (" + config_string(cfg) + ")");
   }
 
-  SafetensorsReader reader(path.string());
-  std::map<std::string, const StTensorInfo*> by_name;  // our name (no "transformer.") -> tensor
-  for (const StTensorInfo& t : reader.tensors()) {
-    std::string name = t.name;
-    if (name.starts_with("transformer.")) name = name.substr(12);
-    if (name == "lm_head.weight" || is_hf_buffer(name)) continue;  // tied to wte / not parameters
-    if (!by_name.emplace(name, &t).second)
-      throw UserError(path.string() + ": tensor '" + t.name + "' appears twice (with and without 'transformer.')");
+  // One reader for both layouts: a single file is a set of one shard without an index.
+  std::vector<std::unique_ptr<SafetensorsReader>> readers;
+  for (const std::string& name : mf.files) {
+    Fd fd = open_model_file(dir, name);
+    if (sealed) verify_checksum(dir, *sealed, name, fd.get());
+    readers.push_back(std::make_unique<SafetensorsReader>(fd.release(), (dir / name).string()));
   }
+  if (mf.sharded) {
+    const std::string index = (dir / kIndexFile).string();
+    std::map<std::string, std::string> found;  // tensor -> the shard holding it
+    uint64_t total = 0;
+    for (size_t i = 0; i < readers.size(); ++i)
+      for (const StTensorInfo& t : readers[i]->tensors()) {
+        if (auto [it, fresh] = found.emplace(t.name, mf.files[i]); !fresh)
+          throw UserError(readers[i]->path() + ": tensor '" + t.name + "' is also in " + it->second +
+                          " (every tensor must be in exactly one shard)");
+        total += t.end - t.begin;
+      }
+    for (size_t i = 0; i < readers.size(); ++i)
+      for (const StTensorInfo& t : readers[i]->tensors()) {
+        auto w = mf.weight_map.find(t.name);
+        if (w == mf.weight_map.end())
+          throw UserError(readers[i]->path() + ": tensor '" + t.name + "' is not in " + index + " (field 'weight_map')");
+        if (w->second != mf.files[i])
+          throw UserError(readers[i]->path() + ": tensor '" + t.name + "' is assigned to " + w->second + " by " + index +
+                          " (field 'weight_map." + t.name + "')");
+      }
+    for (const auto& [tensor, shard] : mf.weight_map)
+      if (!found.count(tensor))
+        throw UserError((dir / shard).string() + ": missing tensor '" + tensor + "', which " + index +
+                        " assigns to it (field 'weight_map." + tensor + "')");
+    if (mf.total_size && *mf.total_size != total)
+      throw UserError(index + ": field 'metadata.total_size' is " + std::to_string(*mf.total_size) +
+                      ", expected " + std::to_string(total) + " (the bytes of the shards' tensors)");
+  }
+
+  struct Found {
+    const StTensorInfo* tensor;
+    const SafetensorsReader* reader;
+  };
+  std::map<std::string, Found> by_name;  // our name (no "transformer.") -> tensor
+  for (const auto& reader : readers)
+    for (const StTensorInfo& t : reader->tensors()) {
+      std::string name = t.name;
+      if (name.starts_with("transformer.")) name = name.substr(12);
+      if (name == "lm_head.weight" || is_hf_buffer(name)) continue;  // tied to wte / not parameters
+      if (!by_name.emplace(name, Found{&t, reader.get()}).second)
+        throw UserError(reader->path() + ": tensor '" + t.name + "' appears twice (with and without 'transformer.')");
+    }
+  // Where a missing tensor was expected: the file, or the set of shards.
+  const std::string where = mf.sharded ? (dir / kIndexFile).string() + "'s shards" : readers.front()->path();
 
   std::vector<float> host((size_t)model.num_params(), 0.f);  // zeros stay in wte's padding rows
   std::vector<float> scratch;
@@ -503,25 +803,26 @@ void load_model_weights(const std::string& ckpt_dir, GPT& model) {
     const std::vector<int64_t> want = hf_shape(p, cfg);
     auto it = by_name.find(p.name);
     if (it == by_name.end())
-      throw UserError(path.string() + ": missing tensor '" + p.name + "' (expected shape " + shape_string(want) + ")");
-    const StTensorInfo& t = *it->second;
+      throw UserError(where + ": missing tensor '" + p.name + "' (expected shape " + shape_string(want) + ")");
+    const StTensorInfo& t = *it->second.tensor;
+    const SafetensorsReader& reader = *it->second.reader;
     if (t.shape != want)
-      throw UserError(path.string() + ": tensor '" + t.name + "' has shape " + t.shape_str() + ", expected " +
+      throw UserError(reader.path() + ": tensor '" + t.name + "' has shape " + t.shape_str() + ", expected " +
                       shape_string(want));
     if (p.hf_transposed) {
       scratch.resize((size_t)t.numel());
       reader.read_f32(t, scratch.data());
-      require_finite(scratch.data(), t.numel(), path.string(), t.name);
+      require_finite(scratch.data(), t.numel(), reader.path(), t.name);
       transpose(host.data() + p.offset, scratch.data(), want[0], want[1]);
     } else {
       reader.read_f32(t, host.data() + p.offset);
-      require_finite(host.data() + p.offset, t.numel(), path.string(), t.name);
+      require_finite(host.data() + p.offset, t.numel(), reader.path(), t.name);
     }
     by_name.erase(it);
   }
   if (!by_name.empty())
-    throw UserError(path.string() + ": unexpected tensor '" + by_name.begin()->second->name +
-                    "' (not a GPT-2 parameter)");
+    throw UserError(by_name.begin()->second.reader->path() + ": unexpected tensor '" +
+                    by_name.begin()->second.tensor->name + "' (not a GPT-2 parameter)");
   model.backend().from_host(model.params(), host.data());
 }
 

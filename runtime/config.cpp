@@ -122,11 +122,11 @@ TrainConfig load_train_config(const std::string& path) {
       r.fail(std::string(k.str()), "unknown section (expected [model], [data], [optim], [train] or [dist])");
 
   r.table(root, "model",
-          {{"n_layer", [&](auto& v, auto& k) { c.model.n_layer = r.as<int>(v, k, 1, kMaxLayers); }},
-           {"n_head", [&](auto& v, auto& k) { c.model.n_head = r.as<int>(v, k, 1, kMaxHeads); }},
-           {"n_embd", [&](auto& v, auto& k) { c.model.n_embd = r.as<int>(v, k, 1, kMaxEmbd); }},
-           {"block_size", [&](auto& v, auto& k) { c.model.block_size = r.as<int>(v, k, 1, kMaxBlockSize); }},
-           {"vocab_size", [&](auto& v, auto& k) { c.model.vocab_size = r.as<int>(v, k, 2, kMaxVocab); }}});
+          {{"n_layer", [&](auto& v, auto& k) { c.model_given["n_layer"] = c.model.n_layer = r.as<int>(v, k, 1, kMaxLayers); }},
+           {"n_head", [&](auto& v, auto& k) { c.model_given["n_head"] = c.model.n_head = r.as<int>(v, k, 1, kMaxHeads); }},
+           {"n_embd", [&](auto& v, auto& k) { c.model_given["n_embd"] = c.model.n_embd = r.as<int>(v, k, 1, kMaxEmbd); }},
+           {"block_size", [&](auto& v, auto& k) { c.model_given["block_size"] = c.model.block_size = r.as<int>(v, k, 1, kMaxBlockSize); }},
+           {"vocab_size", [&](auto& v, auto& k) { c.model_given["vocab_size"] = c.model.vocab_size = r.as<int>(v, k, 2, kMaxVocab); }}});
   r.table(root, "data",
           {{"train", [&](auto& v, auto& k) { c.train_data = r.string(v, k); }},
            {"val", [&](auto& v, auto& k) { c.val_data = r.string(v, k); }}},
@@ -178,7 +178,8 @@ TrainConfig load_train_config(const std::string& path) {
   if (c.model.n_embd % c.model.n_head != 0)
     r.fail("model.n_embd", "expected a multiple of model.n_head (" + std::to_string(c.model.n_head) + "), got " +
                                std::to_string(c.model.n_embd));
-  if (c.seq_len > c.model.block_size)
+  // Without model.block_size the context may be a checkpoint's (--init); the trainer checks then.
+  if (c.model_given.count("block_size") && c.seq_len > c.model.block_size)
     r.fail("train.seq_len", "expected at most model.block_size (" + std::to_string(c.model.block_size) +
                                 "), got " + std::to_string(c.seq_len));
   if (c.train_data.empty()) r.fail("data.train", "missing (a glob of token shards)");

@@ -2,6 +2,7 @@
 // wrong types and out-of-range values are UserErrors naming the file and the key.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "runtime/model.h"
@@ -29,6 +30,9 @@ struct DistConfig {
 
 struct TrainConfig {
   GPTConfig model;
+  // The [model] keys the file sets, with their values: `train --init` checks them against the
+  // checkpoint (an omitted [model] takes the checkpoint's shape).
+  std::map<std::string, int> model_given;
   std::string train_data;  // glob of llm.c token shards
   std::string val_data;    // glob; empty disables evaluation
   AdamWConfig optim;

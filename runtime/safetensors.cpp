@@ -174,8 +174,10 @@ void write_safetensors(const std::string& path, const std::vector<StEntry>& entr
   }
 }
 
-SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
-  fd_ = open_regular_file(path, "safetensors file");  // a FIFO or device is refused without blocking
+SafetensorsReader::SafetensorsReader(const std::string& path)
+    : SafetensorsReader(open_regular_file(path, "safetensors file"), path) {}  // a FIFO or device is refused without blocking
+
+SafetensorsReader::SafetensorsReader(int fd, const std::string& path) : path_(path), fd_(fd) {
   // From here on a throw skips the destructor, so close the descriptor on the way out.
   try {
     struct stat st;

@@ -46,6 +46,9 @@ struct StTensorInfo {
 class SafetensorsReader {
  public:
   explicit SafetensorsReader(const std::string& path);
+  // The same for a regular file the caller opened (and checked is one); the reader owns `fd` from
+  // here on, and `path` only names it in errors.
+  SafetensorsReader(int fd, const std::string& path);
   ~SafetensorsReader();
   SafetensorsReader(const SafetensorsReader&) = delete;
   SafetensorsReader& operator=(const SafetensorsReader&) = delete;

@@ -165,6 +165,12 @@ EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int 
   if (available == 0)
     throw UserError(loader.shard().path() + ": token count: too few tokens for one batch of " + std::to_string(GB) +
                     " x " + std::to_string(T + 1));
+  // A loss over fewer batches than asked would be reported as if it were the one asked for.
+  if (batches > available)
+    throw UserError(loader.shard().path() + ": holds " + std::to_string(available) + " batches of " +
+                    std::to_string(GB) + " x " + std::to_string(T) + " tokens, fewer than the " +
+                    std::to_string(batches) + " asked for (ask for fewer, or 0 for all)");
+  if (batches == 0) batches = available;
   EvalResult r;
   std::vector<int32_t> in((size_t)GB * T), tgt((size_t)GB * T);
   // This rank's rows of each batch: an even share (the first GB % world ranks take one more),
@@ -173,7 +179,7 @@ EvalResult evaluate(GPT& model, const std::string& data_glob, int B, int T, int 
   int chunk = std::min(B, std::max(mine, 1));
   while (mine % chunk) chunk--;
   double sum = 0;  // over this rank's rows, of each row's mean token loss
-  for (int i = 0; i < std::min(batches, available); i++) {
+  for (int i = 0; i < batches; i++) {
     loader.next_batch(in.data(), tgt.data(), GB, T);
     for (int r0 = 0; r0 < mine; r0 += chunk) {
       const size_t at = (size_t)(first + r0) * T;
@@ -548,6 +554,19 @@ class TrainingRun {
     } else if (!o_.init_dir.empty()) {
       init_ckpt_ = require_checkpoint(o_.init_dir);
       mcfg_ = read_checkpoint_config(init_ckpt_);
+      // The shape is the checkpoint's; a [model] that says otherwise is a mistake, not a wish.
+      const std::pair<const char*, int> ckpt_values[] = {{"n_layer", mcfg_.n_layer}, {"n_head", mcfg_.n_head},
+                                                         {"n_embd", mcfg_.n_embd}, {"block_size", mcfg_.block_size},
+                                                         {"vocab_size", mcfg_.vocab_size}};
+      for (const auto& [key, value] : ckpt_values)
+        if (auto it = cfg_.model_given.find(key); it != cfg_.model_given.end() && it->second != value)
+          throw UserError(cfg_.source + ": model." + key + " = " + std::to_string(it->second) + " but " + init_ckpt_ +
+                          "/config.json has " + (std::string(key) == "block_size" ? "n_positions" : key) + " = " +
+                          std::to_string(value) + " (--init takes the model's shape from the checkpoint: omit [model] "
+                          "or make them agree)");
+      if (log_)
+        if (const std::string w = checkpoint_dropout_warning(init_ckpt_); !w.empty())
+          std::fprintf(stderr, "warning: %s\n", w.c_str());
     }
     if (cfg_.seq_len > mcfg_.block_size)
       throw UserError(cfg_.source + ": train.seq_len: expected at most the model's context " +
@@ -832,7 +851,7 @@ class TrainingRun {
       const std::function<void()> before_seal = [killed_here] {
         if (killed_here) std::raise(SIGKILL);
       };
-      result_.last_checkpoint = save_checkpoint(root_, *model_, full ? *full : *optim_, st, before_seal);
+      result_.last_checkpoint = save_checkpoint(root_, *model_, full ? *full : *optim_, st, before_seal, o_.max_shard_bytes);
       if (log_) std::printf("checkpoint: %s\n", result_.last_checkpoint.c_str());
     } else {
       char name[32];

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/model.h"
 #include "runtime/run_policy.h"
@@ -23,6 +24,9 @@ struct TrainOptions {
   std::optional<uint64_t> seed;     // overrides train.seed
   bool resume = false;              // continue from the newest complete checkpoint in out_dir
   std::string init_dir;             // start from this checkpoint's weights (e.g. real GPT-2)
+  // Checkpoints' weights above this many bytes are written as shards with an index, as
+  // transformers' save_pretrained(max_shard_size=...) does (checkpoint.h).
+  uint64_t max_shard_bytes = kDefaultMaxShardBytes;
   bool quiet = false;               // no progress lines (tests)
   // Where to train (CPU by default; the CLI resolves --device auto). A CUDA job of one rank
   // runs on a one-process CUDA communicator; several ranks need NCCL (bootstrapped over MPI).
@@ -59,7 +63,9 @@ std::optional<BatchSplit> split_global_batch(int64_t global_batch, int world, in
 
 TrainResult run_train(const TrainOptions& opt);
 
-// Mean loss over `batches` sequential windows of the first shard of `data` (llm.c's convention).
+// Mean loss over `batches` sequential windows of the first shard of `data` (llm.c's convention);
+// `batches` 0 means every whole batch the shard holds, and more than it holds is a UserError
+// naming the shard and both counts.
 // Each batch is `rows` windows (0: B x world); with `dp` (world W) rank r evaluates its even
 // share of them, in forward passes of at most B rows (the memory bound), and the mean is taken
 // over all rows, so the result does not depend on W beyond fp32 rounding.

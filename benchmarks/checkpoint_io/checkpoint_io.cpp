@@ -1,7 +1,11 @@
 // Times what a checkpoint costs: save and load of a GPT-2 124M checkpoint with its AdamW state
-// (1.5 GB, as configs/gpt2-124m.toml trains) and the raw SHA-256 rate over a file of that size.
-// Not part of `all`: cmake --build build --target bench_checkpoint_io; usage: bench_checkpoint_io DIR
+// (1.5 GB, as configs/gpt2-124m.toml trains), its weights as one model.safetensors and as shards
+// (--max-shard-size), and the raw SHA-256 rate over a file of that size.
+// Not part of `all`: cmake --build build --target bench_checkpoint_io; usage:
+// bench_checkpoint_io DIR [MAX_SHARD_SIZE (100MB)] [ROUNDS (3)]
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -19,12 +23,20 @@ using Clock = std::chrono::steady_clock;
 
 static double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s DIR (an empty scratch directory with ~4 GB free)\n", argv[0]);
+  if (argc < 2 || argc > 4) {
+    std::fprintf(stderr, "usage: %s DIR [MAX_SHARD_SIZE (100MB)] [ROUNDS (3)]; DIR: a scratch directory with ~4 GB free\n",
+                 argv[0]);
     return 2;
   }
   const fs::path dir = argv[1];
+  const uint64_t shard_bytes = lt::parse_shard_size(argc > 2 ? argv[2] : "100MB", "MAX_SHARD_SIZE");
+  const int rounds = argc > 3 ? std::max(1, std::atoi(argv[3])) : 3;
   fs::create_directories(dir);
   const lt::GPTConfig cfg{.n_layer = 12, .n_head = 12, .n_embd = 768, .block_size = 1024, .vocab_size = 50257};
   auto backend = lt::make_cpu_backend();
@@ -34,19 +46,49 @@ int main(int argc, char** argv) {
   lt::AdamW opt(lt::AdamWConfig{}, model);
   opt.set_steps_taken(1);
   const nlohmann::json state{{"step", 1}, {"seed", 1337}, {"total_steps", 2}};
-  auto t0 = Clock::now();
-  const std::string ckpt = lt::save_checkpoint((dir / "run").string(), model, opt, state);
-  const double save_s = since(t0);
-
-  uint64_t bytes = 0;
-  for (const auto& e : fs::directory_iterator(ckpt)) bytes += e.file_size();
-
   lt::GPT model2(cfg, *backend);
   lt::AdamW opt2(lt::AdamWConfig{}, model2);
-  t0 = Clock::now();
-  lt::load_model_weights(ckpt, model2);
-  lt::load_training_state(ckpt, opt2);
-  const double load_s = since(t0);
+
+  // The single file (transformers' default limit) and shards of `shard_bytes`, alternated each
+  // round so both see the same machine; medians of the rounds.
+  uint64_t bytes = 0, layout_bytes[2] = {0, 0};
+  std::vector<double> save_s[2], weights_s[2], optim_s[2];
+  size_t files[2] = {0, 0};
+  for (int r = 0; r < rounds; ++r)
+    for (int layout = 0; layout < 2; ++layout) {
+      const uint64_t limit = layout ? shard_bytes : lt::kDefaultMaxShardBytes;
+      fs::create_directories(dir / "run");
+      auto t0 = Clock::now();
+      const std::string ckpt = lt::save_checkpoint((dir / "run").string(), model, opt, state, limit);
+      save_s[layout].push_back(since(t0));
+      bytes = 0;
+      files[layout] = 0;
+      for (const auto& e : fs::directory_iterator(ckpt)) {
+        bytes += e.file_size();
+        files[layout] += e.path().filename().string().starts_with("model");  // the shards and the index
+      }
+      t0 = Clock::now();
+      lt::load_model_weights(ckpt, model2);
+      weights_s[layout].push_back(since(t0));
+      t0 = Clock::now();
+      lt::load_training_state(ckpt, opt2);
+      optim_s[layout].push_back(since(t0));
+      layout_bytes[layout] = bytes;
+      fs::remove_all(dir / "run");
+    }
+  for (int layout = 0; layout < 2; ++layout) {
+    std::printf("%-30s checkpoint %.3f GB, %zu model file(s) (shards + index): save %.2f s, load weights %.2f s, load optimizer %.2f s "
+                "(medians of %d; checksums verified)\n",
+                layout ? (std::string("sharded, ") + (argc > 2 ? argv[2] : "100MB") + " shards").c_str()
+                       : "single model.safetensors",
+                layout_bytes[layout] / 1e9, files[layout], median(save_s[layout]), median(weights_s[layout]),
+                median(optim_s[layout]), rounds);
+    std::printf("  save runs:");
+    for (double x : save_s[layout]) std::printf(" %.2f", x);
+    std::printf("; load weights runs:");
+    for (double x : weights_s[layout]) std::printf(" %.2f", x);
+    std::printf("\n");
+  }
 
   // The raw hash rate over one file of the checkpoint's size, read from the page cache
   // (hashed once to warm it, then timed).
@@ -59,15 +101,12 @@ int main(int argc, char** argv) {
   }
   const uint64_t big_bytes = fs::file_size(big);
   lt::sha256_file(big.string());
-  t0 = Clock::now();
+  const auto t0 = Clock::now();
   const std::string digest = lt::sha256_file(big.string());
   const double hash_s = since(t0);
 
-  std::printf("checkpoint %.3f GB: save %.2f s, load (weights + optimizer, checksums verified) %.2f s\n",
-              bytes / 1e9, save_s, load_s);
   std::printf("sha256_file %.3f GB: %.2f s, %.3f GB/s (%s...)\n", big_bytes / 1e9, hash_s, big_bytes / 1e9 / hash_s,
               digest.substr(0, 16).c_str());
-  fs::remove_all(dir / "run");
   fs::remove(big);
   return 0;
 }

@@ -2,9 +2,10 @@
 """Writes the fuzz seed corpora, tests/fuzz/corpus/<target>/: small valid and near-valid inputs.
 
 The checkpoint seeds come from a real tiny checkpoint (1 layer, 4 wide, vocabulary 8) that the
-trainer_json target writes when run with LT_FUZZ_SEED_DIR, so their checksums match what the
-targets build:
+trainer_json and model_index targets write when run with LT_FUZZ_SEED_DIR, so their checksums
+and shard names match what the targets build:
     mkdir -p /tmp/seed && LT_FUZZ_SEED_DIR=/tmp/seed build-fuzz/fuzz/fuzz_trainer_json -runs=0
+    LT_FUZZ_SEED_DIR=/tmp/seed build-fuzz/fuzz/fuzz_model_index -runs=0
     python3 tests/fuzz/make_corpus.py /tmp/seed
 """
 import hashlib
@@ -75,6 +76,30 @@ def shard(tokens, magic=20240520, version=1, count=None):
     hdr = [0] * 256
     hdr[0], hdr[1], hdr[2] = magic, version, len(tokens) if count is None else count
     return struct.pack("<256i", *hdr) + struct.pack("<%dH" % len(tokens), *tokens)
+
+
+def model_index_seeds(seed_dir):
+    valid = (seed_dir / "model.safetensors.index.json").read_text()
+    put("model_index", "valid", valid)
+    wm = json.loads(valid)["weight_map"]
+    shards = sorted(set(wm.values()))
+    for name, change in [
+            ("transformer-names", lambda j: j.update(weight_map={"transformer." + k: v for k, v in wm.items()})),
+            ("no-metadata", lambda j: j.pop("metadata")),
+            ("total-size-off", lambda j: j["metadata"].update(total_size=j["metadata"]["total_size"] + 4)),
+            ("tensor-missing", lambda j: j["weight_map"].pop("wpe.weight")),
+            ("tensor-elsewhere", lambda j: j["weight_map"].update({"ln_f.bias": shards[0]})),
+            ("tensor-unheld", lambda j: j["weight_map"].update({"h.5.attn.c_attn.weight": shards[-1]})),
+            ("name-slash", lambda j: j["weight_map"].update({"wte.weight": "../" + shards[0]})),
+            ("name-absolute", lambda j: j["weight_map"].update({"wte.weight": "/etc/passwd"})),
+            ("name-missing", lambda j: j["weight_map"].update({"wte.weight": "model-00009-of-00009.safetensors"})),
+            ("name-config", lambda j: j["weight_map"].update({"wte.weight": "config.json"})),
+            ("empty-map", lambda j: j.update(weight_map={}))]:
+        c = json.loads(valid)
+        change(c)
+        put("model_index", name, json.dumps(c, indent=2, sort_keys=True))
+    put("model_index", "deep", "[" * 1500 + "]" * 1500)
+    put("model_index", "not-object", "[1, 2, 3]")
 
 
 def shard_seeds():
@@ -149,6 +174,7 @@ def main():
     seed_dir = Path(sys.argv[1])
     shutil.rmtree(OUT, ignore_errors=True)
     safetensors_seeds(seed_dir)
+    model_index_seeds(seed_dir)
     shard_seeds()
     config_seeds()
     trainer_seeds(seed_dir)
