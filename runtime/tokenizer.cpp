@@ -9,6 +9,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -588,10 +589,11 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
 // the next starts there whatever came before; the piece after the cut continues its segment (no
 // prefix space). A cut is skipped where an added token occurs across it.
 std::vector<int32_t> Tokenizer::encode_parallel(std::string_view text, int threads, const std::string& what,
-                                                const std::function<void(size_t, size_t)>& progress) const {
+                                                const std::function<void(size_t, size_t)>& progress,
+                                                size_t piece_bytes) const {
   check_utf8(text, 0, what);
   const Impl& t = *impl_;
-  constexpr size_t kChunk = 1 << 20;
+  const size_t kChunk = std::max<size_t>(piece_bytes, 1);
   std::vector<size_t> cuts = {0};
   while (cuts.back() + kChunk < text.size()) {
     size_t cut = 0;
@@ -616,7 +618,9 @@ std::vector<int32_t> Tokenizer::encode_parallel(std::string_view text, int threa
   const size_t n_chunks = cuts.size() - 1;
   std::vector<std::vector<int32_t>> parts(n_chunks);
   std::atomic<size_t> next{0}, done_bytes{0};
-  std::mutex err_mu;
+  std::mutex mu;
+  std::condition_variable finished_cv;
+  int finished = 0;
   std::exception_ptr err;
   const auto work = [&] {
     try {
@@ -626,23 +630,21 @@ std::vector<int32_t> Tokenizer::encode_parallel(std::string_view text, int threa
         done_bytes += cuts[i + 1] - cuts[i];
       }
     } catch (...) {
-      std::lock_guard<std::mutex> lock(err_mu);
+      std::lock_guard<std::mutex> lock(mu);
       if (!err) err = std::current_exception();
       next = n_chunks;
     }
+    std::lock_guard<std::mutex> lock(mu);
+    ++finished;
+    finished_cv.notify_all();
   };
   const int n_threads = (int)std::min<size_t>(std::max(threads, 1), n_chunks);
   std::vector<std::thread> pool;
   for (int i = 0; i < n_threads; ++i) pool.emplace_back(work);
-  if (progress) {
-    while (done_bytes.load() < text.size()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      {
-        std::lock_guard<std::mutex> lock(err_mu);
-        if (err) break;
-      }
-      progress(done_bytes.load(), text.size());
-    }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!finished_cv.wait_for(lock, std::chrono::seconds(2), [&] { return finished == n_threads; }))
+      if (progress) progress(done_bytes.load(), text.size());
   }
   for (std::thread& th : pool) th.join();
   if (err) std::rethrow_exception(err);

@@ -43,9 +43,10 @@ class Tokenizer {
   std::vector<int32_t> encode(std::string_view text) const;
   // The same ids as encode(text), computed by `threads` threads over pieces of the text cut where
   // no token can cross (see tokenizer.cpp); `progress(done_bytes)` is called from the calling
-  // thread now and then when given.
+  // thread now and then when given. Pieces are about `piece_bytes` long (tests cut small ones).
   std::vector<int32_t> encode_parallel(std::string_view text, int threads, const std::string& what,
-                                       const std::function<void(size_t done, size_t total)>& progress = {}) const;
+                                       const std::function<void(size_t done, size_t total)>& progress = {},
+                                       size_t piece_bytes = 256 << 10) const;
   // The bytes of ids; an id that names no token decodes to U+FFFD.
   std::string decode(const int32_t* ids, size_t n) const;
 

@@ -30,6 +30,7 @@
 #include "runtime/optim.h"
 #include "runtime/rng.h"
 #include "runtime/safe_path.h"
+#include "runtime/tokenizer.h"
 #include "runtime/watchdog.h"
 
 #ifdef LEASETRAIN_HAVE_CUDA
@@ -557,6 +558,7 @@ class TrainingRun {
     model_ = std::make_unique<GPT>(mcfg_, backend_);
     dp_ = std::make_unique<DataParallel>(*model_, comm_, cfg_.dist);
     optim_ = dp_->make_optimizer(cfg_.optim);
+    find_tokenizer();  // before the shards' ids are checked against the vocabulary: the better message
     train_ = std::make_unique<DataLoader>(cfg_.train_data, cfg_.seq_len, mcfg_.vocab_size, cfg_.seed);
     global_batch_ = (int64_t)cfg_.micro_batch * world_ * cfg_.grad_accum;
     eval_rows_ = (int64_t)cfg_.micro_batch * world_;
@@ -615,6 +617,27 @@ class TrainingRun {
     comm_.set_step(0);
     comm_.set_tag("start-up barrier");
     comm_.barrier()->wait();
+  }
+
+  // The tokenizer the shards were made with (data prepare writes PREFIX_tokenizer.json beside
+  // them), copied into every checkpoint; shards without one and a vocabulary of 256 are bytes.
+  // Shards of another tokenizer's ids (llm.c's GPT-2 shards) leave the checkpoint without one.
+  void find_tokenizer() {
+    std::vector<std::string> shards = glob_files(cfg_.train_data);
+    if (!cfg_.val_data.empty())
+      for (std::string& f : glob_files(cfg_.val_data)) shards.push_back(std::move(f));
+    if (std::optional<ShardsTokenizer> found = find_shards_tokenizer(shards)) {
+      tokenizer_ = Tokenizer::from_json(found->json_text, found->path);
+      if (tokenizer_->vocab_size() > mcfg_.vocab_size) {
+        const std::string vocab_source = !resume_from_.empty() ? resume_from_ + "/config.json: vocab_size"
+                                         : !init_ckpt_.empty() ? init_ckpt_ + "/config.json: vocab_size"
+                                                               : cfg_.source + ": model.vocab_size";
+        throw UserError(vocab_source + ": expected at least the tokenizer's " + std::to_string(tokenizer_->vocab_size()) +
+                        " tokens (" + found->path + "), got " + std::to_string(mcfg_.vocab_size));
+      }
+    } else if (mcfg_.vocab_size == kByteVocab) {
+      tokenizer_ = Tokenizer::from_json(Tokenizer::byte_level_json(), "the byte-level tokenizer");
+    }
   }
 
   // Fail now, not at the first evaluation after files are written.
@@ -832,7 +855,8 @@ class TrainingRun {
       const std::function<void()> before_seal = [killed_here] {
         if (killed_here) std::raise(SIGKILL);
       };
-      result_.last_checkpoint = save_checkpoint(root_, *model_, full ? *full : *optim_, st, before_seal);
+      result_.last_checkpoint = save_checkpoint(root_, *model_, full ? *full : *optim_, st, before_seal,
+                                                 tokenizer_ ? &*tokenizer_ : nullptr);
       if (log_) std::printf("checkpoint: %s\n", result_.last_checkpoint.c_str());
     } else {
       char name[32];
@@ -992,6 +1016,7 @@ class TrainingRun {
   std::atomic<double> longest_step_s_{0};   // the longest step of this attempt so far
 
   std::string resume_from_, init_ckpt_;  // the checkpoint continued, or the --init weights
+  std::optional<Tokenizer> tokenizer_;    // the data's, copied into checkpoints (find_tokenizer)
   GPTConfig mcfg_;
   std::shared_ptr<Watchdog> watchdog_;
   Unwatch unwatch_;  // declared before the model: it outlives everything that reaches the watchdog
