@@ -669,6 +669,17 @@ std::string Tokenizer::decode(const int32_t* ids, size_t n) const {
   return out;
 }
 
+bool Tokenizer::encodes_like(const Tokenizer& other) const {
+  const Impl &a = *impl_, &b = *other.impl_;
+  const auto same_added = [](const std::vector<AddedToken>& x, const std::vector<AddedToken>& y) {
+    return std::equal(x.begin(), x.end(), y.begin(), y.end(),
+                      [](const AddedToken& p, const AddedToken& q) { return p.content == q.content && p.id == q.id; });
+  };
+  return a.id_bytes == b.id_bytes && a.id_used == b.id_used && a.merges == b.merges && a.unk == b.unk &&
+         a.ignore_merges == b.ignore_merges && a.add_prefix_space == b.add_prefix_space && a.use_regex == b.use_regex &&
+         same_added(a.added[0], b.added[0]) && same_added(a.added[1], b.added[1]);
+}
+
 int Tokenizer::vocab_size() const { return (int)impl_->id_bytes.size(); }
 
 std::optional<int32_t> Tokenizer::eos_id() const {

@@ -50,6 +50,10 @@ class Tokenizer {
   // The bytes of ids; an id that names no token decodes to U+FFFD.
   std::string decode(const int32_t* ids, size_t n) const;
 
+  // Whether `other` gives every text the same ids (same tokens, merges, added tokens and
+  // pre-tokenizer options), whatever its file's layout.
+  bool encodes_like(const Tokenizer& other) const;
+
   int vocab_size() const;  // the largest id + 1 over the vocabulary and the added tokens
   // The id of "<|endoftext|>" when it is a token (GPT-2's end of text), else nullopt.
   std::optional<int32_t> eos_id() const;

@@ -620,23 +620,42 @@ class TrainingRun {
   }
 
   // The tokenizer the shards were made with (data prepare writes PREFIX_tokenizer.json beside
-  // them), copied into every checkpoint; shards without one and a vocabulary of 256 are bytes.
-  // Shards of another tokenizer's ids (llm.c's GPT-2 shards) leave the checkpoint without one.
+  // them), copied into every checkpoint. Shards without one take the tokenizer of the checkpoint
+  // resumed or started from (--init), else bytes when the vocabulary is 256; shards of unknown
+  // ids (llm.c's GPT-2 shards) leave the checkpoint without one.
   void find_tokenizer() {
+    const std::string& prev = !resume_from_.empty() ? resume_from_ : init_ckpt_;
+    std::optional<Tokenizer> prev_tok;
+    if (!prev.empty()) {
+      try {
+        prev_tok = read_checkpoint_tokenizer(prev);
+      } catch (const UserError& e) {
+        // A Hugging Face export's tokenizer we cannot read does not stop training its weights.
+        if (fs::exists(fs::path(prev) / "trainer.json")) throw;  // ours, sealed: damaged
+        if (log_) std::printf("init: its tokenizer is not copied into checkpoints: %s\n", e.what());
+      }
+    }
     std::vector<std::string> shards = glob_files(cfg_.train_data);
     if (!cfg_.val_data.empty())
       for (std::string& f : glob_files(cfg_.val_data)) shards.push_back(std::move(f));
+    std::string source;
     if (std::optional<ShardsTokenizer> found = find_shards_tokenizer(shards)) {
       tokenizer_ = Tokenizer::from_json(found->json_text, found->path);
-      if (tokenizer_->vocab_size() > mcfg_.vocab_size) {
-        const std::string vocab_source = !resume_from_.empty() ? resume_from_ + "/config.json: vocab_size"
-                                         : !init_ckpt_.empty() ? init_ckpt_ + "/config.json: vocab_size"
-                                                               : cfg_.source + ": model.vocab_size";
-        throw UserError(vocab_source + ": expected at least the tokenizer's " + std::to_string(tokenizer_->vocab_size()) +
-                        " tokens (" + found->path + "), got " + std::to_string(mcfg_.vocab_size));
-      }
+      source = found->path;
+      if (prev_tok && !tokenizer_->encodes_like(*prev_tok))
+        throw UserError(found->path + ": encodes text differently from " + prev +
+                        "/tokenizer.json, so the shards' ids would not mean what the model learnt (prepare the data "
+                        "with that tokenizer.json)");
+    } else if (prev_tok) {
+      tokenizer_ = std::move(prev_tok);
+      source = prev + "/tokenizer.json";
     } else if (mcfg_.vocab_size == kByteVocab) {
       tokenizer_ = Tokenizer::from_json(Tokenizer::byte_level_json(), "the byte-level tokenizer");
+    }
+    if (tokenizer_ && tokenizer_->vocab_size() > mcfg_.vocab_size) {
+      const std::string vocab_source = !prev.empty() ? prev + "/config.json: vocab_size" : cfg_.source + ": model.vocab_size";
+      throw UserError(vocab_source + ": expected at least the tokenizer's " + std::to_string(tokenizer_->vocab_size()) +
+                      " tokens (" + source + "), got " + std::to_string(mcfg_.vocab_size));
     }
   }
 

@@ -269,6 +269,19 @@ TEST(TokenizerCli, CheckpointCarriesTheDataTokenizer) {
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.err, "leasetrain: error: " + (d / "bpe.toml") + ": model.vocab_size: expected at least the tokenizer's 2000 tokens (" +
                        (d / "bpe_tokenizer.json") + "), got 1000\n");
+  // Starting from it on data of another tokenizer is refused; on data without one, its tokenizer
+  // goes on into the new run's checkpoints.
+  write_file(d / "in2.txt", read_file(kFixtures + "sample.txt"));
+  ASSERT_EQ(run_cli("data prepare --tokenizer " + kFixtures + "bpe500.json --input " + (d / "in2.txt") + " --output " + (d / "other")).code, 0);
+  r = run_cli("train --config " + tiny_config(d, "other", 2000) + " --out " + (d / "run3") + " --init " + ckpt);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "leasetrain: error: " + (d / "other_tokenizer.json") + ": encodes text differently from " + ckpt +
+                       "/tokenizer.json, so the shards' ids would not mean what the model learnt (prepare the data with "
+                       "that tokenizer.json)\n");
+  std::filesystem::remove(d / "bpe_tokenizer.json");
+  r = run_cli("train --config " + tiny_config(d, "bpe", 2000) + " --out " + (d / "run4") + " --init " + ckpt);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_file(d / "run4/checkpoints/step-00000002/tokenizer.json"), read_file(kFixtures + "bpe2000_eot.json"));
   // The copy is sealed: a changed tokenizer.json is caught before use.
   write_file(ckpt + "/tokenizer.json", read_file(kFixtures + "bpe500.json"));
   r = run_cli("sample --checkpoint " + ckpt + " --tokens 2");
