@@ -182,11 +182,12 @@ struct Scratch {
   explicit Scratch(const Tokenizer::Impl& t) {
     md = pcre2_match_data_create(4, nullptr);
     mc = pcre2_match_context_create(nullptr);
+    LT_CHECK(md && mc, "PCRE2 allocation failed");
     if (t.pattern.jit) {
       js = pcre2_jit_stack_create(32 << 10, 8 << 20, nullptr);
+      LT_CHECK(js, "PCRE2 JIT stack allocation failed");
       pcre2_jit_stack_assign(mc, nullptr, js);
     }
-    LT_CHECK(md && mc, "PCRE2 allocation failed");
   }
   ~Scratch() {
     pcre2_match_data_free(md);
@@ -472,12 +473,8 @@ void read_added_tokens(const JsonFields& top, Tokenizer::Impl& t) {
     const bool normalized = opt_bool(a, "normalized", false);
     if ((size_t)id < t.id_used.size() && t.id_used[id]) {
       // Already a vocabulary token: it must be this one (GPT-2's <|endoftext|> is both).
-      if (t.id_bytes[id] != content) {
-        bool same = false;  // the vocabulary spells it in byte-level characters
-        auto it = t.bytes_to_id.find(content);
-        same = it != t.bytes_to_id.end() && it->second == id;
-        if (!same) a.fail("id", "the id of '" + content + "' (id " + std::to_string(id) + " is another token)");
-      }
+      if (t.id_bytes[id] != content)
+        a.fail("id", "the id of '" + content + "' (id " + std::to_string(id) + " is another token)");
     } else {
       if ((size_t)id >= t.id_bytes.size()) t.id_bytes.resize((size_t)id + 1), t.id_used.resize((size_t)id + 1);
       t.id_bytes[id] = content;
