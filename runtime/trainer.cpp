@@ -891,7 +891,10 @@ class TrainingRun {
     report_progress(step);
   }
 
-  uint64_t checkpoint_bytes() const { return (uint64_t)model_->num_params() * sizeof(float) * 3; }
+  // Weights and both moments, and the tokenizer's copy (GPT-2's tokenizer.json is 1.4 MB).
+  uint64_t checkpoint_bytes() const {
+    return (uint64_t)model_->num_params() * sizeof(float) * 3 + (tokenizer_ ? tokenizer_->json_text().size() : 0);
+  }
 
   // How long a save will take: the last one's time, or before any, its bytes at a conservative
   // 200 MB/s.
