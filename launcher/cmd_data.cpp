@@ -1,15 +1,19 @@
-// `leasetrain data ...`: turn text files into byte-level token shards, and inspect shards
+// `leasetrain data ...`: turn text files into token shards (bytes or a tokenizer.json), and inspect shards
 // (ours or llm.c's).
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "launcher/cli_checks.h"
 #include "launcher/commands.h"
 #include "runtime/data.h"
+#include "runtime/tokenizer.h"
 
 namespace lt::cli {
 namespace {
@@ -19,6 +23,8 @@ struct PrepareArgs {
   std::string output;
   double val_fraction = 0.1;
   size_t shard_tokens = 100'000'000;
+  std::string tokenizer;
+  int threads = (int)std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN));
 };
 
 // [0, 1): CLI::Range is closed, and a fraction of 1 would leave nothing to train on.
@@ -39,14 +45,19 @@ CLI::Validator fraction_validator() {
 void add_prepare(CLI::App& data) {
   auto args = std::make_shared<PrepareArgs>();
   CLI::App* cmd = data.add_subcommand(
-      "prepare", "Tokenize text files into byte-level token shards (vocabulary 256)");
+      "prepare", "Tokenize text files into token shards: bytes (vocabulary 256) or a tokenizer.json");
   cmd->footer(
-      "Each byte is one token. The inputs are concatenated in the order given; the LAST "
+      "Without --tokenizer each byte is one token. With --tokenizer (a tokenizer.json of Hugging Face's "
+      "`tokenizers`: byte-level BPE as GPT-2's) the UTF-8 text is encoded to exactly the ids `tokenizers` gives, "
+      "by --threads threads (the same ids for any count), with progress on stderr for large inputs; the "
+      "vocabulary must fit the shards' uint16 ids (65536). The tokenizer is copied to PREFIX_tokenizer.json "
+      "(the byte-level one without --tokenizer), where `train` finds it and copies it into every checkpoint. The inputs are concatenated in the order given; the LAST "
       "--val-fraction of the tokens becomes PREFIX_val_000000.bin (so training never sees it) "
       "and the rest PREFIX_train_000000.bin, PREFIX_train_000001.bin, ..., split every "
       "--shard-tokens. All inputs are read before anything is written, so a missing input "
       "leaves no output; shards are written atomically in llm.c's format.\n"
-      "Example: leasetrain data prepare --input book1.txt book2.txt --output data/books");
+      "Example: leasetrain data prepare --input book1.txt book2.txt --output data/books\n"
+      "         leasetrain data prepare --tokenizer tokenizer.json --input corpus.txt --output data/corpus");
   cmd->add_option("--input", args->inputs, "Text files to tokenize (one or more)")
       ->type_name("FILE")
       ->required()
@@ -64,9 +75,15 @@ void add_prepare(CLI::App& data) {
   cmd->add_option("--shard-tokens", args->shard_tokens, "Tokens per shard file")
       ->check(in_range<size_t>(1, 2147483647))
       ->capture_default_str();
+  cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json to encode with (default: bytes)")
+      ->type_name("FILE");
+  cmd->add_option("--threads", args->threads, "Threads encoding with --tokenizer (default: the online cores)")
+      ->check(in_range(1, 1024));
   cmd->callback([args] {
-    for (const ShardSummary& s :
-         prepare_text_shards(args->inputs, args->output, args->val_fraction, args->shard_tokens))
+    std::optional<Tokenizer> tok;
+    if (!args->tokenizer.empty()) tok = Tokenizer::from_file(args->tokenizer);
+    for (const ShardSummary& s : prepare_text_shards(args->inputs, args->output, args->val_fraction,
+                                                     args->shard_tokens, tok ? &*tok : nullptr, args->threads, true))
       std::printf("wrote %s (%zu tokens)\n", s.path.c_str(), s.tokens);
   });
 }

@@ -321,16 +321,19 @@ void add_train_commands(CLI::App& app) {
 
   // sample
   struct SampleArgs {
-    std::string checkpoint, prompt;
+    std::string checkpoint, prompt, tokenizer;
     int tokens = 200, top_k = 40;
     float temperature = 0.8f;
     uint64_t seed = 1;
   };
   auto sa = std::make_shared<SampleArgs>();
   CLI::App* s = app.add_subcommand("sample", "Generate text from a checkpoint");
-  s->footer("The prompt is tokenized bytewise, so text sampling needs the byte-level vocabulary (vocab_size 256).");
+  s->footer("The prompt is encoded and the output decoded with --tokenizer, else the checkpoint's tokenizer.json "
+            "(train copies the data's into every checkpoint), else bytewise (which needs vocab_size 256).");
   s->add_option("--checkpoint", sa->checkpoint, "Run or checkpoint directory")->required();
   s->add_option("--prompt", sa->prompt, "Text to continue")->capture_default_str();
+  s->add_option("--tokenizer", sa->tokenizer, "tokenizer.json to encode and decode with (default: the checkpoint's)")
+      ->type_name("FILE");
   s->add_option("--tokens", sa->tokens, "Tokens to generate")->capture_default_str()->check(in_range(1, 1 << 20));
   s->add_option("--temperature", sa->temperature, "Softmax temperature (0: greedy)")->capture_default_str()
       ->check(in_range(0.0f, 100.0f));
@@ -341,14 +344,24 @@ void add_train_commands(CLI::App& app) {
   sample_dev->add_to(s);
   s->callback([sa, s, sample_dev] {
     sample_dev->read_counts(s);
-    LoadedModel m = load_model(sa->checkpoint, *sample_dev, "sample", [&](const GPTConfig& c, const BackendOptions& b) {
-      if (c.vocab_size != kByteVocab)
-        throw UserError(latest_checkpoint(sa->checkpoint) +
-                        "/config.json: vocab_size: text sampling expects the byte-level vocabulary (256), got " +
+    const std::string ckpt = require_checkpoint(sa->checkpoint);
+    const std::optional<Tokenizer> tok =
+        sa->tokenizer.empty() ? read_checkpoint_tokenizer(ckpt) : Tokenizer::from_file(sa->tokenizer);
+    const std::string tok_name = sa->tokenizer.empty() ? ckpt + "/tokenizer.json" : sa->tokenizer;
+    LoadedModel m = load_model(ckpt, *sample_dev, "sample", [&](const GPTConfig& c, const BackendOptions& b) {
+      if (tok && tok->vocab_size() > c.vocab_size)
+        throw UserError(tok_name + ": the tokenizer has " + std::to_string(tok->vocab_size()) +
+                        " tokens, more than the model's vocab_size " + std::to_string(c.vocab_size) + " (" + ckpt +
+                        "/config.json)");
+      if (!tok && c.vocab_size != kByteVocab)
+        throw UserError(ckpt + "/config.json: vocab_size: text sampling without a tokenizer (--tokenizer, or a "
+                               "tokenizer.json in the checkpoint) expects the byte-level vocabulary (256), got " +
                         std::to_string(c.vocab_size));
       return memory_plan(b, 1, c.block_size, false);
     });
-    std::vector<int32_t> prompt = encode_bytes(sa->prompt);
+    std::vector<int32_t> prompt;
+    if (tok) tok->encode(sa->prompt, prompt, "--prompt");
+    else prompt = encode_bytes(sa->prompt);
     // Non-finite logits would sample garbage that looks like text: check the first step's.
     {
       std::vector<int32_t> ctx = prompt.empty() ? std::vector<int32_t>{0} : prompt;
@@ -361,7 +374,8 @@ void add_train_commands(CLI::App& app) {
                               " gives non-finite logits (non-finite weights or activations that overflow); no text");
     }
     std::vector<int32_t> out = generate(*m.model, prompt, sa->tokens, sa->temperature, sa->top_k, sa->seed);
-    std::printf("%s\n", decode_bytes(out.data(), (int)out.size()).c_str());
+    const std::string text = tok ? tok->decode(out.data(), out.size()) : decode_bytes(out.data(), (int)out.size());
+    std::printf("%s\n", text.c_str());
   });
 }
 

@@ -37,6 +37,10 @@ constexpr const char* kConfigFile = "config.json";
 constexpr const char* kOptimizerFile = "optimizer.safetensors";
 constexpr const char* kTrainerFile = "trainer.json";
 constexpr const char* kSealFile = "trainer.json.sha256";
+// The tokenizer files a checkpoint carries when its run knew its tokenizer (tokenizer_files()).
+constexpr const char* kTokenizerFile = "tokenizer.json";
+constexpr const char* kTokenizerConfigFile = "tokenizer_config.json";
+constexpr const char* kGenerationConfigFile = "generation_config.json";
 // Larger steps cannot be a real run; the bound keeps every step arithmetic far from overflow.
 constexpr int64_t kMaxStep = int64_t(1) << 53;
 
@@ -280,12 +284,15 @@ std::string seal_problem(const fs::path& dir, Sealed* out, bool* legacy = nullpt
     const bool sharded = files.has(kIndexFile);
     for (const auto& [name, _] : files.json().items()) {
       const bool known = name == kConfigFile || name == kOptimizerFile || name == (sharded ? kIndexFile : kModelFile) ||
-                         (sharded && is_shard_name(name));
+                         (sharded && is_shard_name(name)) || name == kTokenizerFile || name == kTokenizerConfigFile ||
+                         name == kGenerationConfigFile;
       // Nothing in a checkpoint goes unchecked: the files it vouches for are exactly ours.
       if (!known)
-        files.fail(name, sharded ? "absent (a sharded checkpoint lists model.safetensors.index.json, its "
-                                   "model-NNNNN-of-NNNNN.safetensors shards, config.json and optimizer.safetensors)"
-                                 : "absent (a checkpoint lists model.safetensors, config.json and optimizer.safetensors)");
+        files.fail(name, std::string(sharded ? "absent (a sharded checkpoint lists model.safetensors.index.json, its "
+                                               "model-NNNNN-of-NNNNN.safetensors shards"
+                                             : "absent (a checkpoint lists model.safetensors") +
+                             ", config.json, optimizer.safetensors and optionally tokenizer.json, "
+                             "tokenizer_config.json and generation_config.json)");
     }
     for (const auto& [name, _] : files.json().items()) s.files[name] = "";
     for (const char* name : {sharded ? kIndexFile : kModelFile, kConfigFile, kOptimizerFile}) s.files[name] = "";
@@ -492,6 +499,31 @@ std::map<std::string, std::string> write_model_files(int dirfd, const fs::path& 
   return files;
 }
 
+// The files that let transformers' AutoTokenizer and pipeline("text-generation") use the
+// checkpoint: the run's tokenizer.json, a tokenizer_config.json naming the fast tokenizer class
+// (so transformers does not assume GPT-2's own vocabulary and add its <|endoftext|>), and
+// generation_config.json with bos and eos set to the tokenizer's end-of-text token, null where it
+// has none. Returns {name: text}.
+std::map<std::string, std::string> tokenizer_files(const Tokenizer& tok, const GPTConfig& c) {
+  const std::optional<int32_t> eos = tok.eos_id();
+  const nlohmann::ordered_json eos_id = eos ? nlohmann::ordered_json(*eos) : nlohmann::ordered_json(nullptr);
+  const nlohmann::ordered_json eos_token = eos ? nlohmann::ordered_json("<|endoftext|>") : nlohmann::ordered_json(nullptr);
+  const nlohmann::ordered_json tok_config = {
+      {"tokenizer_class", "PreTrainedTokenizerFast"},
+      {"model_max_length", c.block_size},
+      {"bos_token", eos_token},
+      {"eos_token", eos_token},
+      {"unk_token", nullptr},
+      {"pad_token", nullptr},
+      // Decoding must give back the text exactly (GPT-2's own tokenizer does not clean up either).
+      {"clean_up_tokenization_spaces", false},
+  };
+  const nlohmann::ordered_json gen_config = {{"bos_token_id", eos_id}, {"eos_token_id", eos_id}};
+  return {{kTokenizerFile, tok.json_text()},
+          {kTokenizerConfigFile, tok_config.dump(2) + "\n"},
+          {kGenerationConfigFile, gen_config.dump(2) + "\n"}};
+}
+
 // Puts the finished directory `tmp` at `final_dir` (both beneath `root`). When `final_dir` exists
 // (the same step saved again) the two are swapped atomically with renameat2(RENAME_EXCHANGE), so
 // the step's name always points at a complete checkpoint; filesystems without it fall back to
@@ -536,7 +568,7 @@ int config_int(const JsonFields& f, const char* key, const char* fallback, int h
 
 std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW& opt,
                             const nlohmann::json& trainer_state, const std::function<void()>& before_seal,
-                            uint64_t max_shard_bytes) {
+                            uint64_t max_shard_bytes, const Tokenizer* tokenizer) {
   LT_CHECK(max_shard_bytes > 0, "max_shard_bytes must be positive");
   LT_CHECK(trainer_state.is_object() && trainer_state.contains("step") &&
                trainer_state["step"].is_number_integer() && trainer_state["step"].get<int64_t>() >= 0 &&
@@ -555,7 +587,15 @@ std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW
   try {
     const Fd dir = root.open_dir(tmp, true);
     std::map<std::string, std::string> files = write_model_files(dir.get(), shown, model, max_shard_bytes);
-    const std::string config_text = make_hf_config(model.config()).dump(2) + "\n";
+    nlohmann::ordered_json hf_config = make_hf_config(model.config());
+    std::map<std::string, std::string> tok_files;
+    if (tokenizer) {
+      tok_files = tokenizer_files(*tokenizer, model.config());
+      // GPT2Config's defaults (50256, GPT-2's end of text) would name a token this vocabulary lacks.
+      const std::optional<int32_t> eos = tokenizer->eos_id();
+      hf_config["bos_token_id"] = hf_config["eos_token_id"] = eos ? nlohmann::ordered_json(*eos) : nullptr;
+    }
+    const std::string config_text = hf_config.dump(2) + "\n";
     write_text_at(dir.get(), shown / kConfigFile, kConfigFile, config_text);
     write_optimizer_file(dir.get(), shown / kOptimizerFile, model.backend(), opt);
 
@@ -563,6 +603,10 @@ std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW
     const std::string proc = "/proc/self/fd/" + std::to_string(dir.get()) + "/";
     files[kConfigFile] = sha256_hex(config_text);
     files[kOptimizerFile] = sha256_file(proc + kOptimizerFile);
+    for (const auto& [file, text] : tok_files) {
+      write_text_at(dir.get(), shown / file, file.c_str(), text);
+      files[file] = sha256_hex(text);
+    }
     trainer["files"] = files;
     const std::string trainer_text = trainer.dump(2) + "\n";
     write_text_at(dir.get(), shown / kTrainerFile, kTrainerFile, trainer_text);
@@ -655,6 +699,18 @@ std::string require_checkpoint(const std::string& run_dir_or_ckpt_dir) {
   throw UserError(run_dir_or_ckpt_dir +
                   ": no checkpoint (expected a directory with config.json and model.safetensors, or "
                   "model.safetensors.index.json and its shards; or a run directory with checkpoints/step-*)");
+}
+
+std::optional<Tokenizer> read_checkpoint_tokenizer(const std::string& ckpt_dir) {
+  const fs::path dir(ckpt_dir), path = dir / kTokenizerFile;
+  if (present(dir / kTrainerFile)) {
+    const Sealed sealed = read_sealed(dir);
+    if (!sealed.files.count(kTokenizerFile)) return std::nullopt;  // a run that knew no tokenizer
+    verify_checksum(dir, sealed, kTokenizerFile);
+  } else if (!present(path)) {
+    return std::nullopt;
+  }
+  return Tokenizer::from_file(path.string());
 }
 
 GPTConfig read_checkpoint_config(const std::string& ckpt_dir) {

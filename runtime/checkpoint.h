@@ -4,11 +4,13 @@
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "runtime/model.h"
 #include "runtime/optim.h"
+#include "runtime/tokenizer.h"
 
 namespace lt {
 
@@ -29,6 +31,9 @@ uint64_t parse_shard_size(const std::string& text, const std::string& what);
 //                          split as transformers' save_pretrained splits them (see checkpoint.cpp)
 //   config.json            a GPT2Config that transformers' GPT2LMHeadModel.from_pretrained reads
 //   optimizer.safetensors  "adamw.m" and "adamw.v" in our flat padded layout, metadata "step"
+//   tokenizer.json         when `tokenizer` is given: the run's tokenizer, with tokenizer_config.json
+//                          and generation_config.json (bos/eos: its <|endoftext|>, or null) for
+//                          transformers' AutoTokenizer and pipeline; config.json's bos/eos agree
 //   trainer.json           trainer_state plus "files": {name: sha256} of every file above
 //   trainer.json.sha256    the seal, written last: trainer.json's SHA-256 in sha256sum's format
 // Built in a temporary sibling directory (.tmp-step-N-PID), fsynced, then renamed into place;
@@ -39,7 +44,7 @@ uint64_t parse_shard_size(const std::string& text, const std::string& what);
 // given, is called once every file but the seal is durable (tests kill a save there).
 std::string save_checkpoint(const WriteRoot& root, const GPT& model, const AdamW& opt,
                             const nlohmann::json& trainer_state, const std::function<void()>& before_seal = {},
-                            uint64_t max_shard_bytes = kDefaultMaxShardBytes);
+                            uint64_t max_shard_bytes = kDefaultMaxShardBytes, const Tokenizer* tokenizer = nullptr);
 // The same with `run_dir` opened as the root.
 std::string save_checkpoint(const std::string& run_dir, const GPT& model, const AdamW& opt,
                             const nlohmann::json& trainer_state, uint64_t max_shard_bytes = kDefaultMaxShardBytes);
@@ -66,6 +71,10 @@ std::string require_checkpoint(const std::string& run_dir_or_ckpt_dir);
 // UserError, one line, unless `ckpt_dir` is sealed as above (for a legacy checkpoint it says how
 // to seal one by hand).
 void verify_checkpoint(const std::string& ckpt_dir);
+
+// The checkpoint's tokenizer.json (checked against the seal in a checkpoint of ours; a bare
+// Hugging Face export's as it is), or nullopt when it has none.
+std::optional<Tokenizer> read_checkpoint_tokenizer(const std::string& ckpt_dir);
 
 // The model shape from <ckpt_dir>/config.json; also accepts Hugging Face's own gpt2 configs.
 // Keys that change what the model computes are refused in one line (scale_attn_weights false,

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +20,8 @@
 #include "runtime/error.h"
 #include "runtime/input.h"
 #include "runtime/memory.h"
+#include "runtime/safe_path.h"
+#include "runtime/tokenizer.h"
 
 // Tokens are read straight out of the mapping and written straight from memory.
 static_assert(std::endian::native == std::endian::little, "shards are little-endian");
@@ -416,7 +419,8 @@ std::string decode_bytes(const int32_t* tokens, int n) {
 
 std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& inputs,
                                               const std::string& output_prefix, double val_fraction,
-                                              size_t shard_tokens) {
+                                              size_t shard_tokens, const Tokenizer* tokenizer, int threads,
+                                              bool progress) {
   if (inputs.empty()) throw UserError("prepare: inputs: no input files given");
   if (output_prefix.empty()) throw UserError("prepare: output: the prefix is empty");
   if (!(val_fraction >= 0.0 && val_fraction < 1.0))
@@ -425,9 +429,14 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
   if (shard_tokens < 1 || shard_tokens > (size_t)std::numeric_limits<int32_t>::max())
     throw UserError("prepare: shard_tokens: expected 1 .. 2147483647, got " +
                     std::to_string(shard_tokens));
+  // Shards hold uint16 ids.
+  if (tokenizer && tokenizer->vocab_size() > kMaxShardVocab)
+    throw UserError("prepare: tokenizer: a vocabulary of " + std::to_string(tokenizer->vocab_size()) +
+                    " tokens does not fit llm.c shards' uint16 ids (at most " + std::to_string(kMaxShardVocab) + ")");
 
   // Read everything before writing anything: a bad input must not leave partial output.
-  // Everything is held at once (the text and one shard's uint16 tokens): check it fits first.
+  // Everything is held at once (the text, its tokens and one shard's uint16 tokens): check it
+  // fits first (a BPE token stands for at least one byte, so the tokens are at most the bytes).
   uint64_t total_bytes = 0;
   for (const std::string& in : inputs) {
     const int fd = open_regular_file(in, "input");
@@ -436,20 +445,40 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
     ::close(fd);
     if (rc == 0) total_bytes += (uint64_t)st.st_size;
   }
-  require_memory(total_bytes + 2 * std::min<uint64_t>(total_bytes, shard_tokens), Device::CPU, 0,
-                 "prepare: the inputs (" + std::to_string(total_bytes) + " bytes)");
-  std::vector<unsigned char> text;
+  require_memory(total_bytes * (tokenizer ? 5 : 1) + 2 * std::min<uint64_t>(total_bytes, shard_tokens), Device::CPU,
+                 0, "prepare: the inputs (" + std::to_string(total_bytes) + " bytes)");
+  std::string text;
   text.reserve(total_bytes);
   for (const std::string& in : inputs) {
     std::vector<unsigned char> b = read_file_bytes(in);
-    text.insert(text.end(), b.begin(), b.end());
+    const std::string_view view((const char*)b.data(), b.size());
+    if (const size_t bad = invalid_utf8_at(view); tokenizer && bad != std::string_view::npos)
+      throw UserError(in + ": invalid UTF-8 at byte " + std::to_string(bad) +
+                      " (a tokenizer.json tokenizer reads UTF-8 text; without --tokenizer every byte is a token)");
+    text.append(view);
   }
-  const size_t total = text.size();
+  std::vector<int32_t> ids;
+  if (tokenizer) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool show = progress && text.size() >= (64u << 20);
+    ids = tokenizer->encode_parallel(text, threads, "prepare: inputs", [&](size_t done, size_t total) {
+      if (!show) return;
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::fprintf(stderr, "prepare: tokenized %.0f of %.0f MB (%.1f MB/s)\n", done / 1e6, total / 1e6,
+                   s > 0 ? done / 1e6 / s : 0.0);
+    });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (progress)
+      std::fprintf(stderr, "prepare: tokenized %zu bytes into %zu tokens in %.2f s (%.2f MB/s, %d thread%s)\n",
+                   text.size(), ids.size(), s, s > 0 ? text.size() / 1e6 / s : 0.0, threads, threads == 1 ? "" : "s");
+  }
+  const size_t total = tokenizer ? ids.size() : text.size();
+  const auto token_at = [&](size_t i) -> uint16_t { return tokenizer ? (uint16_t)ids[i] : (unsigned char)text[i]; };
   size_t n_val = (size_t)std::floor((double)total * val_fraction);
   if (val_fraction > 0.0 && n_val == 0) n_val = 1;  // asked for validation, so have some
   if (n_val >= total)
     throw UserError("prepare: inputs: " + std::to_string(total) +
-                    " bytes leave nothing to train on after the validation split");
+                    (tokenizer ? " tokens" : " bytes") + " leave nothing to train on after the validation split");
   const size_t n_train = total - n_val;
 
   const std::filesystem::path dir = std::filesystem::path(output_prefix).parent_path();
@@ -465,7 +494,8 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
     size_t index = 0;
     for (size_t at = begin; at < end; at += shard_tokens, ++index) {
       const size_t n = std::min(shard_tokens, end - at);
-      buf.assign(text.begin() + at, text.begin() + at + n);
+      buf.resize(n);
+      for (size_t i = 0; i < n; ++i) buf[i] = token_at(at + i);
       const std::string path = shard_name(output_prefix, split, index);
       write_shard(path, buf.data(), n);
       written.push_back({path, n});
@@ -479,7 +509,44 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
   };
   write_split("train", 0, n_train);
   write_split("val", n_train, total);
+  // The shards' tokenizer, where training finds it (shard_tokenizer_path) and copies it into
+  // every checkpoint.
+  const std::string tok_path = output_prefix + kShardTokenizerSuffix;
+  const std::filesystem::path tp(tok_path);
+  write_file_atomic(WriteRoot(tp.parent_path().empty() ? "." : tp.parent_path().string()), tp.filename().string(),
+                    tokenizer ? tokenizer->json_text() : Tokenizer::byte_level_json());
   return written;
+}
+
+std::string shard_tokenizer_path(const std::string& shard_path) {
+  // PREFIX_{train,val}_NNNNNN.bin
+  const std::string name = std::filesystem::path(shard_path).filename().string();
+  for (const char* split : {"_train_", "_val_"}) {
+    const size_t at = name.rfind(split);
+    if (at == std::string::npos || at == 0) continue;
+    const std::string rest = name.substr(at + std::strlen(split));
+    if (rest.size() != 10 || !rest.ends_with(".bin") ||
+        !std::all_of(rest.begin(), rest.begin() + 6, [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    return shard_path.substr(0, shard_path.size() - name.size() + at) + kShardTokenizerSuffix;
+  }
+  return "";
+}
+
+std::optional<ShardsTokenizer> find_shards_tokenizer(const std::vector<std::string>& shard_paths) {
+  std::optional<ShardsTokenizer> found;
+  for (const std::string& shard : shard_paths) {
+    const std::string path = shard_tokenizer_path(shard);
+    if (path.empty() || (found && found->path == path)) continue;
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) continue;
+    std::string text = read_regular_file(path, "tokenizer");
+    if (found && found->json_text != text)
+      throw UserError(path + ": differs from " + found->path +
+                      ": the shards were tokenized differently and cannot be trained on together");
+    if (!found) found = ShardsTokenizer{path, std::move(text)};
+  }
+  return found;
 }
 
 }  // namespace lt

@@ -4,11 +4,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace lt {
+
+class Tokenizer;
 
 // llm.c shard format: 256 little-endian int32 header words, then `count` uint16 tokens.
 inline constexpr int32_t kShardMagic = 20240520;
@@ -124,15 +127,36 @@ struct ShardSummary {
   size_t tokens = 0;
 };
 
-// Tokenizes the input files (bytes, concatenated in order) into PREFIX_train_000000.bin, ...
-// and PREFIX_val_000000.bin, ..., splitting every shard_tokens. Validation is the LAST
-// val_fraction of the tokens, so training never sees it; 0 writes no val shards. Every input is
-// read before anything is written, so a missing one (UserError naming it) leaves no output;
-// stale PREFIX_{train,val}_NNNNNN.bin from an earlier, larger run are removed so a glob does
-// not pick them up. Creates PREFIX's directory. Returns the shards written, in order.
+// Tokenizes the input files (concatenated in order) into PREFIX_train_000000.bin, ... and
+// PREFIX_val_000000.bin, ..., splitting every shard_tokens: bytes as tokens when `tokenizer` is
+// null, else `tokenizer`'s ids (its vocabulary must fit uint16; the text must be UTF-8; encoded by
+// `threads` threads, the same ids for any count). Validation is the LAST val_fraction of the
+// tokens, so training never sees it; 0 writes no val shards. Writes the tokenizer.json the shards
+// were made with to PREFIX_tokenizer.json (the byte-level one for bytes). Every input is read
+// and tokenized before anything is written, so a missing one (UserError naming it) leaves no
+// output; stale PREFIX_{train,val}_NNNNNN.bin from an earlier, larger run are removed so a glob
+// does not pick them up. Creates PREFIX's directory. With `progress`, stderr gets a line every
+// so often on inputs of 64 MB or more, and the throughput at the end. Returns the shards written.
 std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& inputs,
                                               const std::string& output_prefix,
                                               double val_fraction = 0.1,
-                                              size_t shard_tokens = 100'000'000);
+                                              size_t shard_tokens = 100'000'000,
+                                              const Tokenizer* tokenizer = nullptr, int threads = 1,
+                                              bool progress = false);
+
+// Token ids in shards are uint16.
+inline constexpr int kMaxShardVocab = 65536;
+inline constexpr const char* kShardTokenizerSuffix = "_tokenizer.json";
+
+// The tokenizer.json recorded for shard PREFIX_{train,val}_NNNNNN.bin: PREFIX_tokenizer.json;
+// "" for a shard named otherwise.
+std::string shard_tokenizer_path(const std::string& shard_path);
+
+struct ShardsTokenizer {
+  std::string path, json_text;
+};
+// The tokenizer recorded for a set of shards (shard_tokenizer_path of each, where present);
+// nullopt when none has one; UserError when two shards' tokenizers differ.
+std::optional<ShardsTokenizer> find_shards_tokenizer(const std::vector<std::string>& shard_paths);
 
 }  // namespace lt

@@ -30,6 +30,7 @@
 #include "runtime/optim.h"
 #include "runtime/rng.h"
 #include "runtime/safe_path.h"
+#include "runtime/tokenizer.h"
 #include "runtime/watchdog.h"
 
 #ifdef LEASETRAIN_HAVE_CUDA
@@ -576,6 +577,7 @@ class TrainingRun {
     model_ = std::make_unique<GPT>(mcfg_, backend_);
     dp_ = std::make_unique<DataParallel>(*model_, comm_, cfg_.dist);
     optim_ = dp_->make_optimizer(cfg_.optim);
+    find_tokenizer();  // before the shards' ids are checked against the vocabulary: the better message
     train_ = std::make_unique<DataLoader>(cfg_.train_data, cfg_.seq_len, mcfg_.vocab_size, cfg_.seed);
     global_batch_ = (int64_t)cfg_.micro_batch * world_ * cfg_.grad_accum;
     eval_rows_ = (int64_t)cfg_.micro_batch * world_;
@@ -634,6 +636,46 @@ class TrainingRun {
     comm_.set_step(0);
     comm_.set_tag("start-up barrier");
     comm_.barrier()->wait();
+  }
+
+  // The tokenizer the shards were made with (data prepare writes PREFIX_tokenizer.json beside
+  // them), copied into every checkpoint. Shards without one take the tokenizer of the checkpoint
+  // resumed or started from (--init), else bytes when the vocabulary is 256; shards of unknown
+  // ids (llm.c's GPT-2 shards) leave the checkpoint without one.
+  void find_tokenizer() {
+    const std::string& prev = !resume_from_.empty() ? resume_from_ : init_ckpt_;
+    std::optional<Tokenizer> prev_tok;
+    if (!prev.empty()) {
+      try {
+        prev_tok = read_checkpoint_tokenizer(prev);
+      } catch (const UserError& e) {
+        // A Hugging Face export's tokenizer we cannot read does not stop training its weights.
+        if (fs::exists(fs::path(prev) / "trainer.json")) throw;  // ours, sealed: damaged
+        if (log_) std::printf("init: its tokenizer is not copied into checkpoints: %s\n", e.what());
+      }
+    }
+    std::vector<std::string> shards = glob_files(cfg_.train_data);
+    if (!cfg_.val_data.empty())
+      for (std::string& f : glob_files(cfg_.val_data)) shards.push_back(std::move(f));
+    std::string source;
+    if (std::optional<ShardsTokenizer> found = find_shards_tokenizer(shards)) {
+      tokenizer_ = Tokenizer::from_json(found->json_text, found->path);
+      source = found->path;
+      if (prev_tok && !tokenizer_->encodes_like(*prev_tok))
+        throw UserError(found->path + ": encodes text differently from " + prev +
+                        "/tokenizer.json, so the shards' ids would not mean what the model learnt (prepare the data "
+                        "with that tokenizer.json)");
+    } else if (prev_tok) {
+      tokenizer_ = std::move(prev_tok);
+      source = prev + "/tokenizer.json";
+    } else if (mcfg_.vocab_size == kByteVocab) {
+      tokenizer_ = Tokenizer::from_json(Tokenizer::byte_level_json(), "the byte-level tokenizer");
+    }
+    if (tokenizer_ && tokenizer_->vocab_size() > mcfg_.vocab_size) {
+      const std::string vocab_source = !prev.empty() ? prev + "/config.json: vocab_size" : cfg_.source + ": model.vocab_size";
+      throw UserError(vocab_source + ": expected at least the tokenizer's " + std::to_string(tokenizer_->vocab_size()) +
+                      " tokens (" + source + "), got " + std::to_string(mcfg_.vocab_size));
+    }
   }
 
   // Fail now, not at the first evaluation after files are written.
@@ -851,7 +893,8 @@ class TrainingRun {
       const std::function<void()> before_seal = [killed_here] {
         if (killed_here) std::raise(SIGKILL);
       };
-      result_.last_checkpoint = save_checkpoint(root_, *model_, full ? *full : *optim_, st, before_seal, o_.max_shard_bytes);
+      result_.last_checkpoint = save_checkpoint(root_, *model_, full ? *full : *optim_, st, before_seal,
+                                                o_.max_shard_bytes, tokenizer_ ? &*tokenizer_ : nullptr);
       if (log_) std::printf("checkpoint: %s\n", result_.last_checkpoint.c_str());
     } else {
       char name[32];
@@ -867,7 +910,10 @@ class TrainingRun {
     report_progress(step);
   }
 
-  uint64_t checkpoint_bytes() const { return (uint64_t)model_->num_params() * sizeof(float) * 3; }
+  // Weights and both moments, and the tokenizer's copy (GPT-2's tokenizer.json is 1.4 MB).
+  uint64_t checkpoint_bytes() const {
+    return (uint64_t)model_->num_params() * sizeof(float) * 3 + (tokenizer_ ? tokenizer_->json_text().size() : 0);
+  }
 
   // How long a save will take: the last one's time, or before any, its bytes at a conservative
   // 200 MB/s.
@@ -1011,6 +1057,7 @@ class TrainingRun {
   std::atomic<double> longest_step_s_{0};   // the longest step of this attempt so far
 
   std::string resume_from_, init_ckpt_;  // the checkpoint continued, or the --init weights
+  std::optional<Tokenizer> tokenizer_;    // the data's, copied into checkpoints (find_tokenizer)
   GPTConfig mcfg_;
   std::shared_ptr<Watchdog> watchdog_;
   Unwatch unwatch_;  // declared before the model: it outlives everything that reaches the watchdog

@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config git
   libopenblas-openmp-dev
-  libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libssl-dev
+  libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libssl-dev libpcre2-dev
   libgtest-dev googletest
   openmpi-bin libopenmpi-dev
   python3 python3-matplotlib

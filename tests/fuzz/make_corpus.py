@@ -168,6 +168,48 @@ def usage_seeds():
     put("usage_log", "garbage", "\0{\"seq\":0}\nnot json\n\n")
 
 
+def byte_chars():
+    """GPT-2's byte-to-unicode map, as runtime/tokenizer.cpp and `tokenizers` build it."""
+    printable = [b for b in range(256) if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF]
+    out, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+def tokenizer_seeds():
+    """First byte even: a tokenizer.json; odd: text for the bpe2000_eot fixture."""
+    chars = byte_chars()
+    vocab = {chars[b]: b for b in range(256)}
+    merges = []
+    for a, b in [("\u0120", "t"), ("h", "e"), ("\u0120t", "he"), ("i", "n"), ("\u0120", "\u0120")]:
+        vocab.setdefault(a + b, len(vocab))
+        merges.append([a, b])
+    level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tok = {"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [{"id": len(vocab), "content": "<|endoftext|>", "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False, "special": True}],
+           "normalizer": None, "pre_tokenizer": level, "post_processor": level, "decoder": level,
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                     "vocab": vocab, "merges": merges}}
+    put("tokenizer", "small-bpe", "\0" + json.dumps(tok))
+    seq = json.loads(json.dumps(tok))
+    seq["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [dict(level, add_prefix_space=True)]}
+    seq["model"]["merges"] = [" ".join(m) for m in merges]
+    seq["model"]["ignore_merges"] = True
+    put("tokenizer", "sequence-string-merges", "\0" + json.dumps(seq))
+    spaced = json.loads(json.dumps(tok))
+    spaced["added_tokens"].append(dict(spaced["added_tokens"][0], id=len(vocab) + 1, content=" \n<sep> ", special=False,
+                                       normalized=True))
+    put("tokenizer", "added-with-spaces", "\0" + json.dumps(spaced))
+    put("tokenizer", "text", "\1Hello <|endoftext|> world,  don't\t123 caf\u00e9 \u6771\u4eac \U0001F600\r\n\n  x")
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -180,6 +222,7 @@ def main():
     trainer_seeds(seed_dir)
     manifest_seeds()
     usage_seeds()
+    tokenizer_seeds()
 
 
 if __name__ == "__main__":

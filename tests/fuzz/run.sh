@@ -11,9 +11,9 @@ shift
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 # The largest input worth trying per target: a few times its largest seed.
 declare -A MAX_LEN=([safetensors]=8192 [model_index]=8192 [shard]=4096 [config]=4096 [trainer_json]=4096
-                    [manifest]=16384 [usage_log]=8192)
+                    [manifest]=16384 [usage_log]=8192 [tokenizer]=16384)
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(safetensors model_index shard config trainer_json manifest usage_log)
+[ ${#targets[@]} -gt 0 ] || targets=(safetensors model_index shard config trainer_json manifest usage_log tokenizer)
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/cmake/sanitizers/lsan.supp:print_suppressions=0}
