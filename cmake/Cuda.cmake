@@ -217,6 +217,6 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
     target_compile_definitions(test_nccl_emulated PRIVATE LEASETRAIN_HAVE_CUDA=1 LEASETRAIN_HAVE_NCCL=1
       LEASETRAIN_HAVE_MPI=1 LT_CLI="$<TARGET_FILE:leasetrain>")
     target_link_libraries(test_nccl_emulated PRIVATE leasetrain_emulated_kernels nlohmann_json::nlohmann_json
-      tomlplusplus::tomlplusplus OpenSSL::Crypto GTest::gtest MPI::MPI_CXX)
+      tomlplusplus::tomlplusplus OpenSSL::Crypto PkgConfig::PCRE2 GTest::gtest MPI::MPI_CXX)
   endif()
 endif()

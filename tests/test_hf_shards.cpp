@@ -334,14 +334,27 @@ TEST(HfShards, IndexTotalSizeAndShardNamesAreChecked) {
   EXPECT_HAS(load_error(d), "holds both model.safetensors and model.safetensors.index.json");
 }
 
-TEST(HfShards, SymlinkedShardIsRefused) {
+// A Hugging Face cache snapshot is a folder of links into its blobs: links to regular files
+// load, a dangling link is missing, and a link to anything but a regular file is refused.
+TEST(HfShards, LinkedWeightsLoadAsFromAHuggingFaceCache) {
   TempDir tmp;
   const std::string d = sharded_export(tmp, "link");
+  auto loads = [](const std::string& dir) {
+    auto be = make_cpu_backend();
+    GPT model(kTiny, *be);
+    load_model_weights(dir, model);
+  };
+  ASSERT_NO_THROW(loads(d));
   const std::string shard = shard_files(d)[0];
-  fs::rename(d + "/" + shard, tmp / "elsewhere.safetensors");
-  fs::create_symlink(tmp / "elsewhere.safetensors", d + "/" + shard);
-  const std::string msg = load_error(d);
-  EXPECT_HAS(msg, d + "/" + shard + ": is a symbolic link");
+  fs::rename(d + "/" + shard, tmp / "blob-1");
+  fs::create_symlink(tmp / "blob-1", d + "/" + shard);
+  EXPECT_NO_THROW(loads(d));
+  fs::remove(tmp / "blob-1");
+  EXPECT_HAS(load_error(d), d + "/" + shard + ": missing");
+  fs::remove(d + "/" + shard);
+  fs::create_directory(tmp / "adir");
+  fs::create_symlink(tmp / "adir", d + "/" + shard);
+  EXPECT_HAS(load_error(d), d + "/" + shard + ": a weight file must be a regular file (or a link to one)");
   // A single model.safetensors is read the same way.
   TinyModel m;
   const std::string single = save_checkpoint(mkdir(tmp / "run1"), m.model, m.opt, json{{"step", 1}});
@@ -349,7 +362,7 @@ TEST(HfShards, SymlinkedShardIsRefused) {
   fs::create_directories(bare);
   fs::copy_file(single + "/config.json", bare + "/config.json");
   fs::create_symlink(single + "/model.safetensors", bare + "/model.safetensors");
-  EXPECT_HAS(load_error(bare), bare + "/model.safetensors: is a symbolic link");
+  EXPECT_NO_THROW(loads(bare));
 }
 
 TEST(HfShards, TamperedShardIsCaughtByTheSeal) {
