@@ -21,8 +21,12 @@ Prints one JSON line per direction. Exit 0 when every pair agrees to 1e-4 relati
 one does not, 2 on bad input (one line naming the file and what was expected).
 
 transformers is not packaged in Debian 12, so this is a manual check, not part of `make
-test`; it needs transformers (with its tokenizers, safetensors and huggingface_hub) next to
-Debian's python3-torch. NOTES.md records the run.
+test`. transformers 5 needs PyTorch >= 2.6, newer than Debian 12's python3-torch (1.13), so run
+it from a venv with both from PyPI:
+    python3 -m venv V && V/bin/pip install torch transformers tokenizers safetensors numpy
+    V/bin/python scripts/hf_check.py CKPT VAL_SHARD --shard-size 50KB
+(transformers 4.40-4.47 still run on Debian's torch, in a venv with --system-site-packages).
+NOTES.md records the runs.
 """
 import argparse
 import json

@@ -17,7 +17,8 @@
    shards; AutoTokenizer.from_pretrained(checkpoint) must encode as the checkpoint's
    tokenizer.json says and its eos must match generation_config.json. With --pipeline,
    pipeline("text-generation", model=checkpoint) must also generate (this needs a transformers
-   that accepts the installed PyTorch: Debian 12's 1.13 works with transformers 4.40).
+   that accepts the installed PyTorch: transformers 5 needs PyTorch >= 2.6 from PyPI, as in
+   scripts/hf_check.py; Debian 12's 1.13 works with transformers 4.40).
 
 Prints one JSON line per check. Exit 0 when all pass, 1 when one fails. `tokenizers` and
 transformers are not packaged in Debian 12, so this is a manual check, not part of `make test`
