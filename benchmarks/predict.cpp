@@ -240,7 +240,7 @@ Prediction predict_step(const Job& job, const Rates& rates, const Network& net) 
       // the bucket's lo, i.e. once every gradient in it is final; without overlap, all
       // buckets are launched by finish_gradients() after the backward.
       bt.ready_s = r.backward_end_s;
-      if (job.dist.overlap)
+      if (job.dist.overlap && job.async_progress)
         for (const Ready& x : ready)
           if (x.offset <= b.lo) {
             bt.ready_s = bwd_start + x.at;

@@ -55,6 +55,10 @@ struct Job {
   int ranks_per_node = 1, nodes = 1;
   DistConfig dist;
   int act_bytes = 4;   // bytes per activation and gradient element: 4 (fp32, CPU) or 2 (bf16, CUDA)
+  // Collectives advance while backward runs (NCCL's own stream; MPI's progress thread). false:
+  // MPI's poll progress (runtime/comm.h), where a collective advances only when its rank polls
+  // between ops: modelled as reducing every bucket after backward, as without overlap.
+  bool async_progress = true;
   int ranks() const { return ranks_per_node * nodes; }
 };
 

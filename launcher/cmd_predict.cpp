@@ -256,6 +256,7 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
     setup.job.ranks_per_node = g;
     setup.job.dist = cfg.dist;
     setup.job.act_bytes = in.act_bytes;
+    setup.job.async_progress = !(in.device == "cpu" && cfg.dist.progress == "poll");
     setup.global_batch = a.global_batch;
     setup.node_counts = counts;
     setup.price_per_gpu_hour = a.prices.empty() ? 0 : a.prices.size() == 1 ? a.prices[0] : a.prices[i];

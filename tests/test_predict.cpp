@@ -171,6 +171,13 @@ TEST(Predict, NoOverlapReducesAfterBackward) {
   EXPECT_NEAR(p.buckets[0].start_s, 23.117824, kTol);
   EXPECT_NEAR(p.buckets[2].end_s, 23.117824 + 0.006233216, kTol);
   EXPECT_NEAR(p.exposed_comm_s, 0.006233216 + 0.002000004, kTol);
+  // MPI's poll progress advances a collective only when its rank polls: the same timeline, with
+  // overlap still asked for.
+  Job poll = tiny_job(2);
+  poll.async_progress = false;
+  const Prediction q = predict_step(poll, unit_rates(), net(1e-3, 1e9));
+  EXPECT_NEAR(q.buckets[0].start_s, 23.117824, kTol);
+  EXPECT_NEAR(q.step_s, p.step_s, kTol);
 }
 
 TEST(Predict, AccumulationReducesOnlyOnTheLastMicroStep) {
