@@ -584,7 +584,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
 // Every alternative of GPT-2's pattern that matches a non-whitespace character matches only
 // non-whitespace after it, and no alternative looks behind, so a word ends at such a point and
 // the next starts there whatever came before; the piece after the cut continues its segment (no
-// prefix space). A cut is skipped where an added token occurs across it.
+// prefix space). A cut is skipped where an added token occurs across it or ends at it (the text
+// after an added token is a new segment, which add_prefix_space changes). Without the regex
+// (use_regex false) a segment is one word, so the text is not cut at all.
 std::vector<int32_t> Tokenizer::encode_parallel(std::string_view text, int threads, const std::string& what,
                                                 const std::function<void(size_t, size_t)>& progress,
                                                 size_t piece_bytes) const {
@@ -592,7 +594,7 @@ std::vector<int32_t> Tokenizer::encode_parallel(std::string_view text, int threa
   const Impl& t = *impl_;
   const size_t kChunk = std::max<size_t>(piece_bytes, 1);
   std::vector<size_t> cuts = {0};
-  while (cuts.back() + kChunk < text.size()) {
+  while (t.use_regex && cuts.back() + kChunk < text.size()) {
     size_t cut = 0;
     for (size_t p = cuts.back() + kChunk; p < text.size() && cut == 0; ++p) {
       const unsigned char c = (unsigned char)text[p];
@@ -604,7 +606,7 @@ std::vector<int32_t> Tokenizer::encode_parallel(std::string_view text, int threa
       bool crossed = false;
       for (int pass = 0; pass < 2 && !crossed; ++pass)
         for (const AddedToken& a : t.added[pass])
-          for (size_t k = 1; k < a.content.size() && !crossed; ++k)
+          for (size_t k = 1; k <= a.content.size() && !crossed; ++k)
             crossed = p >= k && text.compare(p - k, a.content.size(), a.content) == 0;
       if (!crossed) cut = p;
     }

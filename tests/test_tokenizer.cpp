@@ -142,6 +142,27 @@ TEST(Tokenizer, ThreadsGiveTheSameIds) {
   }
 }
 
+// Cuts must not change what a segment is: after an added token the next segment gets the prefix
+// space (add_prefix_space), and without the regex (use_regex false) the whole segment is one word.
+TEST(Tokenizer, ThreadsGiveTheSameIdsAfterAddedTokensAndWithoutRegex) {
+  const std::string text = "a<|endoftext|>\nb c<|endoftext|>\tdd ee\n\nff<|endoftext|> g";
+  const std::string prefixed = edited("bpe500.json", [](json& j) {
+    j["added_tokens"] = json::array({{{"id", 500}, {"content", "<|endoftext|>"}, {"special", true}}});
+  });
+  // A merge across the space, which only a tokenizer without the regex can apply.
+  const std::string no_regex = edited("bpe2000_eot.json", [](json& j) {
+    j["pre_tokenizer"]["use_regex"] = false;
+    j["model"]["vocab"]["d\u0120"] = 2000;
+    j["model"]["merges"].insert(j["model"]["merges"].begin(), "d \u0120");
+  });
+  for (const std::string& js : {prefixed, no_regex}) {
+    const Tokenizer tok = Tokenizer::from_json(js, "t.json");
+    const std::vector<int32_t> whole = tok.encode(text);
+    for (size_t piece : {1, 2, 5})
+      EXPECT_EQ(tok.encode_parallel(text, 2, "text", {}, piece), whole) << piece;
+  }
+}
+
 TEST(Tokenizer, BadFilesAreOneLineNamingTheField) {
   const auto err = [](const std::string& text) {
     return user_error([&] { Tokenizer::from_json(text, "tok.json"); });
