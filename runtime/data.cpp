@@ -221,36 +221,26 @@ void write_shard(const std::string& path, const uint16_t* tokens, size_t n) {
   header[1] = kShardVersion;
   header[2] = (int32_t)n;
 
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw UserError(tmp + ": cannot create: " + errno_str());
+  // Through the one path resolver (safe_path.h): a link left at PATH.tmp or PATH is replaced,
+  // never written through to wherever it points.
+  const std::filesystem::path p(path);
+  const WriteRoot root(p.parent_path().empty() ? "." : p.parent_path().string());
+  const std::string name = p.filename().string(), tmp = name + ".tmp";
+  root.remove_all(tmp);
   try {
-    write_all(fd, header, sizeof header, tmp);
-    write_all(fd, tokens, n * sizeof(uint16_t), tmp);
+    Fd fd = root.open_file(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    write_all(fd.get(), header, sizeof header, root.display(tmp));
+    write_all(fd.get(), tokens, n * sizeof(uint16_t), root.display(tmp));
     // Data must be on disk before the rename publishes it, or a crash can leave PATH empty.
-    if (::fsync(fd) != 0) throw UserError(tmp + ": cannot sync: " + errno_str());
+    if (::fsync(fd.get()) != 0) throw UserError(root.display(tmp) + ": cannot sync: " + errno_str());
+    fd.close_checked(root.display(tmp));
+    root.rename(tmp, name);
   } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
+    root.remove_all(tmp);
     throw;
   }
-  if (::close(fd) != 0) {
-    std::string err = errno_str();
-    ::unlink(tmp.c_str());
-    throw UserError(tmp + ": cannot write: " + err);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string err = errno_str();
-    ::unlink(tmp.c_str());
-    throw UserError(path + ": cannot rename " + tmp + " over it: " + err);
-  }
   // Persist the rename itself; failure here loses durability, not correctness, so ignore it.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  ::fsync(root.fd());
 }
 
 // ---- training loader ----
