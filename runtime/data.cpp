@@ -478,6 +478,14 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
     if (ec) throw UserError(dir.string() + ": cannot create the output directory: " + ec.message());
   }
 
+  // The previous run's tokenizer.json goes before any shard is replaced: a run that stops part
+  // way must leave its shards with no record rather than with one that misreads their ids.
+  const std::string tok_path = output_prefix + kShardTokenizerSuffix;
+  const std::filesystem::path tp(tok_path);
+  const WriteRoot tok_root(tp.parent_path().empty() ? "." : tp.parent_path().string());
+  if (!tok_root.remove_all(tp.filename().string()))
+    throw UserError(tok_path + ": cannot remove the previous tokenizer record: " + std::strerror(errno));
+
   std::vector<ShardSummary> written;
   std::vector<uint16_t> buf;
   auto write_split = [&](const char* split, size_t begin, size_t end) {
@@ -501,10 +509,7 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
   write_split("val", n_train, total);
   // The shards' tokenizer, where training finds it (shard_tokenizer_path) and copies it into
   // every checkpoint.
-  const std::string tok_path = output_prefix + kShardTokenizerSuffix;
-  const std::filesystem::path tp(tok_path);
-  write_file_atomic(WriteRoot(tp.parent_path().empty() ? "." : tp.parent_path().string()), tp.filename().string(),
-                    tokenizer ? tokenizer->json_text() : Tokenizer::byte_level_json());
+  write_file_atomic(tok_root, tp.filename().string(), tokenizer ? tokenizer->json_text() : Tokenizer::byte_level_json());
   return written;
 }
 

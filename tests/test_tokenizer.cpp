@@ -256,6 +256,22 @@ TEST(TokenizerCli, PrepareRefusesWhatShardsCannotHold) {
   EXPECT_EQ(read_file(d / "b_tokenizer.json"), Tokenizer::byte_level_json());
 }
 
+// A prepare that stops after writing some shards (here: shard 1's name is taken by a directory)
+// must not leave them beside the previous run's tokenizer.json, which would claim their ids.
+TEST(TokenizerCli, StoppedPrepareLeavesNoOtherTokenizerBesideItsShards) {
+  TempDir d;
+  write_file(d / "in.txt", read_file(kFixtures + "sample.txt"));
+  ASSERT_EQ(run_cli("data prepare --tokenizer " + kFixtures + "bpe500.json --input " + (d / "in.txt") + " --output " +
+                    (d / "ds")).code, 0);
+  ASSERT_EQ(read_file(d / "ds_tokenizer.json"), read_file(kFixtures + "bpe500.json"));
+  std::filesystem::create_directories(d / "ds_train_000001.bin/x");
+  const RunResult r = run_cli("data prepare --tokenizer " + kFixtures + "bpe2000_eot.json --input " + (d / "in.txt") +
+                              " --output " + (d / "ds") + " --shard-tokens 100");
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(read_file(d / "ds_train_000000.bin"), "");
+  EXPECT_FALSE(std::filesystem::exists(d / "ds_tokenizer.json"));
+}
+
 std::string tiny_config(const TempDir& d, const std::string& prefix, int vocab) {
   const std::string cfg = d / (prefix + ".toml");
   write_file(cfg, "[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 16\nvocab_size = " + std::to_string(vocab) +
