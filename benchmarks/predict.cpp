@@ -438,7 +438,10 @@ PlanTable plan_table(const PlanSetup& setup, const Rates& rates, const Network& 
       const std::optional<BatchSplit> split = split_global_batch(setup.global_batch, row.gpus, setup.job.micro_batch);
       if (!split) {
         row.feasible = false;
-        row.note = "the global batch (" + std::to_string(setup.global_batch) + ") does not divide over " +
+        row.note = "the global batch (" + std::to_string(setup.global_batch) + ") " +
+                   (setup.global_batch % row.gpus != 0 ? "does not divide over "
+                                                       : "needs more than " + std::to_string(kMaxGradAccum) +
+                                                             " accumulation steps on ") +
                    std::to_string(row.gpus) + " GPUs";
         t.rows.push_back(row);
         continue;

@@ -11,6 +11,7 @@
 #include "benchmarks/compare.h"
 #include "benchmarks/predict.h"
 #include "runtime/error.h"
+#include "runtime/trainer.h"
 #include "tests/lease_fixtures.h"
 #include "tests/util.h"
 
@@ -129,6 +130,22 @@ TEST(PlanPredict, TopologyFromTheLeaseAndAGlobalBatchHeld) {
   EXPECT_EQ(j["machines"][0]["gpus_per_node"], g);
   for (const json& row : rows)
     if (row["feasible"]) EXPECT_EQ(row["micro_batch"].get<int>() * row["grad_accum"].get<int>() * row["gpus"].get<int>(), 64);
+}
+
+// The largest --global-batch accepted (2^40) needs more accumulation steps than an int holds on
+// few GPUs: those rows are not feasible (as the trainer refuses them), never a wrapped count.
+TEST(PlanPredict, HugeGlobalBatchIsNotFeasibleRatherThanWrapped) {
+  auto r = run_cli("plan --predict --config " + kConfig + " --suite " + kH100 +
+                   " --gemm-impl cublas --nic-gbps 3200 --max-nodes 4 --global-batch 1099511627776 --json");
+  ASSERT_EQ(r.code, 0) << r.both();
+  const json j = json::parse(r.out);
+  for (const json& row : j["machines"][0]["rows"]) {
+    EXPECT_FALSE(row["feasible"].get<bool>()) << row;
+    EXPECT_EQ(row["note"], "the global batch (1099511627776) needs more than 1048576 accumulation steps on " +
+                               std::to_string(row["gpus"].get<int>()) + " GPUs") << row;
+  }
+  EXPECT_FALSE(split_global_batch(int64_t(1) << 40, 8, 64));
+  EXPECT_EQ(split_global_batch(int64_t(1) << 26, 1, 64)->grad_accum, 1 << 20);
 }
 
 TEST(PlanPredict, PlotsTokensPerSecondAndCost) {
