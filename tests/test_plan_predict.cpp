@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "benchmarks/compare.h"
 #include "benchmarks/predict.h"
@@ -146,6 +147,28 @@ TEST(PlanPredict, HugeGlobalBatchIsNotFeasibleRatherThanWrapped) {
   }
   EXPECT_FALSE(split_global_batch(int64_t(1) << 40, 8, 64));
   EXPECT_EQ(split_global_batch(int64_t(1) << 26, 1, 64)->grad_accum, 1 << 20);
+}
+
+// Numbers too long for fixed point (a budget of 1e100 tokens, rates scaled far down) are printed
+// whole or in exponent form, never cut to their first digits.
+TEST(PlanPredict, HugeNumbersArePrintedWhole) {
+  for (const std::string extra : {"--tokens 1e100 --price 2", "--tokens 1B --price 2 --compute-scale 1e-290"}) {
+    const std::string args = "plan --predict --config " + kConfig + " --suite " + kH100 +
+                             " --gemm-impl cublas --nic-gbps 3200 --max-nodes 1 " + extra;
+    auto t = run_cli(args), j = run_cli(args + " --json");
+    ASSERT_EQ(t.code, 0) << t.both();
+    ASSERT_EQ(j.code, 0) << j.both();
+    const json row = json::parse(j.out)["machines"][0]["rows"][0];
+    const size_t at = t.out.find("\n      1     8 ");
+    ASSERT_NE(at, std::string::npos) << t.out;
+    std::istringstream line(t.out.substr(at + 1, t.out.find('\n', at + 1) - at - 1));
+    std::vector<std::string> cols;
+    for (std::string c; line >> c;) cols.push_back(c);
+    ASSERT_EQ(cols.size(), 12u) << t.out;
+    EXPECT_NEAR(std::stod(cols[5]) / (1e3 * row["step_s"].get<double>()), 1.0, 1e-3) << cols[5];
+    EXPECT_NEAR(std::stod(cols[10]) / row["hours"].get<double>(), 1.0, 1e-3) << cols[10];
+    EXPECT_NEAR(std::stod(cols[11]) / row["cost"].get<double>(), 1.0, 1e-3) << cols[11];
+  }
 }
 
 TEST(PlanPredict, PlotsTokensPerSecondAndCost) {
