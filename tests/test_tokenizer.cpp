@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <chrono>
 #include <random>
 
 #include "runtime/data.h"
@@ -88,6 +89,30 @@ TEST(Tokenizer, AddedTokensAreSplitOutFirst) {
   EXPECT_EQ(tok.decode(want.data(), want.size()), "Hello<|endoftext|> world");
   // No end-of-text token: no eos.
   EXPECT_EQ(Tokenizer::from_file(kFixtures + "bpe500.json").eos_id(), std::nullopt);
+}
+
+// Thousands of added tokens sharing a first byte ("<image_N>"-style) over text full of that byte
+// (markup): finding them must not compare every token at every position (that took ~100 s for
+// these 2 MB), and the longest token at the leftmost position still wins.
+TEST(Tokenizer, ManyAddedTokensOverMarkupStayFast) {
+  const std::string js = edited("bpe2000_eot.json", [](json& j) {
+    for (int i = 0; i < 20000; ++i) j["added_tokens"].push_back({{"id", 2000 + i}, {"content", "<t" + std::to_string(i)}});
+  });
+  const Tokenizer tok = Tokenizer::from_json(js, "many.json");
+  EXPECT_EQ(tok.encode("<t10<t1<|endoftext|><t19999"), (std::vector<int32_t>{2010, 2001, 0, 21999}));
+  const std::string text = std::string(2 << 20, '<') + "<t7";
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<int32_t> ids = tok.encode_parallel(text, 2, "text");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids.back(), 2007);
+  // Listing one twice is still refused.
+  EXPECT_EQ(user_error([&] {
+              Tokenizer::from_json(edited("bpe2000_eot.json", [](json& j) {
+                                     j["added_tokens"].push_back({{"id", 2000}, {"content", "<|endoftext|>"}});
+                                   }), "t.json");
+            }),
+            "t.json: field 'added_tokens[1].content' must be a token not listed twice, got \"<|endoftext|>\"");
 }
 
 TEST(Tokenizer, PrefixSpaceAndIgnoreMerges) {
