@@ -1,5 +1,7 @@
 // leasetrain: the command-line entry point. Bad input of any kind ends in one line on stderr
 // and exit code 2; --help on every subcommand explains it.
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -9,6 +11,13 @@
 #include "runtime/error.h"
 
 int main(int argc, char** argv) {
+  // A sharded checkpoint is read with every shard open at once (each is checked against its seal
+  // through the fd it is then read from), so the soft limit on open files (often 1024) would
+  // refuse one of 1000+ shards: take the hard limit.
+  if (rlimit nofile; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);  // best effort: a limit it cannot raise stays as it was
+  }
   CLI::App app{
       "leasetrain: train GPT-2-class models on leased GPU nodes (CPU reference backend, CUDA, "
       "NCCL/MPI data parallelism, tenant isolation)",
