@@ -362,7 +362,10 @@ SuiteInputs suite_inputs(const json& suite, const std::string& file, const GPTCo
   const json& machine = suite["machine"];
   const bool gpu = in.device == "cuda" && machine["gpu"].is_object();
   in.label = gpu ? machine["gpu"].value("name", "gpu") : machine["cpu"].value("model", "cpu");
-  in.gpus = gpu ? std::max(1, machine["gpu"].value("count", 1)) : 1;
+  const int64_t count = gpu ? machine["gpu"].value("count", int64_t(1)) : 1;  // read wide: an int would wrap
+  if (count < 1 || count > (1 << 16))
+    throw UserError(file + ": machine.gpu.count: expected 1 .. 65536 GPUs, got " + std::to_string(count));
+  in.gpus = (int)count;
   in.act_bytes = gpu ? 2 : 4;
   in.rates.peak_tflops = machine["peak"].value("tflops", 0.0);
   if (!(in.rates.peak_tflops > 0)) throw UserError(file + ": machine.peak.tflops: expected a peak > 0");

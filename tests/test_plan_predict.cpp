@@ -212,6 +212,13 @@ TEST(PlanPredict, BadInputIsOneLineNamingTheFieldExit2) {
     EXPECT_EQ(test::count_lines(r.err), 1) << c.args << "\n" << r.err;
     EXPECT_EQ(r.out, "") << c.args;
   }
+  // A GPU count past an int was wrapped to one GPU a node without a word.
+  json big = bench::load_suite_result(kH100);
+  big["machine"]["gpu"]["count"] = int64_t(1) << 31;
+  write_file(d / "big.json", big.dump());
+  auto b = run_cli(base + "--suite " + d / "big.json");
+  EXPECT_EQ(b.code, 2) << b.both();
+  EXPECT_EQ(b.err, "leasetrain: error: " + d / "big.json" + ": machine.gpu.count: expected 1 .. 65536 GPUs, got 2147483648\n");
   // A sweep file for --intra-allreduce that is not one names the row.
   write_file(d / "sweep.json", R"([{"size": 8, "time_us": 10}, {"size": "big", "time_us": 20}])");
   auto r = run_cli(base + "--suite " + kH100 + " --gpus-per-node 2 --intra-allreduce " + d / "sweep.json");
