@@ -297,6 +297,19 @@ TEST(TokenizerCli, StoppedPrepareLeavesNoOtherTokenizerBesideItsShards) {
   EXPECT_FALSE(std::filesystem::exists(d / "ds_tokenizer.json"));
 }
 
+// A token (or any name from a file) with a newline in it is quoted into the one error line, not
+// printed raw across two.
+TEST(TokenizerCli, ErrorNamingATokenWithANewlineIsOneLine) {
+  TempDir d;
+  write_file(d / "in.txt", "hi\n");
+  write_file(d / "nl.json", edited("bpe2000_eot.json", [](json& j) { j["model"]["vocab"]["x\ny\r\x01"] = -1; }));
+  const RunResult r = run_cli("data prepare --tokenizer " + (d / "nl.json") + " --input " + (d / "in.txt") + " --output " +
+                              (d / "o"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "leasetrain: error: " + (d / "nl.json") +
+                       ": field 'model.vocab.x\\ny\\r\\x01' must be an id in [0, 16777215], got -1\n");
+}
+
 std::string tiny_config(const TempDir& d, const std::string& prefix, int vocab) {
   const std::string cfg = d / (prefix + ".toml");
   write_file(cfg, "[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 16\nvocab_size = " + std::to_string(vocab) +
