@@ -181,6 +181,17 @@ TEST(PlanPredict, PlotsTokensPerSecondAndCost) {
   ASSERT_GT(png.size(), 1000u);
   EXPECT_EQ(png.substr(1, 3), "PNG");
   EXPECT_NE(read_file(d / "plots/predict.svg").find("cost to the token budget"), std::string::npos);
+  // A link left where a plot goes is replaced, never written through.
+  write_file(d / "victim", "precious");
+  std::filesystem::remove(d / "plots/predict.png");
+  std::filesystem::create_symlink(d / "victim", d / "plots/predict.png");
+  r = run_cli("plan --predict --config " + kConfig + " --suite " + kH100 +
+              " --gemm-impl cublas --max-nodes 2 --nic-gbps 3200 --plot " + d / "plots");
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_EQ(read_file(d / "victim"), "precious");
+  EXPECT_FALSE(std::filesystem::is_symlink(d / "plots/predict.png"));
+  EXPECT_EQ(read_file(d / "plots/predict.png").substr(1, 3), "PNG");
+  EXPECT_NE(r.err.find("wrote " + d / "plots/predict.png"), std::string::npos) << r.err;
 }
 
 TEST(PlanPredict, BadInputIsOneLineNamingTheFieldExit2) {
