@@ -483,7 +483,8 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
   const std::string tok_path = output_prefix + kShardTokenizerSuffix;
   const std::filesystem::path tp(tok_path);
   const WriteRoot tok_root(tp.parent_path().empty() ? "." : tp.parent_path().string());
-  if (!tok_root.remove_all(tp.filename().string()))
+  // unlinkat, not remove_all: a directory of that name is the user's, refused rather than emptied.
+  if (::unlinkat(tok_root.fd(), tp.filename().c_str(), 0) != 0 && errno != ENOENT)
     throw UserError(tok_path + ": cannot remove the previous tokenizer record: " + std::strerror(errno));
 
   std::vector<ShardSummary> written;

@@ -295,6 +295,13 @@ TEST(TokenizerCli, StoppedPrepareLeavesNoOtherTokenizerBesideItsShards) {
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_NE(read_file(d / "ds_train_000000.bin"), "");
   EXPECT_FALSE(std::filesystem::exists(d / "ds_tokenizer.json"));
+  // A directory of that name is the user's: refused before any shard is written, and kept.
+  std::filesystem::create_directories(d / "x_tokenizer.json");
+  write_file(d / "x_tokenizer.json/keep", "mine");
+  const RunResult x = run_cli("data prepare --input " + (d / "in.txt") + " --output " + (d / "x"));
+  EXPECT_EQ(x.code, 2);
+  EXPECT_EQ(read_file(d / "x_tokenizer.json/keep"), "mine");
+  EXPECT_FALSE(std::filesystem::exists(d / "x_train_000000.bin"));
 }
 
 // A token (or any name from a file) with a newline in it is quoted into the one error line, not
