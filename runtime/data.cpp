@@ -226,7 +226,9 @@ void write_shard(const std::string& path, const uint16_t* tokens, size_t n) {
   const std::filesystem::path p(path);
   const WriteRoot root(p.parent_path().empty() ? "." : p.parent_path().string());
   const std::string name = p.filename().string(), tmp = name + ".tmp";
-  root.remove_all(tmp);
+  // A stale file or link is removed; a directory of that name is the user's and is refused.
+  if (::unlinkat(root.fd(), tmp.c_str(), 0) != 0 && errno != ENOENT)
+    throw UserError(root.display(tmp) + ": cannot remove the stale temporary file: " + errno_str());
   try {
     Fd fd = root.open_file(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
     write_all(fd.get(), header, sizeof header, root.display(tmp));
@@ -236,7 +238,7 @@ void write_shard(const std::string& path, const uint16_t* tokens, size_t n) {
     fd.close_checked(root.display(tmp));
     root.rename(tmp, name);
   } catch (...) {
-    root.remove_all(tmp);
+    ::unlinkat(root.fd(), tmp.c_str(), 0);
     throw;
   }
   // Persist the rename itself; failure here loses durability, not correctness, so ignore it.

@@ -421,6 +421,11 @@ TEST_F(DataTest, PrepareDoesNotWriteThroughLinks) {
   EXPECT_FALSE(fs::is_symlink(path("ds_val_000000.bin")));
   EXPECT_FALSE(fs::exists(path("ds_train_000000.bin.tmp")));
   EXPECT_EQ(lt::Shard(path("ds_train_000000.bin")).size(), 90u);
+  // A directory at the temporary name is the user's: refused, not emptied.
+  fs::create_directories(path("dz_train_000000.bin.tmp"));
+  std::ofstream(path("dz_train_000000.bin.tmp/keep")) << "mine";
+  EXPECT_THROW(lt::prepare_text_shards({path("a.txt")}, path("dz"), 0.1), UserError);
+  EXPECT_EQ(read_file(path("dz_train_000000.bin.tmp/keep")), "mine");
 }
 
 // ---- CLI ----
