@@ -8,6 +8,7 @@
 #include <array>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -18,6 +19,7 @@
 #include "runtime/dist_env.h"
 #include "runtime/error.h"
 #include "runtime/input.h"
+#include "runtime/safe_path.h"
 
 namespace lt::bench {
 
@@ -488,7 +490,20 @@ int run_python(const std::string& script, const std::vector<std::string>& args, 
 
 std::vector<std::string> run_plot(const std::string& mode, const std::string& input, const std::string& outdir,
                                   const std::vector<std::string>& extra) {
-  std::vector<std::string> args = {mode, input, outdir};
+  // matplotlib writes through a link left at outdir/NAME.png, to wherever it points: the script
+  // writes into a fresh directory beneath outdir, and each file is renamed into place through the
+  // one path resolver (a link there is replaced).
+  std::filesystem::create_directories(outdir);
+  const WriteRoot root(outdir);
+  std::string tmpl = (std::filesystem::path(outdir) / ".plots-XXXXXX").string();
+  if (!::mkdtemp(tmpl.data())) throw UserError(outdir + ": cannot create a directory for the plots: " + std::strerror(errno));
+  const std::string tmp_name = std::filesystem::path(tmpl).filename().string();
+  struct Cleanup {
+    const WriteRoot& root;
+    std::string name;
+    ~Cleanup() { root.remove_all(name); }
+  } cleanup{root, tmp_name};
+  std::vector<std::string> args = {mode, input, tmpl};
   args.insert(args.end(), extra.begin(), extra.end());
   std::string out;
   const int rc = run_python("scripts/plot.py", args, &out);
@@ -503,7 +518,11 @@ std::vector<std::string> run_plot(const std::string& mode, const std::string& in
   std::vector<std::string> files;
   std::istringstream ss(out);
   for (std::string l; std::getline(ss, l);)
-    if (!l.empty()) files.push_back(l);
+    if (!l.empty()) {
+      const std::string name = std::filesystem::path(l).filename().string();
+      root.rename(tmp_name + "/" + name, name);
+      files.push_back((std::filesystem::path(outdir) / name).string());
+    }
   return files;
 }
 

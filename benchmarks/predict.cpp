@@ -362,7 +362,10 @@ SuiteInputs suite_inputs(const json& suite, const std::string& file, const GPTCo
   const json& machine = suite["machine"];
   const bool gpu = in.device == "cuda" && machine["gpu"].is_object();
   in.label = gpu ? machine["gpu"].value("name", "gpu") : machine["cpu"].value("model", "cpu");
-  in.gpus = gpu ? std::max(1, machine["gpu"].value("count", 1)) : 1;
+  const int64_t count = gpu ? machine["gpu"].value("count", int64_t(1)) : 1;  // read wide: an int would wrap
+  if (count < 1 || count > (1 << 16))
+    throw UserError(file + ": machine.gpu.count: expected 1 .. 65536 GPUs, got " + std::to_string(count));
+  in.gpus = (int)count;
   in.act_bytes = gpu ? 2 : 4;
   in.rates.peak_tflops = machine["peak"].value("tflops", 0.0);
   if (!(in.rates.peak_tflops > 0)) throw UserError(file + ": machine.peak.tflops: expected a peak > 0");
@@ -438,7 +441,10 @@ PlanTable plan_table(const PlanSetup& setup, const Rates& rates, const Network& 
       const std::optional<BatchSplit> split = split_global_batch(setup.global_batch, row.gpus, setup.job.micro_batch);
       if (!split) {
         row.feasible = false;
-        row.note = "the global batch (" + std::to_string(setup.global_batch) + ") does not divide over " +
+        row.note = "the global batch (" + std::to_string(setup.global_batch) + ") " +
+                   (setup.global_batch % row.gpus != 0 ? "does not divide over "
+                                                       : "needs more than " + std::to_string(kMaxGradAccum) +
+                                                             " accumulation steps on ") +
                    std::to_string(row.gpus) + " GPUs";
         t.rows.push_back(row);
         continue;

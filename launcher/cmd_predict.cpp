@@ -134,7 +134,14 @@ std::vector<pr::CurvePoint> read_sweep(const std::string& path) {
 
 std::string fmt(const char* f, double v) {
   char b[64];
-  std::snprintf(b, sizeof b, f, v);
+  // A fixed-point form longer than the buffer (1e100 tokens' hours) would be cut to its first
+  // digits, a wrong number: exponent form instead.
+  const int n = std::snprintf(b, sizeof b, f, v);
+  if (n < 0 || n >= (int)sizeof b) {
+    const std::string spec(f);
+    const size_t at = spec.find('%'), end = spec.find_first_of("fgeE", at);
+    std::snprintf(b, sizeof b, (spec.substr(0, at) + "%.4g" + spec.substr(end + 1)).c_str(), v);
+  }
   return b;
 }
 
@@ -312,9 +319,9 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
                  {"mfu", p.mfu}, {"scaling_efficiency", p.scaling_efficiency}, {"buckets", p.buckets.size()}});
       if (tokens > 0) jr["hours"] = r.hours;
       if (cost) jr["cost"] = r.cost;
-      std::snprintf(line, sizeof line, "  %5d %5d %3d x %-3d %9.2f %11.4g %5.1f%% %8.1f%% %5.1f%%", r.nodes, r.gpus,
-                    r.micro_batch, r.grad_accum, 1e3 * p.step_s, p.tokens_per_s, 100 * p.mfu,
-                    100 * p.exposed_comm_s / p.step_s, 100 * p.scaling_efficiency);
+      std::snprintf(line, sizeof line, "  %5d %5d %3d x %-3d %9s %11.4g %5s%% %8.1f%% %5.1f%%", r.nodes, r.gpus,
+                    r.micro_batch, r.grad_accum, fmt("%.2f", 1e3 * p.step_s).c_str(), p.tokens_per_s,
+                    fmt("%.1f", 100 * p.mfu).c_str(), 100 * p.exposed_comm_s / p.step_s, 100 * p.scaling_efficiency);
       text += line;
       if (tokens > 0) text += fmt("  %8.2f", r.hours);
       if (cost) text += fmt("  %10.2f", r.cost);

@@ -221,36 +221,28 @@ void write_shard(const std::string& path, const uint16_t* tokens, size_t n) {
   header[1] = kShardVersion;
   header[2] = (int32_t)n;
 
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw UserError(tmp + ": cannot create: " + errno_str());
+  // Through the one path resolver (safe_path.h): a link left at PATH.tmp or PATH is replaced,
+  // never written through to wherever it points.
+  const std::filesystem::path p(path);
+  const WriteRoot root(p.parent_path().empty() ? "." : p.parent_path().string());
+  const std::string name = p.filename().string(), tmp = name + ".tmp";
+  // A stale file or link is removed; a directory of that name is the user's and is refused.
+  if (::unlinkat(root.fd(), tmp.c_str(), 0) != 0 && errno != ENOENT)
+    throw UserError(root.display(tmp) + ": cannot remove the stale temporary file: " + errno_str());
   try {
-    write_all(fd, header, sizeof header, tmp);
-    write_all(fd, tokens, n * sizeof(uint16_t), tmp);
+    Fd fd = root.open_file(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    write_all(fd.get(), header, sizeof header, root.display(tmp));
+    write_all(fd.get(), tokens, n * sizeof(uint16_t), root.display(tmp));
     // Data must be on disk before the rename publishes it, or a crash can leave PATH empty.
-    if (::fsync(fd) != 0) throw UserError(tmp + ": cannot sync: " + errno_str());
+    if (::fsync(fd.get()) != 0) throw UserError(root.display(tmp) + ": cannot sync: " + errno_str());
+    fd.close_checked(root.display(tmp));
+    root.rename(tmp, name);
   } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
+    ::unlinkat(root.fd(), tmp.c_str(), 0);
     throw;
   }
-  if (::close(fd) != 0) {
-    std::string err = errno_str();
-    ::unlink(tmp.c_str());
-    throw UserError(tmp + ": cannot write: " + err);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string err = errno_str();
-    ::unlink(tmp.c_str());
-    throw UserError(path + ": cannot rename " + tmp + " over it: " + err);
-  }
   // Persist the rename itself; failure here loses durability, not correctness, so ignore it.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  ::fsync(root.fd());
 }
 
 // ---- training loader ----
@@ -488,6 +480,15 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
     if (ec) throw UserError(dir.string() + ": cannot create the output directory: " + ec.message());
   }
 
+  // The previous run's tokenizer.json goes before any shard is replaced: a run that stops part
+  // way must leave its shards with no record rather than with one that misreads their ids.
+  const std::string tok_path = output_prefix + kShardTokenizerSuffix;
+  const std::filesystem::path tp(tok_path);
+  const WriteRoot tok_root(tp.parent_path().empty() ? "." : tp.parent_path().string());
+  // unlinkat, not remove_all: a directory of that name is the user's, refused rather than emptied.
+  if (::unlinkat(tok_root.fd(), tp.filename().c_str(), 0) != 0 && errno != ENOENT)
+    throw UserError(tok_path + ": cannot remove the previous tokenizer record: " + std::strerror(errno));
+
   std::vector<ShardSummary> written;
   std::vector<uint16_t> buf;
   auto write_split = [&](const char* split, size_t begin, size_t end) {
@@ -511,10 +512,7 @@ std::vector<ShardSummary> prepare_text_shards(const std::vector<std::string>& in
   write_split("val", n_train, total);
   // The shards' tokenizer, where training finds it (shard_tokenizer_path) and copies it into
   // every checkpoint.
-  const std::string tok_path = output_prefix + kShardTokenizerSuffix;
-  const std::filesystem::path tp(tok_path);
-  write_file_atomic(WriteRoot(tp.parent_path().empty() ? "." : tp.parent_path().string()), tp.filename().string(),
-                    tokenizer ? tokenizer->json_text() : Tokenizer::byte_level_json());
+  write_file_atomic(tok_root, tp.filename().string(), tokenizer ? tokenizer->json_text() : Tokenizer::byte_level_json());
   return written;
 }
 

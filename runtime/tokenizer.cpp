@@ -132,6 +132,33 @@ struct AddedToken {
   bool normalized;
 };
 
+// The contents of one pass's added tokens as a byte trie, so finding them costs a walk as deep as
+// the text matches rather than a comparison with every token at every position (thousands of
+// "<...>" tokens over markup would otherwise take minutes a megabyte).
+struct AddedTrie {
+  std::unordered_map<uint64_t, uint32_t> edges;  // node << 8 | byte -> child node; node 0 is the root
+  std::vector<int32_t> token{-1};                // node -> index of the token ending there, or -1
+
+  void add(const std::string& content, int32_t index) {
+    uint32_t node = 0;
+    for (unsigned char c : content) {
+      auto [it, fresh] = edges.emplace((uint64_t)node << 8 | c, (uint32_t)token.size());
+      if (fresh) token.push_back(-1);
+      node = it->second;
+    }
+    token[node] = index;
+  }
+  bool contains(const std::string& content) const {
+    uint32_t node = 0;
+    for (unsigned char c : content) {
+      auto it = edges.find((uint64_t)node << 8 | c);
+      if (it == edges.end()) return false;
+      node = it->second;
+    }
+    return token[node] >= 0;
+  }
+};
+
 // A compiled pattern, freed with the tokenizer.
 struct Pattern {
   pcre2_code* code = nullptr;
@@ -157,6 +184,7 @@ struct Tokenizer::Impl {
   bool add_prefix_space = false, use_regex = true;
   // Added tokens in the two passes `tokenizers` makes: those not normalized first, then the rest.
   std::vector<AddedToken> added[2];
+  AddedTrie added_trie[2];
   Pattern pattern;
 };
 
@@ -299,16 +327,17 @@ void encode_segment(const Tokenizer::Impl& t, Scratch& s, std::string_view seg, 
 }
 
 // Leftmost-longest occurrence of one of `tokens` in text[from, to): (position, index) or npos.
-std::pair<size_t, size_t> find_added(const std::vector<AddedToken>& tokens, std::string_view text, size_t from,
-                                     size_t to) {
+std::pair<size_t, size_t> find_added(const AddedTrie& trie, std::string_view text, size_t from, size_t to) {
   for (size_t i = from; i < to; ++i) {
-    size_t best = SIZE_MAX, best_len = 0;
-    for (size_t k = 0; k < tokens.size(); ++k) {
-      const std::string& c = tokens[k].content;
-      if (c.size() > best_len && c[0] == text[i] && i + c.size() <= to && text.compare(i, c.size(), c) == 0)
-        best = k, best_len = c.size();
+    int32_t best = -1;
+    uint32_t node = 0;
+    for (size_t j = i; j < to; ++j) {
+      auto it = trie.edges.find((uint64_t)node << 8 | (unsigned char)text[j]);
+      if (it == trie.edges.end()) break;
+      node = it->second;
+      if (trie.token[node] >= 0) best = trie.token[node];  // deeper is longer
     }
-    if (best != SIZE_MAX) return {i, best};
+    if (best >= 0) return {i, (size_t)best};
   }
   return {std::string_view::npos, 0};
 }
@@ -325,7 +354,7 @@ void encode_span(const Tokenizer::Impl& t, Scratch& s, std::string_view text, si
   size_t at = from;
   bool start = segment_start;
   while (at < to) {
-    auto [pos, k] = find_added(t.added[pass], text, at, to);
+    auto [pos, k] = find_added(t.added_trie[pass], text, at, to);
     if (pos == std::string_view::npos) break;
     encode_span(t, s, text, at, pos, pass + 1, start, out);
     out.push_back(t.added[pass][k].id);
@@ -480,10 +509,11 @@ void read_added_tokens(const JsonFields& top, Tokenizer::Impl& t) {
       t.id_bytes[id] = content;
       t.id_used[id] = true;
     }
-    for (int p = 0; p < 2; ++p)
-      for (const AddedToken& o : t.added[p])
-        if (o.content == content) a.fail("content", "a token not listed twice");
-    t.added[normalized ? 1 : 0].push_back({content, (int32_t)id, normalized});
+    if (t.added_trie[0].contains(content) || t.added_trie[1].contains(content))
+      a.fail("content", "a token not listed twice");
+    const int pass = normalized ? 1 : 0;
+    t.added_trie[pass].add(content, (int32_t)t.added[pass].size());
+    t.added[pass].push_back({content, (int32_t)id, normalized});
   }
 }
 
@@ -584,7 +614,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
 // Every alternative of GPT-2's pattern that matches a non-whitespace character matches only
 // non-whitespace after it, and no alternative looks behind, so a word ends at such a point and
 // the next starts there whatever came before; the piece after the cut continues its segment (no
-// prefix space). A cut is skipped where an added token occurs across it.
+// prefix space). A cut is skipped where an added token occurs across it or ends at it (the text
+// after an added token is a new segment, which add_prefix_space changes). Without the regex
+// (use_regex false) a segment is one word, so the text is not cut at all.
 std::vector<int32_t> Tokenizer::encode_parallel(std::string_view text, int threads, const std::string& what,
                                                 const std::function<void(size_t, size_t)>& progress,
                                                 size_t piece_bytes) const {
@@ -592,7 +624,7 @@ std::vector<int32_t> Tokenizer::encode_parallel(std::string_view text, int threa
   const Impl& t = *impl_;
   const size_t kChunk = std::max<size_t>(piece_bytes, 1);
   std::vector<size_t> cuts = {0};
-  while (cuts.back() + kChunk < text.size()) {
+  while (t.use_regex && cuts.back() + kChunk < text.size()) {
     size_t cut = 0;
     for (size_t p = cuts.back() + kChunk; p < text.size() && cut == 0; ++p) {
       const unsigned char c = (unsigned char)text[p];
@@ -604,7 +636,7 @@ std::vector<int32_t> Tokenizer::encode_parallel(std::string_view text, int threa
       bool crossed = false;
       for (int pass = 0; pass < 2 && !crossed; ++pass)
         for (const AddedToken& a : t.added[pass])
-          for (size_t k = 1; k < a.content.size() && !crossed; ++k)
+          for (size_t k = 1; k <= a.content.size() && !crossed; ++k)
             crossed = p >= k && text.compare(p - k, a.content.size(), a.content) == 0;
       if (!crossed) cut = p;
     }

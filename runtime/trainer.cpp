@@ -198,7 +198,12 @@ std::optional<BatchSplit> split_global_batch(int64_t global_batch, int world, in
   if (global_batch < 1 || world < 1 || global_batch % world != 0) return std::nullopt;
   const int64_t share = global_batch / world;
   for (int64_t b = std::min<int64_t>(max_micro_batch, share); b >= 1; b--)
-    if (share % b == 0) return BatchSplit{(int)b, (int)(share / b)};
+    if (share % b == 0) {
+      // The largest micro batch gives the fewest steps; more than the config allows (and an int
+      // holds) is no split.
+      if (share / b > kMaxGradAccum) return std::nullopt;
+      return BatchSplit{(int)b, (int)(share / b)};
+    }
   return std::nullopt;
 }
 

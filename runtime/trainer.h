@@ -55,10 +55,11 @@ struct TrainResult {
 // The global batch (sequences per optimizer step) is a property of the run, kept in its
 // checkpoints. On `world` ranks it is split as micro_batch x world x grad_accum with the
 // largest micro_batch <= max_micro_batch (the memory bound) that divides its share; nullopt
-// when `world` does not divide it.
+// when `world` does not divide it or a rank would need more than kMaxGradAccum steps.
 struct BatchSplit {
   int micro_batch = 0, grad_accum = 0;
 };
+inline constexpr int64_t kMaxGradAccum = 1 << 20;  // as [train] grad_accum is bounded; nullopt beyond
 std::optional<BatchSplit> split_global_batch(int64_t global_batch, int world, int max_micro_batch);
 
 TrainResult run_train(const TrainOptions& opt);

@@ -408,6 +408,26 @@ TEST_F(DataTest, PrepareMissingInputWritesNothing) {
             "prepare: val_fraction: expected a value in [0, 1), got 1.000000");
 }
 
+// A link left where a shard's temporary file goes is replaced, never written through: the file
+// it points to (anywhere) keeps its bytes.
+TEST_F(DataTest, PrepareDoesNotWriteThroughLinks) {
+  std::ofstream(path("a.txt")) << std::string(100, 'q');
+  std::ofstream(path("victim")) << "precious";
+  fs::create_symlink(path("victim"), path("ds_train_000000.bin.tmp"));
+  fs::create_symlink(path("victim"), path("ds_val_000000.bin"));
+  lt::prepare_text_shards({path("a.txt")}, path("ds"), 0.1);
+  EXPECT_EQ(read_file(path("victim")), "precious");
+  EXPECT_FALSE(fs::is_symlink(path("ds_train_000000.bin")));
+  EXPECT_FALSE(fs::is_symlink(path("ds_val_000000.bin")));
+  EXPECT_FALSE(fs::exists(path("ds_train_000000.bin.tmp")));
+  EXPECT_EQ(lt::Shard(path("ds_train_000000.bin")).size(), 90u);
+  // A directory at the temporary name is the user's: refused, not emptied.
+  fs::create_directories(path("dz_train_000000.bin.tmp"));
+  std::ofstream(path("dz_train_000000.bin.tmp/keep")) << "mine";
+  EXPECT_THROW(lt::prepare_text_shards({path("a.txt")}, path("dz"), 0.1), UserError);
+  EXPECT_EQ(read_file(path("dz_train_000000.bin.tmp/keep")), "mine");
+}
+
 // ---- CLI ----
 
 TEST_F(DataTest, CliPrepareMissingInputExits2) {

@@ -547,6 +547,20 @@ TEST(HfShards, TrainWritesShardsAndInitEvalReadThem) {
   EXPECT_FALSE(fs::exists(job.dir / "run6"));
 }
 
+// Loading holds every shard open at once: a checkpoint of more shards than the soft limit on
+// open files (1024 is a common default; 24 here, against 28 shards) still loads, up to the
+// hard limit.
+TEST(HfShards, MoreShardsThanTheSoftOpenFileLimitLoad) {
+  Job job;
+  const std::string run = job.dir / "run";
+  RunResult r = run_cli("train --device cpu --config " + job.config + " --out " + run + " --max-shard-size 1");
+  ASSERT_EQ(r.code, 0) << r.both();
+  ASSERT_EQ(shard_files(run + "/checkpoints/step-00000004").size(), 28u);
+  r = test::run_sh("ulimit -Sn 24 && " + std::string(LT_CLI) + " eval --device cpu --checkpoint " + run + " --data " +
+                   job.val + " --batch 2 --seq 32 --batches 1");
+  ASSERT_EQ(r.code, 0) << r.both();
+}
+
 TEST(HfShards, EvalRefusesMoreBatchesThanTheShardHoldsUnlessZero) {
   Job job;
   const std::string run = job.dir / "run";

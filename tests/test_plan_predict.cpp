@@ -7,10 +7,12 @@
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "benchmarks/compare.h"
 #include "benchmarks/predict.h"
 #include "runtime/error.h"
+#include "runtime/trainer.h"
 #include "tests/lease_fixtures.h"
 #include "tests/util.h"
 
@@ -131,6 +133,44 @@ TEST(PlanPredict, TopologyFromTheLeaseAndAGlobalBatchHeld) {
     if (row["feasible"]) EXPECT_EQ(row["micro_batch"].get<int>() * row["grad_accum"].get<int>() * row["gpus"].get<int>(), 64);
 }
 
+// The largest --global-batch accepted (2^40) needs more accumulation steps than an int holds on
+// few GPUs: those rows are not feasible (as the trainer refuses them), never a wrapped count.
+TEST(PlanPredict, HugeGlobalBatchIsNotFeasibleRatherThanWrapped) {
+  auto r = run_cli("plan --predict --config " + kConfig + " --suite " + kH100 +
+                   " --gemm-impl cublas --nic-gbps 3200 --max-nodes 4 --global-batch 1099511627776 --json");
+  ASSERT_EQ(r.code, 0) << r.both();
+  const json j = json::parse(r.out);
+  for (const json& row : j["machines"][0]["rows"]) {
+    EXPECT_FALSE(row["feasible"].get<bool>()) << row;
+    EXPECT_EQ(row["note"], "the global batch (1099511627776) needs more than 1048576 accumulation steps on " +
+                               std::to_string(row["gpus"].get<int>()) + " GPUs") << row;
+  }
+  EXPECT_FALSE(split_global_batch(int64_t(1) << 40, 8, 64));
+  EXPECT_EQ(split_global_batch(int64_t(1) << 26, 1, 64)->grad_accum, 1 << 20);
+}
+
+// Numbers too long for fixed point (a budget of 1e100 tokens, rates scaled far down) are printed
+// whole or in exponent form, never cut to their first digits.
+TEST(PlanPredict, HugeNumbersArePrintedWhole) {
+  for (const std::string extra : {"--tokens 1e100 --price 2", "--tokens 1B --price 2 --compute-scale 1e-290"}) {
+    const std::string args = "plan --predict --config " + kConfig + " --suite " + kH100 +
+                             " --gemm-impl cublas --nic-gbps 3200 --max-nodes 1 " + extra;
+    auto t = run_cli(args), j = run_cli(args + " --json");
+    ASSERT_EQ(t.code, 0) << t.both();
+    ASSERT_EQ(j.code, 0) << j.both();
+    const json row = json::parse(j.out)["machines"][0]["rows"][0];
+    const size_t at = t.out.find("\n      1     8 ");
+    ASSERT_NE(at, std::string::npos) << t.out;
+    std::istringstream line(t.out.substr(at + 1, t.out.find('\n', at + 1) - at - 1));
+    std::vector<std::string> cols;
+    for (std::string c; line >> c;) cols.push_back(c);
+    ASSERT_EQ(cols.size(), 12u) << t.out;
+    EXPECT_NEAR(std::stod(cols[5]) / (1e3 * row["step_s"].get<double>()), 1.0, 1e-3) << cols[5];
+    EXPECT_NEAR(std::stod(cols[10]) / row["hours"].get<double>(), 1.0, 1e-3) << cols[10];
+    EXPECT_NEAR(std::stod(cols[11]) / row["cost"].get<double>(), 1.0, 1e-3) << cols[11];
+  }
+}
+
 TEST(PlanPredict, PlotsTokensPerSecondAndCost) {
   TempDir d;
   auto r = run_cli("plan --predict --config " + kConfig + " --suite " + kA100 + " --suite " + kH100 +
@@ -141,6 +181,17 @@ TEST(PlanPredict, PlotsTokensPerSecondAndCost) {
   ASSERT_GT(png.size(), 1000u);
   EXPECT_EQ(png.substr(1, 3), "PNG");
   EXPECT_NE(read_file(d / "plots/predict.svg").find("cost to the token budget"), std::string::npos);
+  // A link left where a plot goes is replaced, never written through.
+  write_file(d / "victim", "precious");
+  std::filesystem::remove(d / "plots/predict.png");
+  std::filesystem::create_symlink(d / "victim", d / "plots/predict.png");
+  r = run_cli("plan --predict --config " + kConfig + " --suite " + kH100 +
+              " --gemm-impl cublas --max-nodes 2 --nic-gbps 3200 --plot " + d / "plots");
+  ASSERT_EQ(r.code, 0) << r.both();
+  EXPECT_EQ(read_file(d / "victim"), "precious");
+  EXPECT_FALSE(std::filesystem::is_symlink(d / "plots/predict.png"));
+  EXPECT_EQ(read_file(d / "plots/predict.png").substr(1, 3), "PNG");
+  EXPECT_NE(r.err.find("wrote " + d / "plots/predict.png"), std::string::npos) << r.err;
 }
 
 TEST(PlanPredict, BadInputIsOneLineNamingTheFieldExit2) {
@@ -172,6 +223,13 @@ TEST(PlanPredict, BadInputIsOneLineNamingTheFieldExit2) {
     EXPECT_EQ(test::count_lines(r.err), 1) << c.args << "\n" << r.err;
     EXPECT_EQ(r.out, "") << c.args;
   }
+  // A GPU count past an int was wrapped to one GPU a node without a word.
+  json big = bench::load_suite_result(kH100);
+  big["machine"]["gpu"]["count"] = int64_t(1) << 31;
+  write_file(d / "big.json", big.dump());
+  auto b = run_cli(base + "--suite " + d / "big.json");
+  EXPECT_EQ(b.code, 2) << b.both();
+  EXPECT_EQ(b.err, "leasetrain: error: " + d / "big.json" + ": machine.gpu.count: expected 1 .. 65536 GPUs, got 2147483648\n");
   // A sweep file for --intra-allreduce that is not one names the row.
   write_file(d / "sweep.json", R"([{"size": 8, "time_us": 10}, {"size": "big", "time_us": 20}])");
   auto r = run_cli(base + "--suite " + kH100 + " --gpus-per-node 2 --intra-allreduce " + d / "sweep.json");

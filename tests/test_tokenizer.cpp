@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <chrono>
 #include <random>
 
 #include "runtime/data.h"
@@ -90,6 +91,30 @@ TEST(Tokenizer, AddedTokensAreSplitOutFirst) {
   EXPECT_EQ(Tokenizer::from_file(kFixtures + "bpe500.json").eos_id(), std::nullopt);
 }
 
+// Thousands of added tokens sharing a first byte ("<image_N>"-style) over text full of that byte
+// (markup): finding them must not compare every token at every position (that took ~100 s for
+// these 2 MB), and the longest token at the leftmost position still wins.
+TEST(Tokenizer, ManyAddedTokensOverMarkupStayFast) {
+  const std::string js = edited("bpe2000_eot.json", [](json& j) {
+    for (int i = 0; i < 20000; ++i) j["added_tokens"].push_back({{"id", 2000 + i}, {"content", "<t" + std::to_string(i)}});
+  });
+  const Tokenizer tok = Tokenizer::from_json(js, "many.json");
+  EXPECT_EQ(tok.encode("<t10<t1<|endoftext|><t19999"), (std::vector<int32_t>{2010, 2001, 0, 21999}));
+  const std::string text = std::string(2 << 20, '<') + "<t7";
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<int32_t> ids = tok.encode_parallel(text, 2, "text");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids.back(), 2007);
+  // Listing one twice is still refused.
+  EXPECT_EQ(user_error([&] {
+              Tokenizer::from_json(edited("bpe2000_eot.json", [](json& j) {
+                                     j["added_tokens"].push_back({{"id", 2000}, {"content", "<|endoftext|>"}});
+                                   }), "t.json");
+            }),
+            "t.json: field 'added_tokens[1].content' must be a token not listed twice, got \"<|endoftext|>\"");
+}
+
 TEST(Tokenizer, PrefixSpaceAndIgnoreMerges) {
   // bpe500 adds a prefix space (as GPT-2's "add_prefix_space": true does) to each segment.
   const Tokenizer tok = Tokenizer::from_file(kFixtures + "bpe500.json");
@@ -139,6 +164,27 @@ TEST(Tokenizer, ThreadsGiveTheSameIds) {
       EXPECT_EQ(tok.encode_parallel(sample, 3, "text", {}, piece), whole) << name << " " << piece;
     }
     EXPECT_EQ(tok.encode_parallel(sample, 2, "text"), whole) << name;
+  }
+}
+
+// Cuts must not change what a segment is: after an added token the next segment gets the prefix
+// space (add_prefix_space), and without the regex (use_regex false) the whole segment is one word.
+TEST(Tokenizer, ThreadsGiveTheSameIdsAfterAddedTokensAndWithoutRegex) {
+  const std::string text = "a<|endoftext|>\nb c<|endoftext|>\tdd ee\n\nff<|endoftext|> g";
+  const std::string prefixed = edited("bpe500.json", [](json& j) {
+    j["added_tokens"] = json::array({{{"id", 500}, {"content", "<|endoftext|>"}, {"special", true}}});
+  });
+  // A merge across the space, which only a tokenizer without the regex can apply.
+  const std::string no_regex = edited("bpe2000_eot.json", [](json& j) {
+    j["pre_tokenizer"]["use_regex"] = false;
+    j["model"]["vocab"]["d\u0120"] = 2000;
+    j["model"]["merges"].insert(j["model"]["merges"].begin(), "d \u0120");
+  });
+  for (const std::string& js : {prefixed, no_regex}) {
+    const Tokenizer tok = Tokenizer::from_json(js, "t.json");
+    const std::vector<int32_t> whole = tok.encode(text);
+    for (size_t piece : {1, 2, 5})
+      EXPECT_EQ(tok.encode_parallel(text, 2, "text", {}, piece), whole) << piece;
   }
 }
 
@@ -233,6 +279,42 @@ TEST(TokenizerCli, PrepareRefusesWhatShardsCannotHold) {
   // Bytes as before, now with the byte-level tokenizer beside them.
   ASSERT_EQ(run_cli("data prepare --input " + (d / "bad.txt") + " --output " + (d / "b")).code, 0);
   EXPECT_EQ(read_file(d / "b_tokenizer.json"), Tokenizer::byte_level_json());
+}
+
+// A prepare that stops after writing some shards (here: shard 1's name is taken by a directory)
+// must not leave them beside the previous run's tokenizer.json, which would claim their ids.
+TEST(TokenizerCli, StoppedPrepareLeavesNoOtherTokenizerBesideItsShards) {
+  TempDir d;
+  write_file(d / "in.txt", read_file(kFixtures + "sample.txt"));
+  ASSERT_EQ(run_cli("data prepare --tokenizer " + kFixtures + "bpe500.json --input " + (d / "in.txt") + " --output " +
+                    (d / "ds")).code, 0);
+  ASSERT_EQ(read_file(d / "ds_tokenizer.json"), read_file(kFixtures + "bpe500.json"));
+  std::filesystem::create_directories(d / "ds_train_000001.bin/x");
+  const RunResult r = run_cli("data prepare --tokenizer " + kFixtures + "bpe2000_eot.json --input " + (d / "in.txt") +
+                              " --output " + (d / "ds") + " --shard-tokens 100");
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(read_file(d / "ds_train_000000.bin"), "");
+  EXPECT_FALSE(std::filesystem::exists(d / "ds_tokenizer.json"));
+  // A directory of that name is the user's: refused before any shard is written, and kept.
+  std::filesystem::create_directories(d / "x_tokenizer.json");
+  write_file(d / "x_tokenizer.json/keep", "mine");
+  const RunResult x = run_cli("data prepare --input " + (d / "in.txt") + " --output " + (d / "x"));
+  EXPECT_EQ(x.code, 2);
+  EXPECT_EQ(read_file(d / "x_tokenizer.json/keep"), "mine");
+  EXPECT_FALSE(std::filesystem::exists(d / "x_train_000000.bin"));
+}
+
+// A token (or any name from a file) with a newline in it is quoted into the one error line, not
+// printed raw across two.
+TEST(TokenizerCli, ErrorNamingATokenWithANewlineIsOneLine) {
+  TempDir d;
+  write_file(d / "in.txt", "hi\n");
+  write_file(d / "nl.json", edited("bpe2000_eot.json", [](json& j) { j["model"]["vocab"]["x\ny\r\x01"] = -1; }));
+  const RunResult r = run_cli("data prepare --tokenizer " + (d / "nl.json") + " --input " + (d / "in.txt") + " --output " +
+                              (d / "o"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "leasetrain: error: " + (d / "nl.json") +
+                       ": field 'model.vocab.x\\ny\\r\\x01' must be an id in [0, 16777215], got -1\n");
 }
 
 std::string tiny_config(const TempDir& d, const std::string& prefix, int vocab) {

@@ -39,7 +39,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (data[0] % 2 == 0) {
     lt_fuzz::expect_user_error_only([&] {
       const lt::Tokenizer tok = lt::Tokenizer::from_json(rest, "tokenizer.json");
-      check(tok, "Hello <|endoftext|> world,  don't\t123 caf\xc3\xa9 \xe6\x9d\xb1\n\n x", false);
+      check(tok, "Hello <|endoftext|> world,  don't\t123 caf\xc3\xa9 \xe6\x9d\xb1\n\n x<|endoftext|>\ny", false);
     });
   } else if (lt::invalid_utf8_at(rest) == std::string::npos) {
     check(fixture, rest, true);
