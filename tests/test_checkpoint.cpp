@@ -14,9 +14,11 @@
 #include "runtime/error.h"
 #include "runtime/safetensors.h"
 #include "runtime/sha256.h"
+#include "tests/util.h"
 
 namespace fs = std::filesystem;
 using namespace lt;
+using lt::test::user_error;
 
 namespace {
 
@@ -55,24 +57,6 @@ void write_file(const fs::path& p, const std::string& bytes) {
   out << bytes;
 }
 
-// The message of the UserError that f throws; fails the test if it throws nothing or another type.
-template <class F>
-std::string user_error(F&& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "UserError messages are one line: " << msg;
-    return msg;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected UserError, got " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected UserError, nothing thrown";
-  return "";
-}
-
-#define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << "'" << (msg) << "' lacks '" << (part) << "'"
 
 // ---------------------------------------------------------------------------------------------
 // SHA-256

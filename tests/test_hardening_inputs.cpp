@@ -45,16 +45,6 @@ void expect_user_error(const RunResult& r, std::initializer_list<std::string> fr
   for (const auto& f : fragments) EXPECT_NE(r.err.find(f), std::string::npos) << "missing '" << f << "' in: " << r.err;
 }
 
-template <class F>
-std::string user_error_of(F&& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no UserError";
-  return "";
-}
 
 std::string nested(const std::string& open, const std::string& close, size_t depth) {
   std::string s;
@@ -81,31 +71,31 @@ TEST(InputReader, RefusesWhatIsNotARegularFileWithoutBlocking) {
   TempDir dir;
   const std::string fifo = fifo_in(dir, "fifo");
   const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_NE(user_error_of([&] { read_regular_file(fifo, "config"); }).find("is a FIFO"), std::string::npos);
+  EXPECT_NE(user_error([&] { read_regular_file(fifo, "config"); }).find("is a FIFO"), std::string::npos);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
-  EXPECT_NE(user_error_of([&] { read_regular_file("/dev/null", "config"); }).find("character device"), std::string::npos);
-  EXPECT_NE(user_error_of([&] { read_regular_file(dir.path.string(), "config"); }).find("directory"), std::string::npos);
-  EXPECT_NE(user_error_of([&] { read_regular_file(dir / "missing", "config"); }).find("cannot open config"),
+  EXPECT_NE(user_error([&] { read_regular_file("/dev/null", "config"); }).find("character device"), std::string::npos);
+  EXPECT_NE(user_error([&] { read_regular_file(dir.path.string(), "config"); }).find("directory"), std::string::npos);
+  EXPECT_NE(user_error([&] { read_regular_file(dir / "missing", "config"); }).find("cannot open config"),
             std::string::npos);
   write_file(dir / "big", std::string(100, 'x'));
-  EXPECT_NE(user_error_of([&] { read_regular_file(dir / "big", "config", 10); }).find("more than the 10"),
+  EXPECT_NE(user_error([&] { read_regular_file(dir / "big", "config", 10); }).find("more than the 10"),
             std::string::npos);
   EXPECT_EQ(read_regular_file(dir / "big", "config"), std::string(100, 'x'));
 }
 
 TEST(InputReader, JsonNestingIsBoundedAndFieldsAreTyped) {
-  EXPECT_NE(user_error_of([] { parse_json("{\"n_layer\": " + nested("[", "]", 1000000) + "}", "c.json"); })
+  EXPECT_NE(user_error([] { parse_json("{\"n_layer\": " + nested("[", "]", 1000000) + "}", "c.json"); })
                 .find("nested deeper"),
             std::string::npos);
   const json j = parse_json(R"({"step": "7", "n": -1, "ok": 3})", "t.json");
   const JsonFields f(j, "t.json");
-  EXPECT_EQ(user_error_of([&] { f.integer("step", 0); }), "t.json: field 'step' must be an integer in [0, " +
+  EXPECT_EQ(user_error([&] { f.integer("step", 0); }), "t.json: field 'step' must be an integer in [0, " +
                                                               std::to_string(INT64_MAX) + "], got \"7\"");
-  EXPECT_NE(user_error_of([&] { f.integer("n", 0, 10); }).find("field 'n'"), std::string::npos);
-  EXPECT_NE(user_error_of([&] { f.integer("missing", 0, 10); }).find("field 'missing'"), std::string::npos);
+  EXPECT_NE(user_error([&] { f.integer("n", 0, 10); }).find("field 'n'"), std::string::npos);
+  EXPECT_NE(user_error([&] { f.integer("missing", 0, 10); }).find("field 'missing'"), std::string::npos);
   EXPECT_EQ(f.integer("ok", 0, 10), 3);
   // A number past double's range is the file's fault, said without the library's tag.
-  const std::string big = user_error_of([] { parse_json(R"({"n_layer": 1e400})", "c.json"); });
+  const std::string big = user_error([] { parse_json(R"({"n_layer": 1e400})", "c.json"); });
   EXPECT_EQ(big.rfind("c.json: not valid JSON (number overflow", 0), 0u) << big;
 }
 
@@ -135,7 +125,7 @@ TEST(InputReader, TomlDottedKeysAreBounded) {
     if (c.ok) {
       EXPECT_NO_THROW(parse_toml_file(p, "config"));
     } else {
-      const std::string e = user_error_of([&] { parse_toml_file(p, "config"); });
+      const std::string e = user_error([&] { parse_toml_file(p, "config"); });
       EXPECT_NE(e.find(p + ":"), std::string::npos) << e;
     }
   }
@@ -144,12 +134,12 @@ TEST(InputReader, TomlDottedKeysAreBounded) {
 TEST(InputReader, OutputDirectoryMustBeCreatable) {
   TempDir dir;
   write_file(dir / "file", "x");
-  EXPECT_NE(user_error_of([&] { check_output_directory(dir / "file", "--out"); }).find("must be a directory"),
+  EXPECT_NE(user_error([&] { check_output_directory(dir / "file", "--out"); }).find("must be a directory"),
             std::string::npos);
-  EXPECT_NE(user_error_of([&] { check_output_directory(dir / "file/sub", "--out"); }).find("--out"), std::string::npos);
-  EXPECT_NE(user_error_of([&] { check_output_directory("/proc/leasetrain-run", "--out"); }).find("/proc"),
+  EXPECT_NE(user_error([&] { check_output_directory(dir / "file/sub", "--out"); }).find("--out"), std::string::npos);
+  EXPECT_NE(user_error([&] { check_output_directory("/proc/leasetrain-run", "--out"); }).find("/proc"),
             std::string::npos);
-  EXPECT_NE(user_error_of([&] { check_output_directory("/sys/kernel/x/y", "--out"); }).find("sysfs"), std::string::npos);
+  EXPECT_NE(user_error([&] { check_output_directory("/sys/kernel/x/y", "--out"); }).find("sysfs"), std::string::npos);
   EXPECT_NO_THROW(check_output_directory(dir.path.string(), "--out"));
   EXPECT_NO_THROW(check_output_directory(dir / "a/b/c", "--out"));
   EXPECT_FALSE(fs::exists(dir / "a"));  // checking creates nothing
@@ -158,12 +148,12 @@ TEST(InputReader, OutputDirectoryMustBeCreatable) {
 TEST(InputReader, SafetensorsFifoAndDeepHeaderAreRefused) {
   TempDir dir;
   const std::string fifo = fifo_in(dir, "model.safetensors");
-  EXPECT_NE(user_error_of([&] { SafetensorsReader r(fifo); }).find("is a FIFO"), std::string::npos);
+  EXPECT_NE(user_error([&] { SafetensorsReader r(fifo); }).find("is a FIFO"), std::string::npos);
   const std::string header = "{\"a\": " + nested("[", "]", 200000) + "}";
   std::string bytes(8, '\0');
   for (int i = 0; i < 8; i++) bytes[i] = (char)((uint64_t)header.size() >> (8 * i));
   write_file(dir / "deep.safetensors", bytes + header);
-  EXPECT_NE(user_error_of([&] { SafetensorsReader r(dir / "deep.safetensors"); }).find("nested deeper"),
+  EXPECT_NE(user_error([&] { SafetensorsReader r(dir / "deep.safetensors"); }).find("nested deeper"),
             std::string::npos);
 }
 
@@ -198,12 +188,12 @@ TEST(MemoryEstimate, SaturatesAndRefusesInsteadOfOverflowing) {
   p.training = true;
   const MemoryEstimate e = estimate_memory(huge, p);
   EXPECT_EQ(e.host, std::numeric_limits<uint64_t>::max());
-  const std::string err = user_error_of([&] { check_model_memory(huge, p, "train"); });
+  const std::string err = user_error([&] { check_model_memory(huge, p, "train"); });
   EXPECT_NE(err.find("train needs about more than 16 EiB of host memory"), std::string::npos) << err;
   // The model's own constructor refuses before its parameter table or buffers are built.
   auto be = make_backend(BackendOptions{});
   const GPTConfig big{1000000000, 4, 128, 128, 256};
-  EXPECT_NE(user_error_of([&] { GPT m(big, *be); }).find("needs about"), std::string::npos);
+  EXPECT_NE(user_error([&] { GPT m(big, *be); }).find("needs about"), std::string::npos);
 }
 
 // ---- end to end -------------------------------------------------------------------------------
@@ -475,7 +465,7 @@ TEST(SecondReview, ShardBytesMustMatchTheHeaderCount) {
 }
 
 TEST(SecondReview, LocalJobsAreBoundedByTheCores) {
-  EXPECT_NE(user_error_of([] { lt::local_mpirun_argv(1024, 1024); }).find("threads on this host"), std::string::npos);
+  EXPECT_NE(user_error([] { lt::local_mpirun_argv(1024, 1024); }).find("threads on this host"), std::string::npos);
   EXPECT_NO_THROW(lt::local_mpirun_argv(2, 1));
   RunResult r = run_cli_bounded("bench step --model tiny --ranks 1024 --threads-per-rank 1024");
   expect_user_error(r, {"--threads-per-rank 1024", "per core"});

@@ -22,28 +22,6 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-#define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << "'" << (msg) << "' lacks '" << (part) << "'"
-
-template <class F>
-std::string user_error(F&& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected UserError, got " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected UserError, nothing thrown";
-  return "";
-}
-
-void expect_error(const RunResult& r, int code, std::initializer_list<std::string> fragments) {
-  EXPECT_EQ(r.code, code) << r.both();
-  EXPECT_EQ(count_lines(r.err), 1) << r.err;
-  for (const auto& f : fragments) EXPECT_HAS(r.err, f);
-}
 
 const GPTConfig kTiny{2, 2, 32, 16, 70};
 // Tensor bytes of kTiny: wte 8960, wpe 2048, per layer 12 tensors of 128..16384; 20 KB makes 4-5 shards.

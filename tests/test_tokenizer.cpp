@@ -19,14 +19,6 @@ namespace {
 using json = nlohmann::json;
 const std::string kFixtures = std::string(LT_SOURCE_DIR) + "/tests/fixtures/tokenizers/";
 
-std::string user_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "(no UserError)";
-}
 
 // The fixture's JSON with `edit` applied, as text.
 std::string edited(const std::string& name, const std::function<void(json&)>& edit) {

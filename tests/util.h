@@ -13,7 +13,11 @@
 #include <utility>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
+
+#include "runtime/error.h"
 
 namespace lt::test {
 
@@ -122,6 +126,35 @@ inline std::vector<nlohmann::json> read_metrics(const std::string& run_dir) {
   std::string line;
   while (std::getline(in, line)) v.push_back(nlohmann::json::parse(line));
   return v;
+}
+
+
+// EXPECT that `msg` contains `part`, printing both when it does not.
+#define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << "'" << (msg) << "' lacks '" << (part) << "'"
+
+// The message of the UserError that f throws, checked to be one line; fails the test if f
+// throws nothing or another type.
+template <class F>
+std::string user_error(F&& f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "UserError messages are one line: " << msg;
+    return msg;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected UserError, got " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected UserError, nothing thrown";
+  return "";
+}
+
+// One line on stderr, exit code `code`, and every fragment in it.
+inline void expect_error(const RunResult& r, int code, std::initializer_list<std::string> fragments) {
+  EXPECT_EQ(r.code, code) << r.both();
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  for (const auto& f : fragments) EXPECT_HAS(r.err, f);
 }
 
 }  // namespace lt::test
