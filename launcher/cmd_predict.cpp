@@ -145,6 +145,13 @@ std::string fmt(const char* f, double v) {
   return b;
 }
 
+// "SOURCE: alpha 1.0 us, busbw 475 GB/s (14 sizes, max fit error 0%)": a fitted link, as printed.
+std::string describe_fit(const std::string& source, const pr::LinkFit& f) {
+  return source + ": alpha " + fmt("%.1f us", f.link.alpha_s * 1e6) + ", busbw " +
+         fmt("%.3g GB/s", f.link.busbw_Bps / 1e9) + " (" + std::to_string(f.points_used) + " sizes, max fit error " +
+         fmt("%.0f%%", 100 * f.max_rel_err) + ")";
+}
+
 }  // namespace
 
 void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
@@ -226,19 +233,16 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
       in.allreduce_ranks = a.intra_ranks;
       in.allreduce_backend = a.intra_allreduce;
     }
+    const double fit_from = (double)min_bucket * in.act_bytes / 4;
     if (g > 1) {
       if (in.allreduce.size() < 2)
         throw UserError(file + ": results: no all-reduce sweep to fit the link between a node's " + std::to_string(g) +
                         " ranks (the suite measures it on a machine with 2 or more GPUs, or CPU ranks)");
-      const pr::LinkFit f = pr::fit_alpha_beta(in.allreduce, in.allreduce_ranks, 1, net.algo,
-                                               (double)min_bucket * in.act_bytes / 4);
+      const pr::LinkFit f = pr::fit_alpha_beta(in.allreduce, in.allreduce_ranks, 1, net.algo, fit_from);
       net.intra = f.link;
       intra_err = f.max_rel_err;
-      intra_text = in.allreduce_backend + " sweep on " + std::to_string(in.allreduce_ranks) + " ranks: alpha " +
-                   fmt("%.1f us", f.link.alpha_s * 1e6) + ", busbw " + fmt("%.3g GB/s", f.link.busbw_Bps / 1e9) +
-                   " (" + std::to_string(f.points_used) + " sizes, max fit error " + fmt("%.0f%%", 100 * f.max_rel_err) + ")";
+      intra_text = describe_fit(in.allreduce_backend + " sweep on " + std::to_string(in.allreduce_ranks) + " ranks", f);
     }
-    const double fit_from = (double)min_bucket * in.act_bytes / 4;
     pr::Link inter;
     std::string inter_text;
     double inter_fit_err = -1;
@@ -246,9 +250,7 @@ void run_predict(const PredictArgs& a, const LeaseTopology* lease) {
       const pr::LinkFit f = pr::fit_alpha_beta(inter_sweep, 1, a.inter_nodes, net.algo, fit_from);
       inter = f.link;
       inter_fit_err = f.max_rel_err;
-      inter_text = a.inter_allreduce + " on " + std::to_string(a.inter_nodes) + " nodes: alpha " +
-                   fmt("%.1f us", f.link.alpha_s * 1e6) + ", busbw " + fmt("%.3g GB/s", f.link.busbw_Bps / 1e9) +
-                   " (" + std::to_string(f.points_used) + " sizes, max fit error " + fmt("%.0f%%", 100 * f.max_rel_err) + ")";
+      inter_text = describe_fit(a.inter_allreduce + " on " + std::to_string(a.inter_nodes) + " nodes", f);
     } else if (a.nic_gbps > 0) {
       inter.busbw_Bps = a.nic_gbps * 1e9 / 8 * a.nic_efficiency;
       inter.alpha_s = a.inter_latency_us * 1e-6;
