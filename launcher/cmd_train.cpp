@@ -46,8 +46,10 @@ struct DeviceArgs {
                   "state) or fp32 (for testing). The CPU always computes in fp32")
         ->check(CLI::IsMember({"bf16", "fp32"}))
         ->capture_default_str();
-    c->add_option("--gemm", gemm, "CUDA: mma (the hand-written mma.sync GEMM) or cublas (the cuBLAS baseline)")
-        ->check(CLI::IsMember({"mma", "cublas"}))
+    c->add_option("--gemm", gemm,
+                  "CUDA: mma (the hand-written GEMM: wgmma/TMA on Hopper, mma.sync elsewhere), mma.sync or wgmma "
+                  "(force one hand-written path; wgmma needs an H100/H200), or cublas (the cuBLAS baseline)")
+        ->check(CLI::IsMember({"mma", "mma.sync", "wgmma", "cublas"}))
         ->capture_default_str();
   }
   void read_counts(const CLI::App* c) {

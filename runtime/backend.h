@@ -116,7 +116,7 @@ std::unique_ptr<Backend> make_cpu_backend();
 struct BackendOptions {
   Device device = Device::CPU;
   DType precision = DType::BF16;  // CUDA only: BF16 (mixed precision) or F32 (testing)
-  std::string gemm = "mma";       // CUDA only: "mma" (hand-written) or "cublas" (the baseline)
+  std::string gemm = "mma";       // CUDA only: "mma" (hand-written), "mma.sync", "wgmma" or "cublas" (the baseline)
   int device_index = 0;           // CUDA only
 };
 // The backend for `opt`; a UserError when it cannot be made (e.g. no CUDA device).

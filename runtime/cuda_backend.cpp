@@ -137,10 +137,17 @@ class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& opt) : opt_(opt) {
     LT_CHECK(opt.precision == DType::BF16 || opt.precision == DType::F32, "precision: bf16 or f32");
-    if (opt.gemm != "mma" && opt.gemm != "cublas")
-      throw UserError("--gemm: expected mma or cublas, got '" + opt.gemm + "'");
+    if (opt.gemm != "mma" && opt.gemm != "mma.sync" && opt.gemm != "wgmma" && opt.gemm != "cublas")
+      throw UserError("--gemm: expected mma, mma.sync, wgmma or cublas, got '" + opt.gemm + "'");
     info_ = cuda_device_info(opt.device_index);
     ck(cudaSetDevice(opt.device_index), "cudaSetDevice");
+    if (opt.gemm == "mma.sync") gemm_path_ = cuda::GemmPath::MmaSync;
+    if (opt.gemm == "wgmma") {
+      if (!cuda::gemm_wgmma_available())
+        throw UserError("--gemm wgmma: needs a compute capability 9.0 GPU (H100, H200) and a build with sm_90a; " +
+                        info_.name + " is not one (or the build lacks sm_90a)");
+      gemm_path_ = cuda::GemmPath::Wgmma;
+    }
     // A blocking stream: ordered after legacy-stream work such as Tensor::zeros' cudaMemset.
     ck(cudaStreamCreateWithFlags(&stream_, cudaStreamDefault), "cudaStreamCreate");
     staging_.init();
@@ -165,7 +172,7 @@ class CudaBackend final : public Backend {
   std::string name() const override {
     return "cuda:" + std::to_string(info_.index) + " " + info_.name + " (" +
            (opt_.precision == DType::BF16 ? "bf16 mixed precision" : "fp32") + ", gemm " +
-           (cublas_ ? std::string("cublas") : std::string("mma.sync")) + ")";
+           (cublas_ ? std::string("cublas") : gemm_path_name()) + ")";
   }
   DType compute_dtype() const override { return opt_.precision; }
 
@@ -475,7 +482,15 @@ class CudaBackend final : public Backend {
     }
   }
 
-  void gemm(const cuda::GemmArgs& a) {
+  // The hand-written path bf16 GEMMs take: the forced one, or Auto's choice on this device.
+  std::string gemm_path_name() const {
+    if (gemm_path_ != cuda::GemmPath::Auto) return cuda::to_string(gemm_path_);
+    return cuda::gemm_wgmma_available() ? "wgmma" : "mma.sync";
+  }
+
+  void gemm(const cuda::GemmArgs& args) {
+    cuda::GemmArgs a = args;
+    a.path = gemm_path_;
     if (cublas_) {
       const size_t ws = cuda::gemm_cublas_workspace_bytes(a);
       void* w = ws ? scratch_.get(ws, stream_) : nullptr;
@@ -509,6 +524,7 @@ class CudaBackend final : public Backend {
   CudaDeviceInfo info_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  cuda::GemmPath gemm_path_ = cuda::GemmPath::Auto;  // --gemm mma.sync / wgmma force one
   DeviceScratch scratch_;  // per-op scratch; ops run in stream order, so one buffer serves all
   DeviceScratch plan_dev_;
   Staging staging_;

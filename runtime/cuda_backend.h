@@ -9,7 +9,8 @@
 //         and reduction accumulates in fp32 (sums of squares in fp64).
 //   F32   everything fp32, for testing against the CPU backend: the GEMM takes its SIMT path
 //         (fp32 FMA), attention its fallback kernels.
-// GEMM: gemm() (mma.sync on bf16, SIMT on fp32) or, with gemm = "cublas", the cuBLAS baseline.
+// GEMM: gemm() (wgmma on Hopper, mma.sync elsewhere on bf16, SIMT on fp32), one path forced with
+// gemm = "mma.sync" or "wgmma", or, with gemm = "cublas", the cuBLAS baseline.
 // Attention: the flash kernels (bf16, head dim 64 or 128; the state is a log-sum-exp
 // [B,NH,T]); otherwise attention_naive.h, which keeps the probabilities [B,NH,T,T].
 #pragma once
@@ -26,7 +27,7 @@ class Communicator;
 struct CudaBackendOptions {
   int device_index = 0;
   DType precision = DType::BF16;
-  std::string gemm = "mma";  // "mma" or "cublas"
+  std::string gemm = "mma";  // "mma" (hand-written, best path), "mma.sync", "wgmma" or "cublas"
 };
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& opt);
 

@@ -13,8 +13,8 @@ def ss(n):
 struct WgmmaSS<{n}, TransA, TransB> {{
   __device__ __forceinline__ static void run(float (&d)[{r}], uint64_t da, uint64_t db, int scale_d) {{
     asm volatile(
-        "{{\\n .reg .pred p;\\n setp.ne.b32 p, %{r + 2}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{regs}}}, %{r}, %{r + 1}, p, 1, 1, %{r + 3}, %{r + 4};\\n}}\\n"
+        "{{ .reg .pred p; setp.ne.b32 p, %{r + 2}, 0; "
+        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{regs}}}, %{r}, %{r + 1}, p, 1, 1, %{r + 3}, %{r + 4}; }}\\n"
         : {outs}
         : "l"(da), "l"(db), "r"(scale_d), "n"(TransA), "n"(TransB));
   }}
@@ -29,8 +29,8 @@ def rs(n):
 struct WgmmaRS<{n}, TransB> {{
   __device__ __forceinline__ static void run(float (&d)[{r}], const uint32_t (&a)[4], uint64_t db, int scale_d) {{
     asm volatile(
-        "{{\\n .reg .pred p;\\n setp.ne.b32 p, %{r + 6}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{regs}}}, {{%{r}, %{r + 1}, %{r + 2}, %{r + 3}}}, %{r + 4}, p, 1, 1, %{r + 5};\\n}}\\n"
+        "{{ .reg .pred p; setp.ne.b32 p, %{r + 6}, 0; "
+        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{regs}}}, {{%{r}, %{r + 1}, %{r + 2}, %{r + 3}}}, %{r + 4}, p, 1, 1, %{r + 5}; }}\\n"
         : {outs}
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TransB), "r"(scale_d));
   }}

@@ -35,6 +35,7 @@ const char* to_string(GemmPath p) {
     case GemmPath::Auto: return "auto";
     case GemmPath::MmaSync: return "mma.sync";
     case GemmPath::Simt: return "simt";
+    case GemmPath::Wgmma: return "wgmma";
   }
   return "?";
 }
@@ -74,8 +75,6 @@ using Tile128x128x32 = TileShape<128, 128, 32, 4, 2, 4>;  // 64 KiB
 using Tile128x256x32 = TileShape<128, 256, 32, 4, 2, 4>;  // 96 KiB
 using Tile256x128x32 = TileShape<256, 128, 32, 4, 4, 2>;  // 96 KiB
 using Tile128x128x64 = TileShape<128, 128, 64, 3, 2, 4>;  // 96 KiB
-
-constexpr int kGroupM = 8;  // CTA rasterisation: 8 row-tiles sweep the columns together (L2 reuse)
 
 struct MmaParams {
   const bf16* A;
@@ -135,14 +134,8 @@ __global__ void __launch_bounds__(T::kThreads) gemm_mma_kernel(const MmaParams p
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   // Grouped rasterisation of the 1-D grid onto (tile row, tile column).
-  const int grid_m = (p.M + kBM - 1) / kBM, grid_n = (p.N + kBN - 1) / kBN;
-  const int pid = blockIdx.x;
-  const int per_group = kGroupM * grid_n;
-  const int first_m = (pid / per_group) * kGroupM;
-  const int group_rows = min(grid_m - first_m, kGroupM);
-  const int tile_m = first_m + (pid % per_group) % group_rows;
-  const int tile_n = (pid % per_group) / group_rows;
-  const int m_blk = tile_m * kBM, n_blk = tile_n * kBN;
+  const TileRC rc = grouped_tile(blockIdx.x, (p.M + kBM - 1) / kBM, (p.N + kBN - 1) / kBN);
+  const int m_blk = rc.m * kBM, n_blk = rc.n * kBN;
   const int wm0 = (warp % T::kWarpsM) * T::kWM, wn0 = (warp / T::kWarpsM) * T::kWN;  // warp tile in CTA tile
 
   float acc[kMT][kNT][4];  // (m16 tile, n8 tile, C fragment)
@@ -398,7 +391,15 @@ static void launch_simt(const GemmArgs& a, cudaStream_t stream) {
   CUDA_CHECK_LAST();
 }
 
+// gemm_wgmma.cu
+bool wgmma_eligible(const GemmArgs& a);
+bool wgmma_available();
+bool wgmma_auto();
+void launch_wgmma(const GemmArgs& a, cudaStream_t stream);
+
 }  // namespace detail
+
+bool gemm_wgmma_available() { return detail::wgmma_available(); }
 
 bool gemm_mma_eligible(const GemmArgs& args) { return detail::mma_eligible(detail::resolve(args)); }
 
@@ -407,13 +408,16 @@ GemmTile gemm_tile(const GemmArgs& args) { return detail::choose_tile(args); }
 GemmPath gemm(const GemmArgs& args, cudaStream_t stream) {
   const GemmArgs a = detail::resolve(args);
   GemmPath path = a.path;
+  // Auto prefers Wgmma on Hopper unless an mma.sync tile was asked for (bench gemm --tiles).
+  if (path == GemmPath::Auto && a.tile == GemmTile::Auto && detail::wgmma_auto()) path = GemmPath::Wgmma;
+  if (path == GemmPath::Wgmma && !(detail::wgmma_eligible(a) && detail::wgmma_available())) path = GemmPath::MmaSync;
   if (path == GemmPath::Auto || path == GemmPath::MmaSync)
     path = detail::mma_eligible(a) ? GemmPath::MmaSync : GemmPath::Simt;
   if (a.M == 0 || a.N == 0) return path;
-  if (path == GemmPath::MmaSync) {
-    detail::launch_mma_tile(a, stream);
-  } else {
-    detail::launch_simt(a, stream);
+  switch (path) {
+    case GemmPath::Wgmma: detail::launch_wgmma(a, stream); break;
+    case GemmPath::MmaSync: detail::launch_mma_tile(a, stream); break;
+    default: detail::launch_simt(a, stream); break;
   }
   return path;
 }

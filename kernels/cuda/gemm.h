@@ -3,8 +3,7 @@
 // gemm_mma_eligible, gemm_cublas, gemm_cublas_workspace_bytes.
 //
 // One entry point, `gemm(args, stream)`, picks a kernel path (GemmPath) behind the same
-// arguments, so a Hopper wgmma/TMA path can be added as another GemmPath later without
-// touching a caller. `gemm_cublas` runs the same arguments through cuBLAS: the baseline for
+// arguments (mma.sync on Ampere, wgmma/TMA on Hopper), so no caller knows which kernel ran. `gemm_cublas` runs the same arguments through cuBLAS: the baseline for
 // tests, benchmarks and `--gemm cublas`.
 #pragma once
 #include <cuda_runtime.h>
@@ -38,13 +37,16 @@ enum class Epilogue : uint32_t { None = 0, Bias = 1, Gelu = 2, GeluGrad = 4, Res
 constexpr Epilogue operator|(Epilogue a, Epilogue b) { return Epilogue(uint32_t(a) | uint32_t(b)); }
 constexpr bool has(Epilogue set, Epilogue e) { return (uint32_t(set) & uint32_t(e)) != 0; }
 
-// Which kernel runs. Auto: the tensor-core path when inputs are bf16 with 16-byte aligned rows
-// (base pointers 16-byte aligned, leading dimensions multiples of 8), else the SIMT path.
+// Which kernel runs. Auto: the tensor-core paths when inputs are bf16 with 16-byte aligned rows
+// (base pointers 16-byte aligned, leading dimensions multiples of 8): Wgmma on a compute
+// capability 9.0 device when the build has sm_90a code (and K > 0), else MmaSync; the SIMT
+// path for everything else. A path asked for by name that cannot run falls back the same way
+// (Wgmma -> MmaSync -> Simt); gemm() returns the path that ran.
 enum class GemmPath {
   Auto,
   MmaSync,  // mma.sync m16n8k16 + ldmatrix + cp.async pipeline (sm_80 and newer)
   Simt,     // plain fp32 FMA tiles: any alignment, bf16 or fp32 inputs
-  // Wgmma,  // reserved: Hopper wgmma + TMA (sm_90a), a later issue
+  Wgmma,    // Hopper: TMA + mbarrier ring, wgmma m64n256k16, warp-specialised, persistent (sm_90a)
 };
 const char* to_string(GemmPath p);
 
@@ -87,6 +89,10 @@ GemmPath gemm(const GemmArgs& args, cudaStream_t stream);
 
 // True when `args` can take the MmaSync path (dtype and alignment).
 bool gemm_mma_eligible(const GemmArgs& args);
+
+// True when this process can run the Wgmma path on the current device (sm_90a code built, a
+// compute capability 9.0 device), whatever the arguments.
+bool gemm_wgmma_available();
 
 // The tile the MmaSync path runs for `args`: args.tile, or for Auto the one chosen by shape.
 GemmTile gemm_tile(const GemmArgs& args);

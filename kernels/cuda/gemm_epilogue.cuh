@@ -1,11 +1,25 @@
 // The GEMM epilogue (bias, GELU, GELU gradient, residual, beta*C), shared by the hand-written
 // kernels in gemm.cu and the cuBLAS baseline in gemm_cublas.cu so both compute the same thing.
-// defines: EpilogueParams, make_epilogue_params, epilogue_value, epilogue_store_pair.
+// defines: grouped_tile, EpilogueParams, make_epilogue_params, epilogue_value, epilogue_store_pair.
 #pragma once
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/gemm.h"
 
 namespace lt::cuda::detail {
+
+// Grouped rasterisation of output tiles: tile index `pid` of a grid_m x grid_n tiling to (tile
+// row, tile column), so that kGroupM tile rows sweep the columns together and the CTAs running
+// at once share their A rows and B columns in L2.
+constexpr int kGroupM = 8;
+struct TileRC {
+  int m, n;
+};
+__device__ __forceinline__ TileRC grouped_tile(int pid, int grid_m, int grid_n) {
+  const int per_group = kGroupM * grid_n;
+  const int first_m = (pid / per_group) * kGroupM;
+  const int group_rows = min(grid_m - first_m, kGroupM);
+  return {first_m + (pid % per_group) % group_rows, (pid % per_group) / group_rows};
+}
 
 // Everything the epilogue needs, with leading dimensions already resolved.
 struct EpilogueParams {

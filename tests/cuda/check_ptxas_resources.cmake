@@ -47,11 +47,22 @@ foreach(arch IN LISTS ARCHS)
           list(APPEND failures
                "sm_${arch} ${entry}: ${CMAKE_MATCH_1} B stack, ${CMAKE_MATCH_2} B spill stores, ${CMAKE_MATCH_3} B spill loads")
         endif()
+      elseif(line MATCHES "C7508|setmaxnreg.*ignored|ignor.*setmaxnreg")
+        list(APPEND failures "sm_${arch} ${ptx_name}: ptxas ignored setmaxnreg: ${line}")
       elseif(entry AND line MATCHES "Used ([0-9]+) registers")
         message(STATUS "sm_${arch} ${CMAKE_MATCH_1} registers  ${entry}")
         set(entry "")
       endif()
     endforeach()
+    # Warp-specialised kernels move registers between warpgroup roles with setmaxnreg: report
+    # the budgets each role asks for (the figure above is the launch-time allocation).
+    file(READ "${ptx}" ptx_text)
+    string(REGEX MATCHALL "setmaxnreg\\.(inc|dec)\\.sync\\.aligned\\.u32 [0-9]+" roles "${ptx_text}")
+    if(roles)
+      list(REMOVE_DUPLICATES roles)
+      string(REPLACE ";" ", " roles "${roles}")
+      message(STATUS "sm_${arch} ${ptx_name}: warpgroup register budgets: ${roles}")
+    endif()
   endforeach()
 endforeach()
 

@@ -362,8 +362,16 @@ void run_gemm_case(const GemmCase& c) {
     EXPECT_GUARD(ws);
   } else {
     const bool want_mma = c.path != GemmPath::Simt && c.in == DataType::BF16 && lda % 8 == 0 && ldb % 8 == 0;
+    // Wgmma: asked for by name, or Auto on a Hopper GPU (never in the emulator), when K > 0.
+#ifdef LT_EMULATED
+    const bool auto_wgmma = false;
+#else
+    const bool auto_wgmma = c.tile == gpu::GemmTile::Auto && gpu::gemm_wgmma_available();
+#endif
+    const bool want_wgmma = want_mma && K > 0 && gpu::gemm_wgmma_available() &&
+                            (c.path == GemmPath::Wgmma || (c.path == GemmPath::Auto && auto_wgmma));
     const GemmPath ran = gpu::gemm(args, 0);
-    EXPECT_EQ(ran, want_mma ? GemmPath::MmaSync : GemmPath::Simt);
+    EXPECT_EQ(ran, want_wgmma ? GemmPath::Wgmma : want_mma ? GemmPath::MmaSync : GemmPath::Simt);
   }
   CUDA_OK(cudaGetLastError());
 
@@ -484,6 +492,90 @@ TEST_F(Gpu, GemmTailsAndFallbacks) {
     s.epi = Epilogue::Bias | Epilogue::Gelu;
     s.with_aux = true;
     run_gemm(s);
+  }
+}
+
+// The Hopper path (wgmma + TMA), asked for by name. Its CTA tile is 128 x 256 x 64 with 4
+// stages; the shapes below are ragged in M, N and K against it, run more k-tiles than stages,
+// and (the emulator runs two persistent CTAs) several output tiles per CTA, so the mbarrier
+// ring wraps across tiles. K-major and MN-major operands: NT, NN, TN. On a GPU without wgmma
+// the request falls back to mma.sync, which run_gemm expects.
+TEST_F(Gpu, GemmWgmmaLayouts) {
+#ifndef LT_EMULATED
+  const int shapes[][3] = {{1, 1, 8}, {130, 260, 72}, {300, 600, 520}, {1000, 1030, 1000}, {64, 768, 8}};
+#else
+  const int shapes[][3] = {{1, 1, 8}, {130, 260, 72}, {300, 520, 328}};
+#endif
+  for (Layout l : {Layout::NT, Layout::NN, Layout::TN})
+    for (const auto& s : shapes) {
+      GemmCase c{l, s[0], s[1], s[2]};
+      c.path = GemmPath::Wgmma;
+      run_gemm(c);
+      c.out = DataType::F32;
+      run_gemm(c);
+    }
+  // Padded leading dimensions (rows longer than the matrix): the tensor map's row stride.
+  for (Layout l : {Layout::NT, Layout::NN, Layout::TN}) {
+    GemmCase c{l, 150, 270, 80};
+    c.lda = l == Layout::TN ? 160 : 96;
+    c.ldb = l == Layout::NT ? 96 : 280;
+    c.path = GemmPath::Wgmma;
+    run_gemm(c);
+  }
+  // What Wgmma cannot take falls back: K = 0 (to mma.sync) and unaligned rows (to SIMT).
+  GemmCase z{Layout::NT, 5, 9, 0};
+  z.path = GemmPath::Wgmma;
+  z.epi = Epilogue::Bias;
+  run_gemm(z);
+  GemmCase u{Layout::NN, 33, 17, 13};
+  u.path = GemmPath::Wgmma;
+  run_gemm(u);
+}
+
+// The trainer's fused epilogues on the Wgmma path, each where the trainer uses it.
+TEST_F(Gpu, GemmWgmmaEpilogues) {
+  for (DataType out : {DataType::BF16, DataType::F32}) {
+    GemmCase c{Layout::NT, 133, 300, 72};
+    c.path = GemmPath::Wgmma;
+    c.out = out;
+    c.epi = Epilogue::Bias | Epilogue::Gelu;  // fc: gelu(x W^T + b), pre-activation kept in aux
+    c.with_aux = true;
+    run_gemm(c);
+    c.epi = Epilogue::Bias | Epilogue::Residual;  // projection into the residual stream, in place
+    c.with_aux = false;
+    c.residual_is_c = true;
+    run_gemm(c);
+    GemmCase g{Layout::NN, 133, 72, 300};  // dinp of the fc layer through GELU
+    g.path = GemmPath::Wgmma;
+    g.out = out;
+    g.epi = Epilogue::GeluGrad;
+    run_gemm(g);
+    GemmCase w{Layout::TN, 72, 136, 300};  // weight gradient accumulation
+    w.path = GemmPath::Wgmma;
+    w.out = out;
+    w.beta = 1.f;
+    run_gemm(w);
+  }
+}
+
+// GPT-2 124M's linear layers (C = 768, 4C = 3072, 3C = 2304) in
+// all three products. On a GPU: B*T = 2048 rows (the CPU reference bounds it; `bench gemm`
+// checks the full shapes and the vocabulary-wide head against cuBLAS); the emulator keeps the
+// layer widths but 136 rows.
+TEST_F(Gpu, GemmWgmmaGpt2Shapes) {
+#ifndef LT_EMULATED
+  const int bt = 2048;
+  const int layers[][2] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}};  // (OC, C)
+#else
+  const int bt = 136;
+  const int layers[][2] = {{2304, 768}, {768, 3072}};
+#endif
+  for (const auto& oc_c : layers) {
+    const int OC = oc_c[0], C = oc_c[1];
+    for (GemmCase c : {GemmCase{Layout::NT, bt, OC, C}, GemmCase{Layout::NN, bt, C, OC}, GemmCase{Layout::TN, OC, C, bt}}) {
+      c.path = GemmPath::Wgmma;
+      run_gemm(c);
+    }
   }
 }
 
