@@ -8,7 +8,8 @@
 #
 # It configures and builds the CUDA tree for this GPU's architecture only (e.g. 90a on H100/H200),
 # runs the `gpu` CTest label, `leasetrain bench gemm` and `bench attention` (when this binary has
-# them), a short GPT-2 124M training run on --device cuda (hand-written GEMM, then cuBLAS), and a
+# them; on Hopper also the wgmma GEMM at 8192^3 and GPT-2 350M's shapes), a short GPT-2 124M
+# training run on --device cuda (hand-written GEMM, then cuBLAS, on Hopper also mma.sync forced), and a
 # tiny run that checkpoints and resumes on the device; it writes OUTDIR/summary.json (every
 # stage's exit status, seconds and key numbers), the benchmarks' JSON, the 124M run's
 # metrics.jsonl and OUTDIR/logs.tgz (every stage's full log). Each stage has its own timeout and
@@ -278,6 +279,14 @@ if [ -x "$LT" ] && bench_has gemm; then
   # Every CTA tile at the 4096^3 target, to set gemm()'s Auto rule from measurements.
   stage bench-gemm-tiles 60 15 "$LT" bench gemm --tiles --shape 4096x4096x4096 --iters 20 --warmup 3 \
     --json "$OUTDIR/bench_gemm_tiles.json"
+  # Hopper (sm_90a builds): the wgmma/TMA kernel against cuBLAS and mma.sync (the x_mma column) at
+  # 8192^3 and GPT-2 350M's GEMMs at 8192 tokens (C = 1024); the default shapes above already
+  # hold 4096^3 and 124M's, with a wgmma row each on this GPU.
+  if [ "$ARCH" = 90a ]; then
+    stage bench-gemm-hopper 60 15 "$LT" bench gemm --shape 8192x8192x8192 --shape 8192x3072x1024 \
+      --shape 8192x4096x1024 --shape 8192x1024x4096 --shape 8192x1024x1024 --iters 20 --warmup 3 \
+      --json "$OUTDIR/bench_gemm_hopper.json"
+  fi
 else
   note "bench-gemm: this leasetrain has no 'bench gemm' (launcher/cmd_bench.cpp must call add_gpu_bench_commands)"
   printf 'bench-gemm\tmissing\t0\t0\n' >>"$STAGES_TSV"
@@ -311,6 +320,8 @@ export -f tiny
 
 # ---- the cuBLAS baseline end to end ----
 [ -x "$LT" ] && stage train-124m-cublas 60 20 train_124m gpt2-124m-cublas 20 cublas
+# Hopper: the step with the mma.sync GEMM forced (train-124m above ran Auto's choice, wgmma).
+[ -x "$LT" ] && [ "$ARCH" = 90a ] && stage train-124m-mma-sync 60 20 train_124m gpt2-124m-mma-sync 20 mma.sync
 
 # ---- summary ----
 note "writing $OUTDIR/summary.json"
@@ -349,7 +360,7 @@ if m:
     if skipped:
         out["gpu_tests"]["skipped_names"] = skipped[:40]
 out["gpu_test_info"] = re.findall(r"\[   INFO   \] ([^\n]+)", tests)[:20]
-for run in ("gpt2-124m", "gpt2-124m-cublas", "tiny", "tiny-fp32"):
+for run in ("gpt2-124m", "gpt2-124m-cublas", "gpt2-124m-mma-sync", "tiny", "tiny-fp32"):
     p = os.path.join(work, "runs", run, "metrics.jsonl")
     rows = [json.loads(l) for l in read(p).splitlines() if l.strip()]
     if not rows:
@@ -361,7 +372,7 @@ for run in ("gpt2-124m", "gpt2-124m-cublas", "tiny", "tiny-fp32"):
         "steps": rows[-1]["step"], "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
         "median_tokens_per_s_second_half": tps[len(tps) // 2], "median_ms_second_half": ms[len(ms) // 2],
         "val_loss": next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None)}
-for b in ("bench_gemm", "bench_gemm_tiles", "bench_attention"):
+for b in ("bench_gemm", "bench_gemm_tiles", "bench_gemm_hopper", "bench_attention"):
     p = os.path.join(outdir, b + ".json")
     if os.path.exists(p):
         try:
@@ -370,7 +381,7 @@ for b in ("bench_gemm", "bench_gemm_tiles", "bench_attention"):
             out[b] = "unreadable"
 out["all_passed"] = all(s["exit"] == 0 for s in stages)
 json.dump(out, open(os.path.join(outdir, "summary.json"), "w"), indent=1)
-print(json.dumps({k: out[k] for k in out if k not in ("bench_gemm", "bench_gemm_tiles", "bench_attention")}, indent=1)[:6000])
+print(json.dumps({k: out[k] for k in out if k not in ("bench_gemm", "bench_gemm_tiles", "bench_gemm_hopper", "bench_attention")}, indent=1)[:6000])
 PY
 }
 if command -v python3 >/dev/null 2>&1 && summarize; then

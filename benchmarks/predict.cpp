@@ -372,9 +372,12 @@ SuiteInputs suite_inputs(const json& suite, const std::string& file, const GPTCo
   const json& rows = suite["results"];
 
   // GEMM: the kernel the trainer runs. On a CPU the suite's "leasetrain" rows (OpenBLAS is the
-  // baseline); on a GPU the hand-written path gemm() picks ("mma.sync"), never cuBLAS, and not
-  // the forced-tile rows ("mma.sync/<tile>").
-  in.gemm_impl = !gemm_impl.empty() ? gemm_impl : gpu ? "mma.sync" : "leasetrain";
+  // baseline); on a GPU the hand-written path gemm() picks ("wgmma" where the suite measured it,
+  // i.e. on Hopper, else "mma.sync"), never cuBLAS, and not the forced-tile rows.
+  bool have_wgmma = false;
+  for (const json& r : rows)
+    have_wgmma = have_wgmma || (ok_row(r, "gemm") && r.value("device", "") == in.device && r.value("impl", "") == "wgmma");
+  in.gemm_impl = !gemm_impl.empty() ? gemm_impl : !gpu ? "leasetrain" : have_wgmma ? "wgmma" : "mma.sync";
   for (const json& r : rows)
     if (ok_row(r, "gemm") && r.value("device", "") == in.device && r.value("impl", "") == in.gemm_impl) {
       GemmRate g{int_param(r, "M"), int_param(r, "N"), int_param(r, "K"), metric(r, "tflops")};

@@ -74,10 +74,12 @@ void add_gpu_bench_commands(CLI::App* bench) {
   CLI::App* gc = bench->add_subcommand("gemm", "Time the hand-written CUDA GEMM against cuBLAS (bf16, fp32 accumulation)");
   gc->footer(
       "Each shape MxNxK in each layout (NT: forward C = A B^T, NN: input gradient, TN: weight gradient; see "
-      "kernels/cuda/gemm.h) on random N(0,1) bf16 data: the mma.sync kernel (and with --simt the SIMT fallback) is "
+      "kernels/cuda/gemm.h) on random N(0,1) bf16 data: the mma.sync kernel, on an H100/H200 also the wgmma/TMA kernel "
+      "(and with --simt the SIMT fallback), is "
       "checked against cuBLAS first (relative L2 error <= 1e-2), then timed with CUDA events on one stream, the L2 "
       "cache flushed before every run; rows report the median. TFLOP/s = 2MNK / median; % of the dense bf16 peak "
-      "from the SM count and maximum clock; x_cublas = cuBLAS median / this median. The default shapes are the "
+      "from the SM count and maximum clock; x_cublas = cuBLAS median / this median, x_mma = the mma.sync row's median / "
+      "this median. The default shapes are the "
       "4096^3 target and GPT-2 124M's training GEMMs at 8192 tokens. Exit status 1 without a CUDA device.");
   gc->add_option("--shape", g->shapes, "MxNxK, repeatable")->capture_default_str();
   gc->add_option("--layouts", g->layouts, "Comma-separated subset of NT,NN,TN")->capture_default_str();
@@ -134,7 +136,8 @@ void add_gpu_bench_commands(CLI::App* bench) {
                       {"layout", x.layout == cuda::Layout::NT ? "NT" : x.layout == cuda::Layout::NN ? "NN" : "TN"},
                       {"M", x.M}, {"N", x.N}, {"K", x.K}, {"median_ms", x.median_ms}, {"min_ms", x.min_ms},
                       {"max_ms", x.max_ms}, {"tflops", x.tflops}, {"pct_peak", x.pct_peak},
-                      {"vs_cublas", x.vs_cublas}, {"rel_err", x.rel_err}, {"correct", x.correct}});
+                      {"vs_cublas", x.vs_cublas}, {"vs_mma", x.vs_mma}, {"rel_err", x.rel_err},
+                      {"correct", x.correct}});
     }
     if (!g->json_out.empty())
       write_json_output(g->json_out, json{{"bench", "gemm"}, {"device", r.device}, {"sm_count", r.sm_count},

@@ -78,7 +78,7 @@ void add_predict_options(CLI::App* cmd, PredictArgs& a) {
       ->capture_default_str()->group(g);
   cmd->add_option("--gemm-impl", a.gemm_impl,
                   "With --predict: take the GEMM rates of this kernel's rows (cublas, openblas) instead of the "
-                  "trainer's own (mma.sync on a GPU, leasetrain on a CPU): a what-if")
+                  "trainer's own (wgmma on Hopper, mma.sync on other GPUs, leasetrain on a CPU): a what-if")
       ->group(g);
   cmd->add_option("--compute-scale", a.compute_scale,
                   "With --predict: what if every measured kernel rate and the memory bandwidth were this many times "

@@ -73,7 +73,15 @@ GemmBenchReport bench_gemm(const std::vector<GemmBenchConfig>& configs) {
                               throw std::runtime_error("bench gemm: mma.sync path not taken");
                           }});
     };
-    add_mma(lt::cuda::GemmTile::Auto);  // what the trainer runs
+    if (lt::cuda::gemm_wgmma_available()) {  // Hopper: what the trainer runs there
+      GemmArgs wg = args;
+      wg.path = GemmPath::Wgmma;
+      variants.push_back({"wgmma", "128x256x64", [wg, stream] {
+                            if (lt::cuda::gemm(wg, stream) != GemmPath::Wgmma)
+                              throw std::runtime_error("bench gemm: wgmma path not taken");
+                          }});
+    }
+    add_mma(lt::cuda::GemmTile::Auto);  // what the trainer runs elsewhere
     if (cfg.all_tiles)
       for (lt::cuda::GemmTile t : lt::cuda::kGemmTiles) add_mma(t);
     if (cfg.include_simt) {
@@ -86,7 +94,7 @@ GemmBenchReport bench_gemm(const std::vector<GemmBenchConfig>& configs) {
 
     const double flop = 2.0 * cfg.M * cfg.N * cfg.K;
     const size_t first = rep.rows.size();
-    double cublas_ms = 0;
+    double cublas_ms = 0, mma_ms = 0;
     for (const Variant& v : variants) {
       GemmBenchRow row;
       row.kernel = v.name;
@@ -103,9 +111,13 @@ GemmBenchReport bench_gemm(const std::vector<GemmBenchConfig>& configs) {
       row.tflops = flop / (t.median_ms * 1e-3) / 1e12;
       row.pct_peak = rep.peak_tflops > 0 ? 100.0 * row.tflops / rep.peak_tflops : 0;
       if (v.name == "cublas") cublas_ms = t.median_ms;
+      if (v.name == "mma.sync") mma_ms = t.median_ms;
       rep.rows.push_back(row);
     }
-    for (size_t i = first; i < rep.rows.size(); ++i) rep.rows[i].vs_cublas = cublas_ms / rep.rows[i].median_ms;
+    for (size_t i = first; i < rep.rows.size(); ++i) {
+      rep.rows[i].vs_cublas = cublas_ms / rep.rows[i].median_ms;
+      rep.rows[i].vs_mma = mma_ms / rep.rows[i].median_ms;
+    }
   }
   cublasDestroy(handle);
   CUDA_CHECK(cudaStreamDestroy(stream));
@@ -116,12 +128,12 @@ void print_gemm_bench(const GemmBenchReport& r, std::FILE* out) {
   std::fprintf(out, "# %s: %d SMs, clock %d MHz, dense bf16 peak %.1f TFLOP/s (%d FLOP/clk/SM%s)\n",
                r.device.c_str(), r.sm_count, r.clock_mhz, r.peak_tflops, r.flops_per_clk_sm,
                r.flops_per_clk_sm ? "" : ": unknown arch, no % of peak");
-  std::fprintf(out, "%-19s %-10s %-3s %6s %6s %6s %10s %9s %7s %9s %9s %s\n", "kernel", "tile", "lay", "M", "N", "K",
-               "median_ms", "TFLOP/s", "%peak", "x_cublas", "rel_err", "ok");
+  std::fprintf(out, "%-19s %-10s %-3s %6s %6s %6s %10s %9s %7s %9s %7s %9s %s\n", "kernel", "tile", "lay", "M", "N",
+               "K", "median_ms", "TFLOP/s", "%peak", "x_cublas", "x_mma", "rel_err", "ok");
   for (const GemmBenchRow& x : r.rows)
-    std::fprintf(out, "%-19s %-10s %-3s %6d %6d %6d %10.4f %9.1f %7.1f %9.3f %9.2e %s\n", x.kernel.c_str(),
-                 x.tile.empty() ? "-" : x.tile.c_str(), layout_name(x.layout), x.M, x.N, x.K, x.median_ms, x.tflops, x.pct_peak, x.vs_cublas, x.rel_err,
-                 x.correct ? "yes" : "NO");
+    std::fprintf(out, "%-19s %-10s %-3s %6d %6d %6d %10.4f %9.1f %7.1f %9.3f %7.3f %9.2e %s\n", x.kernel.c_str(),
+                 x.tile.empty() ? "-" : x.tile.c_str(), layout_name(x.layout), x.M, x.N, x.K, x.median_ms, x.tflops,
+                 x.pct_peak, x.vs_cublas, x.vs_mma, x.rel_err, x.correct ? "yes" : "NO");
 }
 
 }  // namespace lt::bench

@@ -23,14 +23,16 @@ struct GemmBenchConfig {
 };
 
 struct GemmBenchRow {
-  std::string kernel;  // "mma.sync" (the tile gemm() picks), "mma.sync/<tile>" (forced), "simt", "cublas"
-  std::string tile;    // the mma.sync rows' CTA tile, e.g. "128x128x32"; "" otherwise
+  // "wgmma" (Hopper only), "mma.sync" (the tile gemm() picks), "mma.sync/<tile>" (forced), "simt", "cublas"
+  std::string kernel;
+  std::string tile;    // the hand-written rows' CTA tile, e.g. "128x128x32"; "" otherwise
   lt::cuda::Layout layout;
   int M, N, K;
   double median_ms = 0, min_ms = 0, max_ms = 0;
   double tflops = 0;       // 2*M*N*K / median
   double pct_peak = 0;     // of the device's dense bf16 tensor peak (0 when unknown)
   double vs_cublas = 0;    // cuBLAS median / this median (1.0 for cuBLAS itself)
+  double vs_mma = 0;       // our mma.sync row's median / this median
   double rel_err = 0;      // ||C - C_cublas|| / ||C_cublas||, checked before timing
   bool correct = false;    // rel_err within the bf16 tolerance (1e-2)
 };
@@ -44,7 +46,7 @@ struct GemmBenchReport : DevicePeak {  // the device and its peak (peak.h), then
 // stream, L2 flushed before each). Throws std::runtime_error when there is no device.
 GemmBenchReport bench_gemm(const std::vector<GemmBenchConfig>& configs);
 
-// One line per row: kernel tile layout M N K median_ms TFLOP/s %peak x_cublas rel_err.
+// One line per row: kernel tile layout M N K median_ms TFLOP/s %peak x_cublas x_mma rel_err.
 void print_gemm_bench(const GemmBenchReport& report, std::FILE* out);
 
 }  // namespace lt::bench
