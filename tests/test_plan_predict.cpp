@@ -58,6 +58,36 @@ TEST(PlanPredict, SuiteInputsAreTheTrainersKernelRows) {
   }
 }
 
+// On Hopper the trainer's GEMM is the wgmma kernel (gemm()'s Auto): where a suite measured
+// wgmma rows they are the ones read, not the mma.sync rows beside them.
+TEST(PlanPredict, HopperSuiteReadsTheWgmmaRows) {
+  json s = bench::load_suite_result(kH100);
+  json extra = json::array();
+  for (const json& r : s["results"])
+    if (r.value("suite", "") == "gemm" && r.value("impl", "") == "cublas")
+      for (const auto& [impl, tflops] : {std::pair{"mma.sync", 500.0}, std::pair{"wgmma", 700.0}}) {
+        json x = r;
+        x["impl"] = impl;
+        x["id"] = r.value("id", "") + "-" + impl;
+        x["metrics"]["tflops"] = tflops;
+        extra.push_back(x);
+      }
+  for (json& x : extra) s["results"].push_back(x);
+  const predict::SuiteInputs in = predict::suite_inputs(s, kH100, gpt2(), 1024);
+  EXPECT_EQ(in.gemm_impl, "wgmma");
+  ASSERT_EQ(in.rates.gemm.size(), 5u);
+  for (const predict::GemmRate& g : in.rates.gemm) EXPECT_DOUBLE_EQ(g.tflops, 700.0);
+  // Without wgmma rows (another GPU), the mma.sync rows.
+  json a = s;
+  json kept = json::array();
+  for (const json& r : a["results"])
+    if (r.value("impl", "") != "wgmma") kept.push_back(r);
+  a["results"] = kept;
+  const predict::SuiteInputs b = predict::suite_inputs(a, kH100, gpt2(), 1024);
+  EXPECT_EQ(b.gemm_impl, "mma.sync");
+  for (const predict::GemmRate& g : b.rates.gemm) EXPECT_DOUBLE_EQ(g.tflops, 500.0);
+}
+
 TEST(PlanPredict, TableOverNodeCountsAsTextAndJson) {
   const std::string args = "plan --predict --config " + kConfig + " --suite " + kA100 + " --suite " + kH100 +
                            " --gemm-impl cublas --max-nodes 8 --nic-gbps 3200 --tokens 10B --price 1.8 --price 3";
