@@ -10,7 +10,8 @@
 // step computes all 32 lanes' results from the PTX ISA's fragment layouts; cp.async copies are
 // queued per thread and performed at cp.async.wait_group (the latest moment the ISA allows),
 // so a read before the wait sees stale shared memory; dynamic shared memory starts as NaN
-// bytes each block. What it does not model: timing, memory-model races the barriers hide,
+// bytes each block. The Hopper instructions of kernels/cuda/hopper.cuh (mbarrier, TMA, wgmma,
+// setmaxnreg) are in emulator_hopper.h, included at the end. What it does not model: timing, memory-model races the barriers hide,
 // tensor-core rounding (sums are plain fp32), bank conflicts. Passing here is evidence, not proof.
 #pragma once
 #include <cublas_v2.h>

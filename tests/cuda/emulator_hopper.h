@@ -181,6 +181,10 @@ inline Desc decode(uint64_t d) {
 //   K-major,  swizzled: ((8,m),(T,2k)) : ((span, SBO), (2, 16))     LBO unused ("assumed 1")
 //   MN-major, none:     ((T,1,m),(8,k)) : ((2, -, SBO), (16, LBO))
 //   MN-major, swizzled: ((T,W,m),(8,k)) : ((2, 16, LBO), (span, SBO))
+// (the ISA's prose says the same: MN-major LBO is "offset from the first (swizzle-byte-size/16)
+// rows to the next" when swizzled, "from the first 8 columns to the next 8" when interleaved; SBO
+// "from the first 8 columns to the next 8" when swizzled, "from the first row to the next" when
+// interleaved, rows being 16-byte MN chunks and columns k in its 128-bit-normalised picture),
 // so for MN-major the roles swap with the swizzle: without one SBO steps 8 MN and LBO steps 8 k;
 // with one LBO steps (span/2) MN elements (the next swizzle-atom column) and SBO steps 8 k. This
 // agrees with the ISA's worked examples (MN-major 32B/64B bf16: LBO = the atom's bytes, SBO = 2

@@ -713,6 +713,7 @@ enum Bug {
   kNoFullWait,       // consumers read a stage without waiting on its full barrier
   kNoEmptyWait,      // the producer refills a stage without waiting on its empty barrier
   kMisaligned,       // the stages start 128 bytes past a 1024-byte boundary
+  kEarlyRelease,     // consumers release a stage (arrive on empty) before wgmma_wait retired its reads
 };
 constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 2;
 constexpr uint32_t kATile = kBM * kBK * 2, kBBox = kBK * 64 * 2, kStageBytes = kATile + 2 * kBBox;
@@ -770,8 +771,11 @@ void k_pipeline(__grid_constant__ const CUtensorMap map_a, __grid_constant__ con
       wgmma_ss<kBN, 0, 1>(acc, da, db, (kt > 0 || kk > 0) ? 1 : 0);
     }
     wgmma_commit();
+    if (bug == kEarlyRelease && t == 0) mbar_arrive(&empty[s]);
+    // The tensor cores take their time: the wgmma stays in flight a while before the wait.
+    std::this_thread::sleep_for(std::chrono::milliseconds(bug == kEarlyRelease ? 20 : 2));
     wgmma_wait<0>();
-    if (t == 0) mbar_arrive(&empty[s]);
+    if (bug != kEarlyRelease && t == 0) mbar_arrive(&empty[s]);
   }
   for (int r = 0; r < kBN / 2; ++r) {
     int row, col;
@@ -834,6 +838,9 @@ TEST(HopperEmulatorDeath, PipelinePlantedBugs) {
   EXPECT_DEATH(p.run(kWrongPhase), "emulator: wgmma reads shared address 0x[0-9a-f]+ while a TMA copy");
   EXPECT_DEATH(p.run(kNoFullWait), "emulator: wgmma reads shared address 0x[0-9a-f]+ while a TMA copy");
   EXPECT_DEATH(p.run(kMisaligned), "emulator: TMA destination 0x[0-9a-f]+ not 1024-byte aligned");
+  // The producer waits on the empty barrier as it should, but the consumers released the stage
+  // with their wgmma still in flight: its refill lands on a stage being read.
+  EXPECT_DEATH(p.run(kEarlyRelease), "emulator: producer overwrote a stage still being read");
   // Caught whichever way the threads interleave: the producer's second arrival on a full barrier
   // overruns its phase, or its copy lands on a stage a wgmma still reads.
   EXPECT_EXIT(p.run_and_exit(kNoEmptyWait), [](int st) { return !(WIFEXITED(st) && WEXITSTATUS(st) == 0); },
