@@ -613,7 +613,8 @@ inline void tma_load_2d(void* dst, const CUtensorMap* map, uint64_t* bar, int x,
   const uint32_t bytes = m.box[0] * m.box[1] * m.elem_bytes;
   c.lo = d;
   c.hi = d + bytes;
-  if (m.swizzle_span) c.hi = d + (bytes + m.swizzle_span * 8 - 1) / (m.swizzle_span * 8) * (m.swizzle_span * 8);
+  // A swizzle moves 16-byte chunks within their 128-byte line only (it changes address bits 4-6).
+  if (m.swizzle_span) c.hi = d + (bytes + 127) / 128 * 128;
   from_shared(d, bytes, "TMA destination");
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);

@@ -545,6 +545,7 @@ TEST(HopperEmulator, TmaBoxOobAndSwizzle) {
       {CU_TENSOR_MAP_SWIZZLE_128B, 128, 64, 16, 8, 4},    // inside
       {CU_TENSOR_MAP_SWIZZLE_128B, 128, 64, 16, 48, 30},  // right and bottom out of bounds
       {CU_TENSOR_MAP_SWIZZLE_128B, 128, 64, 8, -8, -3},   // left and top out of bounds
+      {CU_TENSOR_MAP_SWIZZLE_128B, 128, 32, 16, 70, 2},   // 64-byte rows under the 128B swizzle
       {CU_TENSOR_MAP_SWIZZLE_64B, 64, 32, 16, 70, 2},
       {CU_TENSOR_MAP_SWIZZLE_32B, 32, 16, 16, 3 * 16, 33},
       {CU_TENSOR_MAP_SWIZZLE_NONE, 0, 24, 8, 80, 1},
@@ -562,8 +563,9 @@ TEST(HopperEmulator, TmaBoxOobAndSwizzle) {
     EXPECT_EQ(flags[2], 1);
     EXPECT_EQ(flags[3], 0);
     for (unsigned char b : early) ASSERT_EQ(b, 0xFF) << "the copy landed before anyone waited";
-    // The driver's swizzle by rows (destination aligned to the pattern): the 16-byte chunk j of
-    // row r goes to chunk j ^ (the row's index within the span*8-byte pattern / rows per line).
+    // The swizzle as the CUDA driver describes it, by 128-byte lines of the box (the destination
+    // is aligned to the pattern): within each line, 16-byte chunk j of the span goes to chunk
+    // j ^ (line index mod span/16).
     const int row_bytes = c.box_cols * 2;
     for (int r = 0; r < c.box_rows; ++r)
       for (int e = 0; e < c.box_cols; ++e) {
