@@ -28,4 +28,12 @@ size_t attention_backward_scratch_bytes(int B, int T, int NH);
 void attention_backward(__nv_bfloat16* dqkv, void* scratch, const __nv_bfloat16* dout, const __nv_bfloat16* out,
                         const float* lse, const __nv_bfloat16* qkv, int B, int T, int C, int NH, cudaStream_t stream);
 
+// The Hopper (sm_90a) backward kernels (attention_wgmma_bwd.cu: wgmma, TMA, warp-specialised),
+// with exactly attention_backward's semantics and arguments, called by name (tests, benchmarks).
+// Needs a build with sm_90a code and a compute capability 9.0 device (gemm_wgmma_available());
+// elsewhere it aborts with a message. Runs on the CPU emulator.
+void attention_backward_hopper(__nv_bfloat16* dqkv, void* scratch, const __nv_bfloat16* dout,
+                               const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* qkv, int B, int T,
+                               int C, int NH, cudaStream_t stream);
+
 }  // namespace lt::cuda

@@ -660,9 +660,12 @@ std::vector<float> reference_lse(const std::vector<float>& qkv, int B, int T, in
   return lse;
 }
 
-void run_attention(int B, int T, int NH, int hs) {
-  SCOPED_TRACE("attention B=" + std::to_string(B) + " T=" + std::to_string(T) + " NH=" + std::to_string(NH) +
-               " hs=" + std::to_string(hs));
+// hopper_bwd: the backward is attention_backward_hopper (the forward stays attention_forward,
+// whose log-sum-exp interface is the same), and scratch must hold D = rowsum(dout * out).
+void run_attention(int B, int T, int NH, int hs, bool hopper_bwd = false) {
+  SCOPED_TRACE(std::string(hopper_bwd ? "attention (hopper backward)" : "attention") + " B=" + std::to_string(B) +
+               " T=" + std::to_string(T) + " NH=" + std::to_string(NH) + " hs=" + std::to_string(hs));
+  const auto backward = hopper_bwd ? gpu::attention_backward_hopper : gpu::attention_backward;
   const int C = NH * hs;
   const size_t n_qkv = (size_t)B * T * 3 * C, n_out = (size_t)B * T * C, n_lse = (size_t)B * NH * T;
   const auto qkv = randn<bf16>(n_qkv);
@@ -686,10 +689,27 @@ void run_attention(int B, int T, int NH, int hs) {
   expect_close(d_lse.download(), lse_ref, 1e-4, "lse");
 
   d_dqkv.poison();
-  gpu::attention_backward(d_dqkv.get(), scratch.get(), d_dout.get(), d_out.get(), d_lse.get(), d_qkv.get(), B, T, C,
-                          NH, 0);
+  scratch.poison();
+  backward(d_dqkv.get(), scratch.get(), d_dout.get(), d_out.get(), d_lse.get(), d_qkv.get(), B, T, C, NH, 0);
   CUDA_OK(cudaGetLastError());
   const auto dqkv = d_dqkv.download();
+  if (hopper_bwd) {  // D = rowsum(dout * out) per (b, h, t), from the forward's (bf16) out
+    const auto out = d_out.download();
+    std::vector<float> dvec((size_t)B * NH * T), got(dvec.size());
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T; ++t)
+        for (int h = 0; h < NH; ++h) {
+          double acc = 0;
+          for (int i = 0; i < hs; ++i) {
+            const size_t at = ((size_t)b * T + t) * C + h * hs + i;
+            acc += (double)dout[at] * out[at];
+          }
+          dvec[((size_t)b * NH + h) * T + t] = (float)acc;
+        }
+    const auto bytes = scratch.download_bytes();
+    std::memcpy(got.data(), bytes.data(), got.size() * sizeof(float));
+    expect_close(got, dvec, kTolF32 * 10, "D");
+  }
   for (int part = 0; part < 3; ++part) {  // dq, dk, dv separately: each has its own scale
     std::vector<float> got, want;
     for (size_t bt = 0; bt < (size_t)B * T; ++bt)
@@ -705,8 +725,7 @@ void run_attention(int B, int T, int NH, int hs) {
   }
   // Deterministic: a second run is bit-identical.
   d_dqkv2.poison();
-  gpu::attention_backward(d_dqkv2.get(), scratch.get(), d_dout.get(), d_out.get(), d_lse.get(), d_qkv.get(), B, T,
-                          C, NH, 0);
+  backward(d_dqkv2.get(), scratch.get(), d_dout.get(), d_out.get(), d_lse.get(), d_qkv.get(), B, T, C, NH, 0);
   EXPECT_TRUE(d_dqkv.download_bytes() == d_dqkv2.download_bytes()) << "attention backward is not deterministic";
   EXPECT_GUARD(d_qkv);
   EXPECT_GUARD(d_out);
@@ -734,6 +753,22 @@ TEST_F(Gpu, AttentionHeadDim128) {
   const int cases[][3] = {{2, 33, 1}, {1, 130, 1}};
 #endif
   for (const auto& c : cases) run_attention(c[0], c[1], c[2], 128);
+}
+
+// The Hopper backward (attention_wgmma_bwd.cu) on the same checks: its CTAs own 128 rows (two
+// consumer warpgroups of 64) and stream 64-row tiles through a 2-stage ring, so T crosses both
+// (and, at 200, wraps the ring); T = 1; B*NH > 1; both head dims. On a GPU without sm_90a code or
+// compute capability 9.0 it skips (attention_backward_hopper would abort).
+TEST_F(Gpu, AttentionHopperBackward) {
+  if (!gpu::gemm_wgmma_available()) GTEST_SKIP() << "no sm_90a build or not a compute capability 9.0 device";
+#ifndef LT_EMULATED
+  const int cases[][4] = {{1, 1, 1, 64},   {2, 17, 3, 64},   {1, 64, 2, 64},   {2, 200, 2, 64},  {1, 257, 2, 64},
+                          {2, 1024, 2, 64}, {1, 1, 1, 128}, {2, 33, 2, 128}, {1, 130, 2, 128}, {2, 1024, 1, 128}};
+#else
+  const int cases[][4] = {{1, 1, 1, 64}, {2, 17, 2, 64}, {1, 200, 1, 64}, {1, 1, 1, 128}, {2, 33, 1, 128},
+                          {1, 200, 1, 128}};
+#endif
+  for (const auto& c : cases) run_attention(c[0], c[1], c[2], c[3], true);
 }
 
 // The fallback attention (attention_naive.h: any head dim, fp32 or bf16 storage, probabilities

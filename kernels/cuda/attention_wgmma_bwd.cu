@@ -1,0 +1,480 @@
+// Causal flash attention backward on Hopper (sm_90a): wgmma for every product, TMA + mbarrier
+// rings, warp-specialised warpgroups. Same semantics and arguments as attention_backward
+// (attention.h); entry point attention_backward_hopper.
+//
+// Design (v1):
+//   attn_bwd_dot_kernel          D = rowsum(dO * O) into `scratch`, one warp per (token, head),
+//                                as attention.cu's flash_bwd_dot_kernel.
+//   attn_bwd_dkdv_wgmma_kernel   one CTA per (128 keys, head, batch), looping over the 64-query
+//                                tiles at or after its first key. Per consumer warpgroup (64 keys):
+//                                  S^T  = K Q^T         wgmma_ss m64n64, K and Q K-major
+//                                  dP^T = V dO^T        wgmma_ss m64n64
+//                                  P^T  = exp2(S^T * scale_log2 - lse[q]), masked key > q, q >= T
+//                                  dS^T = P^T (dP^T - D[q])
+//                                  dV  += P^T dO        wgmma_rs m64nD, dO MN-major ([q][d], TransB)
+//                                  dK  += dS^T Q        wgmma_rs m64nD, Q MN-major
+//                                dK scaled by 1/sqrt(D) at the end. K and V are loaded once (TMA);
+//                                Q, dO (TMA) and lse, D (plain loads by a producer warp) stream
+//                                through a 2-stage ring.
+//   attn_bwd_dq_wgmma_kernel     one CTA per (128 queries, head, batch), looping over the 64-key
+//                                tiles up to the diagonal: S = Q K^T, dP = dO V^T (wgmma_ss),
+//                                P = exp2(S * scale_log2 - lse), dS = P (dP - D), dQ += dS K
+//                                (wgmma_rs, K MN-major), scaled at the end. Q, dO loaded once;
+//                                K, V stream through the ring.
+//   384 threads = 3 warpgroups, as the Hopper GEMM: warpgroup 0 is the producer (setmaxnreg.dec
+//   40; warp 0 lane 0 issues the TMA loads, waiting on the stage's `empty` barrier and arming its
+//   `full` barrier with the stage's bytes; in dkdv warp 1 writes the stage's lse and D and
+//   arrives on `full` too), warpgroups 1 and 2 are consumers (setmaxnreg.inc 232) of 64 rows each.
+//   A consumer waits on `full`, runs the two wgmma_ss groups, the elementwise part in registers,
+//   the wgmma_rs group(s), waits for them and releases the stage (lane 0 of each consumer warp
+//   arrives on `empty`). Deterministic: every output row is owned by one thread, no atomics.
+//   Shared memory: operand tiles in the 128B-swizzled layout TMA writes, a row of D bf16 split into
+//   D/64 boxes of [rows][64] (128-byte rows, 8-row atoms of 1024 bytes). The same tile is K-major
+//   for one product (S^T = K Q^T reads Q as [q][d]) and MN-major for another (dK += dS^T Q reads Q
+//   as [k = q][n = d], next 64 d one box on: LBO = box bytes, SBO = 1024 per 8 k).
+//   Tensor maps are 2-D over [B*T][3C] (qkv) and [B*T][C] (dout): rows past T of a batch are the
+//   next batch's (or zero fill after the last): masked (key <= q < T) and never stored.
+//
+// Versions (what changed): v1 as above.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/hopper.cuh"
+
+namespace lt::cuda {
+namespace detail {
+namespace attn90 {
+
+constexpr int kRows = 64;                      // rows per consumer warpgroup (wgmma M)
+constexpr int kConsumers = 2;                  // consumer warpgroups
+constexpr int kBlock = kRows * kConsumers;     // rows a CTA owns: keys (dkdv), queries (dq)
+constexpr int kStream = 64;                    // rows per streamed tile: queries (dkdv), keys (dq)
+constexpr int kStages = 2;
+constexpr int kThreads = 128 * (1 + kConsumers);
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128*40 + 256*232 <= 64K registers
+constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kBlock % kStream == 0, "a CTA's first row starts a streamed tile");
+
+struct Params {
+  const bf16* dout;  // [B,T,C]   (the dot kernel)
+  const bf16* o;     // [B,T,C]
+  const float* lse;  // [B,NH,T]
+  float* dvec;       // [B,NH,T]  rowsum(dO * O)
+  bf16* dqkv;        // [B,T,3C]
+  int T, C, NH;
+  float scale;       // 1/sqrt(D)
+  float scale_log2;  // log2(e)/sqrt(D)
+};
+
+template <int D>
+struct Smem {
+  static constexpr int kBoxes = D / 64;                  // 64-column boxes per row
+  static constexpr int kBlockBytes = kBlock * D * 2;     // a CTA's own [128][D] tile
+  static constexpr int kTileBytes = kStream * D * 2;     // a streamed [64][D] tile
+  // dkdv: K, V | stages of (Q, dO) | lse, D per stage | barriers. dq: Q, dO | stages of (K, V) | barriers.
+  static constexpr int kRing = 2 * kBlockBytes;
+  static constexpr int kSide = kRing + kStages * 2 * kTileBytes;
+  static constexpr int kBars = kSide + 2 * kStages * kStream * 4;
+  static constexpr size_t kBytes = 1024 /* alignment slack */ + kBars + (1 + 2 * kStages) * 8;
+  static_assert(kBytes <= 227 * 1024, "shared memory: Hopper's 227 KiB per block");
+};
+
+// Descriptor of a K-major operand: rows row0.. of a tile of D/64 boxes [box_rows][64], the k16
+// slice kk over its D columns (box kk/4, 32 bytes per k16 within the 128-byte row).
+__device__ __forceinline__ uint64_t desc_kmajor(uint32_t tile, int box_rows, int row0, int kk) {
+  return make_smem_desc(tile + (kk / 4) * box_rows * 128 + row0 * 128 + (kk % 4) * 32, 16, 1024, WgmmaSwizzle::B128);
+}
+// Descriptor of an MN-major B operand [k][n = D]: the same tile read with its rows as k, the k16
+// slice kk (16 rows of 128 bytes); the next 64 n one box (box_rows * 128 bytes) on.
+__device__ __forceinline__ uint64_t desc_mnmajor(uint32_t tile, int box_rows, int kk) {
+  return make_smem_desc(tile + kk * 16 * 128, box_rows * 128, 1024, WgmmaSwizzle::B128);
+}
+
+// The wgmma_rs A fragment of the k16 slice kk from an m64 accumulator: d[4j + 2h + v] holds
+// (g + 8h, 8j + 2t + v), so columns 16kk.. are j = 2kk (a[0], a[1]) and j = 2kk + 1 (a[2], a[3]).
+template <int NACC>
+__device__ __forceinline__ void acc_a_frag(uint32_t (&a)[4], const float (&acc)[NACC], int kk) {
+  a[0] = pack_bf16x2(acc[8 * kk + 0], acc[8 * kk + 1]);
+  a[1] = pack_bf16x2(acc[8 * kk + 2], acc[8 * kk + 3]);
+  a[2] = pack_bf16x2(acc[8 * kk + 4], acc[8 * kk + 5]);
+  a[3] = pack_bf16x2(acc[8 * kk + 6], acc[8 * kk + 7]);
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&a)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) a[i] = 0.f;
+}
+
+__device__ __forceinline__ unsigned char* align1024(unsigned char* raw) {
+  return raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
+}
+
+// dvec[b,h,t] = sum_d dO[b,t,h,d] * O[b,t,h,d]; one warp per (b, t, h).
+template <int D>
+__global__ void __launch_bounds__(128) attn_bwd_dot_kernel(const Params p, int rows) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = blockIdx.x * 4 + warp;  // (b*T + t)*NH + h
+  if (r >= rows) return;
+  const int bt = r / p.NH, h = r % p.NH;
+  const bf16* dO = p.dout + (int64_t)bt * p.C + h * D;
+  const bf16* O = p.o + (int64_t)bt * p.C + h * D;
+  float acc = 0.f;
+#pragma unroll
+  for (int i = lane; i < D; i += 32) acc += __bfloat162float(dO[i]) * __bfloat162float(O[i]);
+  acc = warp_sum(acc);
+  const int b = bt / p.T, tt = bt % p.T;
+  if (lane == 0) p.dvec[((int64_t)b * p.NH + h) * p.T + tt] = acc;
+}
+
+// map_block: qkv, boxes [128][64] (K, V once); map_q: qkv, boxes [64][64]; map_do: dout, [64][64].
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1)
+    attn_bwd_dkdv_wgmma_kernel(const __grid_constant__ CUtensorMap map_block, const __grid_constant__ CUtensorMap map_q,
+                               const __grid_constant__ CUtensorMap map_do, const Params p) {
+#if defined(LT_CUDA_EMULATED_PTX) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
+  using L = Smem<D>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = align1024(smem_raw);
+  unsigned char* sK = smem;
+  unsigned char* sV = smem + L::kBlockBytes;
+  auto sQ = [&](int s) { return smem + L::kRing + s * 2 * L::kTileBytes; };
+  auto sdO = [&](int s) { return smem + L::kRing + s * 2 * L::kTileBytes + L::kTileBytes; };
+  float* sL = reinterpret_cast<float*>(smem + L::kSide);  // [kStages][kStream] lse
+  float* sDv = sL + kStages * kStream;                    // [kStages][kStream] D
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + L::kBars);
+  uint64_t* full = kv_full + 1;
+  uint64_t* empty = full + kStages;
+
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int bh = blockIdx.y, b = bh / p.NH, h = bh % p.NH;
+  const int kv0 = blockIdx.x * kBlock;  // the first key blocks have the most query tiles: they start first
+  const int row_b = b * p.T;            // this batch's first row in the [B*T] tensor maps
+  const int qt0 = kv0 / kStream, n_qt = (p.T + kStream - 1) / kStream;
+
+  if (tid == 0) {
+    mbar_init(kv_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1 + 32);               // the TMA thread's arrive.expect_tx + warp 1's lse/D
+      mbar_init(&empty[s], kConsumers * 4);     // one arrival per consumer warp
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    setmaxnreg_dec<kProducerRegs>();
+    const int warp = tid / 32, lane = tid % 32;
+    if (warp == 0 && lane == 0) {
+      mbar_arrive_expect_tx(kv_full, 2 * L::kBlockBytes);
+      for (int i = 0; i < L::kBoxes; ++i) {
+        tma_load_2d(sK + i * kBlock * 128, &map_block, kv_full, p.C + h * D + 64 * i, row_b + kv0);
+        tma_load_2d(sV + i * kBlock * 128, &map_block, kv_full, 2 * p.C + h * D + 64 * i, row_b + kv0);
+      }
+      for (int qt = qt0, it = 0; qt < n_qt; ++qt, ++it) {
+        const int s = it % kStages;
+        mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);  // the first pass finds every stage free
+        mbar_arrive_expect_tx(&full[s], 2 * L::kTileBytes);
+        for (int i = 0; i < L::kBoxes; ++i) {
+          tma_load_2d(sQ(s) + i * kStream * 128, &map_q, &full[s], h * D + 64 * i, row_b + qt * kStream);
+          tma_load_2d(sdO(s) + i * kStream * 128, &map_do, &full[s], h * D + 64 * i, row_b + qt * kStream);
+        }
+      }
+    } else if (warp == 1) {
+      const float* gL = p.lse + (int64_t)bh * p.T;
+      const float* gD = p.dvec + (int64_t)bh * p.T;
+      for (int qt = qt0, it = 0; qt < n_qt; ++qt, ++it) {
+        const int s = it % kStages;
+        mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+        for (int c = lane; c < kStream; c += 32) {
+          const int q = qt * kStream + c;
+          sL[s * kStream + c] = q < p.T ? gL[q] : 0.f;
+          sDv[s * kStream + c] = q < p.T ? gD[q] : 0.f;
+        }
+        mbar_arrive(&full[s]);  // release: the stores above are visible to whoever waits on full[s]
+      }
+    }
+    return;
+  }
+
+  setmaxnreg_inc<kConsumerRegs>();
+  const int c = wg - 1, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int key_lo = kv0 + kRows * c + 16 * warp + g;  // this thread's keys: key_lo, key_lo + 8
+  const uint32_t k_tile = smem_u32(sK), v_tile = smem_u32(sV);
+  float dk[D / 2], dv[D / 2];
+  zero(dk);
+  zero(dv);
+  mbar_wait(kv_full, 0);
+
+  for (int qt = qt0, it = 0; qt < n_qt; ++qt, ++it) {
+    const int s = it % kStages;
+    mbar_wait(&full[s], (it / kStages) & 1);
+    const uint32_t q_tile = smem_u32(sQ(s)), do_tile = smem_u32(sdO(s));
+    float st[kStream / 2], dpt[kStream / 2];
+    zero(st);
+    zero(dpt);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss<kStream, 0, 0>(st, desc_kmajor(k_tile, kBlock, kRows * c, kk), desc_kmajor(q_tile, kStream, 0, kk), 1);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss<kStream, 0, 0>(dpt, desc_kmajor(v_tile, kBlock, kRows * c, kk), desc_kmajor(do_tile, kStream, 0, kk), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+
+    // P^T (in st) and dS^T = P^T (dP^T - D) (in dpt); columns are queries.
+    const float* l_s = sL + s * kStream;
+    const float* d_s = sDv + s * kStream;
+    const int q_base = qt * kStream;
+#pragma unroll
+    for (int r = 0; r < kStream / 2; ++r) {
+      const int col = 8 * (r / 4) + 2 * t + (r % 2);
+      const int q = q_base + col, key = key_lo + 8 * ((r / 2) % 2);
+      const bool live = key <= q && q < p.T;  // key <= q < T: key < T too
+      const float pv = live ? exp2f(st[r] * p.scale_log2 - l_s[col]) : 0.f;
+      st[r] = pv;
+      dpt[r] = pv * (dpt[r] - d_s[col]);
+    }
+    uint32_t pa[kStream / 16][4], dsa[kStream / 16][4];
+#pragma unroll
+    for (int kq = 0; kq < kStream / 16; ++kq) {
+      acc_a_frag(pa[kq], st, kq);
+      acc_a_frag(dsa[kq], dpt, kq);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kq = 0; kq < kStream / 16; ++kq) wgmma_rs<D, 1>(dv, pa[kq], desc_mnmajor(do_tile, kStream, kq), 1);
+#pragma unroll
+    for (int kq = 0; kq < kStream / 16; ++kq) wgmma_rs<D, 1>(dk, dsa[kq], desc_mnmajor(q_tile, kStream, kq), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    if (lane == 0) mbar_arrive(&empty[s]);  // this warp is done with the stage (smem and lse/D)
+  }
+
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int key = key_lo + 8 * hh;
+    if (key >= p.T) continue;
+    bf16* g_dk = p.dqkv + (int64_t)(row_b + key) * (3 * (int64_t)p.C) + p.C + h * D;
+    bf16* g_dv = g_dk + p.C;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      const int r = 4 * j + 2 * hh;
+      *reinterpret_cast<uint32_t*>(g_dk + 8 * j + 2 * t) = pack_bf16x2(dk[r] * p.scale, dk[r + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(g_dv + 8 * j + 2 * t) = pack_bf16x2(dv[r], dv[r + 1]);
+    }
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // built without sm_90a: attention_backward_hopper refuses to launch it
+#endif
+}
+
+// map_q: qkv, boxes [128][64] (Q once); map_do: dout, [128][64] (dO once); map_kv: qkv, [64][64].
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1)
+    attn_bwd_dq_wgmma_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_do,
+                             const __grid_constant__ CUtensorMap map_kv, const Params p) {
+#if defined(LT_CUDA_EMULATED_PTX) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
+  using L = Smem<D>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = align1024(smem_raw);
+  unsigned char* sQ = smem;
+  unsigned char* sdO = smem + L::kBlockBytes;
+  auto sK = [&](int s) { return smem + L::kRing + s * 2 * L::kTileBytes; };
+  auto sV = [&](int s) { return smem + L::kRing + s * 2 * L::kTileBytes + L::kTileBytes; };
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + L::kBars);
+  uint64_t* full = q_full + 1;
+  uint64_t* empty = full + kStages;
+
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int bh = blockIdx.y, b = bh / p.NH, h = bh % p.NH;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kBlock;  // the longest (last) query blocks start first
+  const int row_b = b * p.T;
+  const int n_kv = min(q0 + kBlock - 1, p.T - 1) / kStream + 1;  // key tiles up to the last query
+
+  if (tid == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], kConsumers * 4);
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    setmaxnreg_dec<kProducerRegs>();
+    if (tid != 0) return;
+    mbar_arrive_expect_tx(q_full, 2 * L::kBlockBytes);
+    for (int i = 0; i < L::kBoxes; ++i) {
+      tma_load_2d(sQ + i * kBlock * 128, &map_q, q_full, h * D + 64 * i, row_b + q0);
+      tma_load_2d(sdO + i * kBlock * 128, &map_do, q_full, h * D + 64 * i, row_b + q0);
+    }
+    for (int j = 0; j < n_kv; ++j) {
+      const int s = j % kStages;
+      mbar_wait(&empty[s], ((j / kStages) & 1) ^ 1);
+      mbar_arrive_expect_tx(&full[s], 2 * L::kTileBytes);
+      for (int i = 0; i < L::kBoxes; ++i) {
+        tma_load_2d(sK(s) + i * kStream * 128, &map_kv, &full[s], p.C + h * D + 64 * i, row_b + j * kStream);
+        tma_load_2d(sV(s) + i * kStream * 128, &map_kv, &full[s], 2 * p.C + h * D + 64 * i, row_b + j * kStream);
+      }
+    }
+    return;
+  }
+
+  setmaxnreg_inc<kConsumerRegs>();
+  const int c = wg - 1, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int row_lo = q0 + kRows * c + 16 * warp + g;  // this thread's queries: row_lo, row_lo + 8
+  float lse_r[2], d_r[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int row = row_lo + 8 * hh;
+    lse_r[hh] = row < p.T ? p.lse[(int64_t)bh * p.T + row] : 0.f;
+    d_r[hh] = row < p.T ? p.dvec[(int64_t)bh * p.T + row] : 0.f;
+  }
+  const uint32_t q_tile = smem_u32(sQ), do_tile = smem_u32(sdO);
+  float dq[D / 2];
+  zero(dq);
+  mbar_wait(q_full, 0);
+
+  for (int j = 0; j < n_kv; ++j) {
+    const int s = j % kStages;
+    mbar_wait(&full[s], (j / kStages) & 1);
+    const uint32_t k_tile = smem_u32(sK(s)), v_tile = smem_u32(sV(s));
+    float sc[kStream / 2], dp[kStream / 2];
+    zero(sc);
+    zero(dp);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss<kStream, 0, 0>(sc, desc_kmajor(q_tile, kBlock, kRows * c, kk), desc_kmajor(k_tile, kStream, 0, kk), 1);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_ss<kStream, 0, 0>(dp, desc_kmajor(do_tile, kBlock, kRows * c, kk), desc_kmajor(v_tile, kStream, 0, kk), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+
+    // dS = P (dP - D), P recomputed from the saved log-sum-exp; kept in sc.
+    const int kv0 = j * kStream;
+#pragma unroll
+    for (int r = 0; r < kStream / 2; ++r) {
+      const int hh = (r / 2) % 2;
+      const int key = kv0 + 8 * (r / 4) + 2 * t + (r % 2), row = row_lo + 8 * hh;
+      const bool live = key <= row && row < p.T;
+      const float pv = live ? exp2f(sc[r] * p.scale_log2 - lse_r[hh]) : 0.f;
+      sc[r] = pv * (dp[r] - d_r[hh]);
+    }
+    uint32_t dsa[kStream / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kStream / 16; ++kk) acc_a_frag(dsa[kk], sc, kk);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kStream / 16; ++kk) wgmma_rs<D, 1>(dq, dsa[kk], desc_mnmajor(k_tile, kStream, kk), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int row = row_lo + 8 * hh;
+    if (row >= p.T) continue;
+    bf16* g_dq = p.dqkv + (int64_t)(row_b + row) * (3 * (int64_t)p.C) + h * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      const int r = 4 * j + 2 * hh;
+      *reinterpret_cast<uint32_t*>(g_dq + 8 * j + 2 * t) = pack_bf16x2(dq[r] * p.scale, dq[r + 1] * p.scale);
+    }
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------
+
+[[noreturn]] static void fail(const char* what, int v) {
+  std::fprintf(stderr, "leasetrain: internal error: attention_backward_hopper: %s (%d)\n", what, v);
+  std::abort();
+}
+
+static bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+static void tensor_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, uint32_t box_rows) {
+  const char* why = nullptr;
+  if (!make_tensor_map_2d(map, base, (uint64_t)rows, (uint64_t)cols, (uint64_t)cols, box_rows, 64, &why)) {
+    std::fprintf(stderr, "leasetrain: internal error: attention_backward_hopper: %s\n", why);
+    std::abort();
+  }
+}
+
+template <int D>
+static void backward_hopper_impl(const Params& p, const bf16* qkv, int B, cudaStream_t stream) {
+  const int rows = B * p.T * p.NH;
+  attn_bwd_dot_kernel<D><<<(rows + 3) / 4, 128, 0, stream>>>(p, rows);
+  CUDA_CHECK_LAST();
+
+  const int64_t bt = (int64_t)B * p.T;
+  CUtensorMap qkv_block, qkv_stream, do_block, do_stream;
+  tensor_map(&qkv_block, qkv, bt, 3 * (int64_t)p.C, kBlock);
+  tensor_map(&qkv_stream, qkv, bt, 3 * (int64_t)p.C, kStream);
+  tensor_map(&do_block, p.dout, bt, p.C, kBlock);
+  tensor_map(&do_stream, p.dout, bt, p.C, kStream);
+  const dim3 grid((p.T + kBlock - 1) / kBlock, B * p.NH);
+  constexpr size_t smem = Smem<D>::kBytes;
+
+  auto* dq_kernel = attn_bwd_dq_wgmma_kernel<D>;
+  CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  dq_kernel<<<grid, kThreads, smem, stream>>>(qkv_block, do_block, qkv_stream, p);
+  CUDA_CHECK_LAST();
+  auto* dkdv_kernel = attn_bwd_dkdv_wgmma_kernel<D>;
+  CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  dkdv_kernel<<<grid, kThreads, smem, stream>>>(qkv_block, qkv_stream, do_stream, p);
+  CUDA_CHECK_LAST();
+}
+
+}  // namespace attn90
+}  // namespace detail
+
+void attention_backward_hopper(bf16* dqkv, void* scratch, const bf16* dout, const bf16* out, const float* lse,
+                               const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
+  using namespace detail::attn90;
+  if (B < 1 || T < 1 || NH < 1 || C % NH != 0) fail("bad shape B/T/C/NH, C", C);
+  const int D = C / NH;
+  if (D != 64 && D != 128) fail("unsupported head dim", D);
+  if ((int64_t)B * NH > 65535) fail("B*NH above 65535", B * NH);
+  if ((int64_t)B * T > INT32_MAX / 2) fail("B*T too large for the tensor maps' row coordinate", T);
+  if (!aligned16(qkv) || !aligned16(dout) || !aligned16(out) || !aligned16(dqkv))
+    fail("qkv/dout/out/dqkv not 16-byte aligned", 0);
+  // The kernels exist only in sm_90a code and run only on compute capability 9.0.
+  if (!gemm_wgmma_available()) {
+    std::fprintf(stderr,
+                 "leasetrain: attention_backward_hopper needs a build with sm_90a code and a compute capability 9.0 "
+                 "device (use attention_backward elsewhere)\n");
+    std::abort();
+  }
+  Params p{};
+  p.dout = dout;
+  p.o = out;
+  p.lse = lse;
+  p.dvec = static_cast<float*>(scratch);
+  p.dqkv = dqkv;
+  p.T = T;
+  p.C = C;
+  p.NH = NH;
+  p.scale = 1.f / std::sqrt((float)D);
+  p.scale_log2 = p.scale * kLog2e;
+  if (D == 64)
+    backward_hopper_impl<64>(p, qkv, B, stream);
+  else
+    backward_hopper_impl<128>(p, qkv, B, stream);
+}
+
+}  // namespace lt::cuda
