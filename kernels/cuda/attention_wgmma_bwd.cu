@@ -32,6 +32,9 @@
 //   D/64 boxes of [rows][64] (128-byte rows, 8-row atoms of 1024 bytes). The same tile is K-major
 //   for one product (S^T = K Q^T reads Q as [q][d]) and MN-major for another (dK += dS^T Q reads Q
 //   as [k = q][n = d], next 64 d one box on: LBO = box bytes, SBO = 1024 per 8 k).
+//   A consumer warpgroup skips the products of a streamed tile that its causal mask empties
+//   entirely (keys all after the tile's queries) and of every tile when its own 64 rows start at
+//   or past T; it still releases the stage.
 //   Tensor maps are 2-D over [B*T][3C] (qkv) and [B*T][C] (dout): rows past T of a batch are the
 //   next batch's (or zero fill after the last): masked (key <= q < T) and never stored.
 //
@@ -213,6 +216,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int qt = qt0, it = 0; qt < n_qt; ++qt, ++it) {
     const int s = it % kStages;
     mbar_wait(&full[s], (it / kStages) & 1);
+    // A warpgroup whose 64 keys all lie past this tile's last query, or past T, has nothing to
+    // add: it only releases the stage (the condition is uniform over the warpgroup).
+    const int wg_key0 = kv0 + kRows * c;
+    if (wg_key0 > qt * kStream + kStream - 1 || wg_key0 >= p.T) {
+      if (lane == 0) mbar_arrive(&empty[s]);
+      continue;
+    }
     const uint32_t q_tile = smem_u32(sQ(s)), do_tile = smem_u32(sdO(s));
     float st[kStream / 2], dpt[kStream / 2];
     zero(st);
@@ -345,6 +355,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int j = 0; j < n_kv; ++j) {
     const int s = j % kStages;
     mbar_wait(&full[s], (j / kStages) & 1);
+    // Keys all past this warpgroup's last query, or queries all past T: nothing to add.
+    const int wg_row0 = q0 + kRows * c;
+    if (j * kStream > wg_row0 + kRows - 1 || wg_row0 >= p.T) {
+      if (lane == 0) mbar_arrive(&empty[s]);
+      continue;
+    }
     const uint32_t k_tile = smem_u32(sK(s)), v_tile = smem_u32(sV(s));
     float sc[kStream / 2], dp[kStream / 2];
     zero(sc);
