@@ -58,7 +58,7 @@ constexpr int kBlock = kRows * kConsumers;     // rows a CTA owns: keys (dkdv), 
 constexpr int kStream = 64;                    // rows per streamed tile: queries (dkdv), keys (dq)
 constexpr int kStages = 2;
 constexpr int kThreads = 128 * (1 + kConsumers);
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128*40 + 256*232 <= 64K registers
+[[maybe_unused]] constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128*40 + 256*232 <= 64K registers
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kBlock % kStream == 0, "a CTA's first row starts a streamed tile");
 
