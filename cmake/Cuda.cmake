@@ -214,6 +214,15 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
     PROPERTIES LABELS cuda-emulated SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" TIMEOUT 900
                DISCOVERY_TIMEOUT 60)
 
+  # The Hopper instructions (tests/cuda/emulator_hopper.h: mbarrier, TMA, wgmma, setmaxnreg) against
+  # references built from the PTX ISA, and the kernel bugs they must catch (death tests).
+  add_executable(test_hopper_emulated ${PROJECT_SOURCE_DIR}/tests/cuda/test_hopper_emulator.cpp)
+  target_link_libraries(test_hopper_emulated PRIVATE leasetrain_emulated GTest::gtest_main)
+  gtest_discover_tests(test_hopper_emulated
+    TEST_PREFIX "emulated."
+    PROPERTIES LABELS cuda-emulated SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" TIMEOUT 300
+               DISCOVERY_TIMEOUT 60)
+
   # The CUDA backend itself on the emulator: tests/cuda/test_model_gpu.cpp with the runtime's
   # tensors (CUDA buffers become host memory), the backend's host code and the kernels all
   # compiled against the emulator, the CPU backend as the reference (LT_EMULATED: small shapes).

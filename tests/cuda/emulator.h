@@ -10,7 +10,8 @@
 // step computes all 32 lanes' results from the PTX ISA's fragment layouts; cp.async copies are
 // queued per thread and performed at cp.async.wait_group (the latest moment the ISA allows),
 // so a read before the wait sees stale shared memory; dynamic shared memory starts as NaN
-// bytes each block. What it does not model: timing, memory-model races the barriers hide,
+// bytes each block. The Hopper instructions of kernels/cuda/hopper.cuh (mbarrier, TMA, wgmma,
+// setmaxnreg) are in emulator_hopper.h, included at the end. What it does not model: timing, memory-model races the barriers hide,
 // tensor-core rounding (sums are plain fp32), bank conflicts. Passing here is evidence, not proof.
 #pragma once
 #include <cublas_v2.h>
@@ -59,6 +60,14 @@ struct Copy {
 
 struct Warp;
 struct Launch;
+namespace hopper {
+struct State;
+}
+// tests/cuda/emulator_hopper.h (included at the end): per-block Hopper state, each thread's end
+// of block, and the in-flight-TMA check of shared-memory reads through the emulator.
+inline void hopper_next_block(Launch& L);
+inline void hopper_thread_exit();
+inline void hopper_check_read(const void* p, size_t n);
 
 struct ThreadCtx {
   uint3 tid{}, bid{};
@@ -182,13 +191,19 @@ struct Launch {
   int nthreads = 0;
   size_t smem_bytes = 0;
   std::unique_ptr<unsigned char[], void (*)(void*)> smem{nullptr, std::free};
+  // Dynamic shared memory: its host address is congruent to its emulated shared address
+  // (emulator_hopper.h's kSharedBase = 0x480: 128- but not 1024-byte aligned) modulo 4096, so
+  // aligning a generic pointer aligns the shared address as on a GPU.
+  unsigned char* smem_base = nullptr;
+  std::shared_ptr<hopper::State> hopper_state;
   std::optional<std::barrier<>> block_bar;
   std::vector<std::unique_ptr<Warp>> warps;
   std::optional<std::barrier<Between>> between;
 
   Launch(int nt, size_t smem_b) : nthreads(nt), smem_bytes(smem_b) {
-    const size_t sz = std::max<size_t>(128, (smem_b + 127) / 128 * 128);
-    smem.reset(static_cast<unsigned char*>(std::aligned_alloc(128, sz)));
+    const size_t sz = std::max<size_t>(128, (smem_b + 127) / 128 * 128) + 4096;
+    smem.reset(static_cast<unsigned char*>(std::aligned_alloc(4096, sz)));
+    smem_base = smem.get() + 0x480;
     for (int w = 0; w < (nt + 31) / 32; ++w) warps.push_back(std::make_unique<Warp>());
     between.emplace(nt, Between{this});
     next_block();
@@ -197,11 +212,12 @@ struct Launch {
   void next_block() {
     block_bar.emplace(nthreads);
     for (size_t w = 0; w < warps.size(); ++w) warps[w]->reset(std::min(32, nthreads - int(w) * 32));
-    std::memset(smem.get(), 0xFF, smem_bytes);
+    std::memset(smem_base, 0xFF, smem_bytes);
+    hopper_next_block(*this);
   }
 };
 
-inline unsigned char* dyn_smem() { return ctx.launch->smem.get(); }
+inline unsigned char* dyn_smem() { return ctx.launch->smem_base; }
 
 template <class... P>
 struct Launcher {
@@ -235,6 +251,7 @@ struct Launcher {
               ctx.groups.pop_front();
             }
             for (const Copy& c : ctx.open) perform(c);
+            hopper_thread_exit();
             L.block_bar->arrive_and_drop();
             L.warps[t / 32]->bar->arrive_and_drop();
             L.between->arrive_and_wait();
@@ -303,6 +320,7 @@ inline void cp_async_wait() {
 inline void emu_ldmatrix(uint32_t (&r)[4], const void* row, emu::Warp::Op op) {
   emu::Warp& w = emu::my_warp();
   const int l = emu::ctx.lane;
+  emu::hopper_check_read(row, 16);
   w.op[l] = op;
   w.addr[l] = static_cast<const unsigned char*>(row);
   w.posted[l] = true;
@@ -425,3 +443,5 @@ inline cublasStatus_t cublas_ok_() { return CUBLAS_STATUS_SUCCESS; }
 #undef cublasDestroy
 #define cublasCreate(h) ::emu::cublas_create_(h)
 #define cublasDestroy(h) ::emu::cublas_ok_()
+
+#include "emulator_hopper.h"
