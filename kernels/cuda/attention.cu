@@ -22,6 +22,8 @@
 namespace lt::cuda {
 namespace detail {
 
+bool wgmma_auto();  // gemm_wgmma.cu: a Hopper device with sm_90a code, never in the emulator
+
 constexpr int kAttnThreads = 128;  // 4 warps, 16 rows each
 constexpr int kBQ = 64;            // query rows per CTA (forward, dq)
 constexpr int kBKV = 64;           // keys per tile (forward, dq) and per CTA (dkdv)
@@ -540,6 +542,10 @@ bool attention_supported(int head_dim) { return head_dim == 64 || head_dim == 12
 
 void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
   detail::check_shapes(B, T, C, NH);
+  if (detail::wgmma_auto()) {  // Hopper: the wgmma + TMA kernel (attention_wgmma.cu)
+    attention_forward_hopper(out, lse, qkv, B, T, C, NH, stream);
+    return;
+  }
   // Loads are 16-byte chunks, stores 4-byte pairs: a misaligned view faults only on a device.
   if (!detail::aligned16(qkv) || !detail::aligned16(out)) detail::attn_fail("qkv/out not 16-byte aligned", 0);
   detail::AttnParams p = detail::make_params(T, C, NH);
