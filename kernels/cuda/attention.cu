@@ -12,6 +12,8 @@
 // needs no fp32 atomics, so gradients are bit-identical run to run.
 //
 // Versions (what changed): v1 as above. Masks: key > query (causal) and rows/keys >= T.
+// v2: attention_forward runs the Hopper forward (attention_wgmma.cu) on a compute capability
+// 9.0 device when the build has sm_90a code; these kernels everywhere else and for the backward.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -542,10 +544,15 @@ bool attention_supported(int head_dim) { return head_dim == 64 || head_dim == 12
 
 void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
   detail::check_shapes(B, T, C, NH);
-  if (detail::wgmma_auto()) {  // Hopper: the wgmma + TMA kernel (attention_wgmma.cu)
+  if (detail::wgmma_auto())  // Hopper: the wgmma + TMA kernel (attention_wgmma.cu)
     attention_forward_hopper(out, lse, qkv, B, T, C, NH, stream);
-    return;
-  }
+  else
+    attention_forward_mma_sync(out, lse, qkv, B, T, C, NH, stream);
+}
+
+void attention_forward_mma_sync(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
+                                cudaStream_t stream) {
+  detail::check_shapes(B, T, C, NH);
   // Loads are 16-byte chunks, stores 4-byte pairs: a misaligned view faults only on a device.
   if (!detail::aligned16(qkv) || !detail::aligned16(out)) detail::attn_fail("qkv/out not 16-byte aligned", 0);
   detail::AttnParams p = detail::make_params(T, C, NH);

@@ -1,6 +1,6 @@
 // Causal flash attention on the GPU (bf16 in, fp32 accumulation, mma.sync tensor cores; on
 // Hopper the forward runs on wgmma + TMA, attention_wgmma.cu).
-// defines: attention_supported, attention_forward, attention_forward_hopper,
+// defines: attention_supported, attention_forward, attention_forward_mma_sync, attention_forward_hopper,
 //          attention_hopper_available, attention_backward(_scratch_bytes).
 //
 // Layout as in kernels/cpu/ops.h: qkv [B,T,3C] holds q, k, v for NH heads of C/NH each,
@@ -24,6 +24,11 @@ bool attention_supported(int head_dim);
 // CPU emulator) the mma.sync kernel.
 void attention_forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16* qkv, int B, int T, int C, int NH,
                        cudaStream_t stream);
+
+// The mma.sync forward by name (what attention_forward runs off Hopper), for benchmarks that
+// put it beside the Hopper kernel.
+void attention_forward_mma_sync(__nv_bfloat16* out, float* lse, const __nv_bfloat16* qkv, int B, int T, int C,
+                                int NH, cudaStream_t stream);
 
 // The Hopper forward (wgmma + TMA, attention_wgmma.cu) by name, for tests and benchmarks: same
 // arguments and results as attention_forward. Aborts with a message where it cannot run
