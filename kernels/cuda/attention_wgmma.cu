@@ -2,11 +2,11 @@
 // FlashAttention-3's structure. Same semantics as flash_fwd_kernel in attention.cu (see
 // attention.h): out [B,T,C] bf16, lse [B,NH,T] fp32 base-2 log-sum-exp of the scaled scores.
 //
-// Design (v1):
+// Design:
 //   One CTA per (128-query tile, head, batch entry); the longest (last) query tiles start first.
 //   384 threads = 3 warpgroups:
 //     warpgroup 0, producer: setmaxnreg.dec 24; one thread loads Q once (TMA, its own mbarrier)
-//       and streams K and V tiles of 128 keys through a 2-stage ring guarded by full/empty
+//       and streams K and V tiles of 128 keys through a 3-stage ring guarded by full/empty
 //       mbarriers (arrive.expect_tx with the stage's bytes; waits on `empty` before reuse).
 //     warpgroups 1 and 2, consumers: setmaxnreg.inc 240; each owns 64 query rows. Per key tile:
 //       S = Q K^T with wgmma m64n128k16 from shared memory (A = Q and B = K both K-major),
@@ -15,17 +15,20 @@
 //       layout of a k16 slice is the register-A layout), O += P V with wgmma m64nDk16, A from
 //       registers, B = V MN-major ([key][d] boxes read with the transpose bit); then one
 //       arrival per warp on the stage's `empty` barrier.
+//     Within a consumer the two GEMMs are software-pipelined: S_j = Q K_j^T and O += P_{j-1}
+//       V_{j-1} are issued back to back, the softmax of S_j runs while the P V group is still
+//       on the tensor cores, and O is rescaled (and P_j packed) once that group has retired.
 //   Causal: a query tile qb needs key tiles 0..qb only (tiles of 128 on both sides); only the
 //   diagonal tile qb is masked (key > query, and keys >= T, which exist only in that tile).
 //   Shared memory (1024-aligned; every tile in the 128B-swizzled layout TMA writes): Q [128][D]
 //   as D/64 boxes of [128 rows][64 cols] (16 KiB each), then per stage K and V likewise:
-//   D = 128: 32 + 2 x 64 = 160 KiB; D = 64: 16 + 2 x 32 = 80 KiB.
+//   D = 128: 32 + 3 x 64 = 224 KiB (+ 1 KiB alignment slack, inside the 227 KiB a block may
+//   have); D = 64: 16 + 3 x 32 = 112 KiB.
 //   qkv [B,T,3C] is one 2-D tensor map over [B*T][3C] with boxes of 128 rows x 64 columns: Q of
 //   head h at column h*D, K at C + h*D, V at 2C + h*D. Rows past T of a batch entry are the next
 //   entry's (or zeros past the end): keys >= T are masked, query rows >= T never stored.
-//   Not in v1: ping-pong scheduling of the two consumer warpgroups (one's softmax overlapping the
-//   other's GEMMs) and the intra-warpgroup overlap of S(j+1) with softmax(j); each consumer
-//   waits for its own wgmma groups before the softmax.
+//   Not done: ping-pong scheduling of the two consumer warpgroups (named barriers so one's
+//   softmax overlaps the other's GEMMs); a persistent grid; TMA stores of O.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -40,7 +43,7 @@ bool wgmma_available();  // gemm_wgmma.cu: a compute capability 9.0 device and s
 
 constexpr int kHBQ = 128;   // query rows per CTA (64 per consumer warpgroup)
 constexpr int kHBKV = 128;  // keys per K/V tile
-constexpr int kHStages = 2;
+constexpr int kHStages = 3;
 constexpr int kHConsumers = 2;
 constexpr int kHThreads = 128 * (1 + kHConsumers);
 constexpr int kHBoxBytes = 128 * 64 * 2;  // one TMA box: [128 rows][64 bf16] = 16 KiB
@@ -129,15 +132,17 @@ __global__ void __launch_bounds__(kHThreads, 1)
   float m_run[2] = {-INFINITY, -INFINITY};  // running row max (base-2 scaled scores)
   float l_run[2] = {0.f, 0.f};              // this thread's part of the running row sum
 
+  uint32_t pa[kHBKV / 16][4];  // P of the previous key tile as bf16 A fragments
+
   mbar_wait(q_full, 0);
   const uint32_t q_addr = smem_u32(sQ) + 64 * c * 128;  // this warpgroup's 64 rows of each Q box
-  for (int j = 0; j < n_kv; ++j) {
+
+  // S = Q K_j^T into sc (one wgmma group): the k16 slice kk of the head dim lies in box kk/4 at
+  // byte 32*(kk%4) of each row; A = Q and B = K both K-major.
+  auto issue_s = [&](int j) {
     const int s = j % kHStages;
     mbar_wait(&full[s], (j / kHStages) & 1);
-    const uint32_t k_addr = smem_u32(stage_k(s)), v_addr = smem_u32(stage_v(s));
-
-    // S = Q K^T: k16 slice kk of the head dim lies in box kk/4 at byte 32*(kk%4) of each row.
-    wgmma_fence();
+    const uint32_t k_addr = smem_u32(stage_k(s));
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t off = (kk / 4) * kHBoxBytes + (kk % 4) * 32;
@@ -145,9 +150,19 @@ __global__ void __launch_bounds__(kHThreads, 1)
                             make_smem_desc(k_addr + off, 16, 1024, WgmmaSwizzle::B128), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-
-    // Scale into the exp2 domain, mask the diagonal tile, row max over the quad (4 lanes a row).
+  };
+  // O += P V_j (one wgmma group), A = pa from registers, B = V MN-major: keys 16kk.. start 16 rows
+  // (2 KiB) on, the next 8 keys 1024 bytes on, the next 64 columns of d one box on.
+  auto issue_pv = [&](int j) {
+    const uint32_t v_addr = smem_u32(stage_v(j % kHStages));
+#pragma unroll
+    for (int kk = 0; kk < kHBKV / 16; ++kk)
+      wgmma_rs<D, 1>(o, pa[kk], make_smem_desc(v_addr + kk * 2048, kHBoxBytes, 1024, WgmmaSwizzle::B128), 1);
+    wgmma_commit();
+  };
+  // Online softmax of S_j (in sc, which becomes exp2(s - max)); alpha rescales what O and the
+  // row sums held before this tile. Only the diagonal tile j = qb is masked.
+  auto softmax = [&](int j, float (&alpha)[2]) {
     const int kv0 = j * kHBKV;
     const bool diag = j == n_kv - 1;
     float mx[2] = {-INFINITY, -INFINITY};
@@ -163,14 +178,14 @@ __global__ void __launch_bounds__(kHThreads, 1)
       sc[i] = x;
       mx[r] = fmaxf(mx[r], x);
     }
-    float base[2], alpha[2];
+    float base[2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < 2; ++r) {  // row max over the quad (4 lanes a row)
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
       const float m_new = fmaxf(m_run[r], mx[r]);
       base[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing unmasked yet stays at 0
-      alpha[r] = exp2f(m_run[r] - base[r]);        // rescales what was accumulated so far
+      alpha[r] = exp2f(m_run[r] - base[r]);
       m_run[r] = m_new;
     }
     float rs[2] = {0.f, 0.f};
@@ -183,11 +198,9 @@ __global__ void __launch_bounds__(kHThreads, 1)
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * alpha[r] + rs[r];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
-
-    // P as bf16 A fragments: k16 slice kk is accumulator n8 tiles 2kk and 2kk+1.
-    uint32_t pa[kHBKV / 16][4];
+  };
+  // P as bf16 A fragments: the k16 slice kk is accumulator n8 tiles 2kk and 2kk+1.
+  auto pack_p = [&] {
 #pragma unroll
     for (int kk = 0; kk < kHBKV / 16; ++kk) {
       pa[kk][0] = pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
@@ -195,16 +208,34 @@ __global__ void __launch_bounds__(kHThreads, 1)
       pa[kk][2] = pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
       pa[kk][3] = pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
     }
-    // O += P V: V MN-major, keys 16kk.. start 16 rows (2 KiB) on, the next 8 keys 1024 bytes on,
-    // the next 64 columns of d one box on.
+  };
+
+  // Software pipeline within the warpgroup: S_j = Q K_j^T is issued together with O += P_{j-1}
+  // V_{j-1}; the softmax of S_j runs while the P V group is still on the tensor cores. O is
+  // rescaled and P_j packed only once that group has retired (its accumulators and A registers
+  // must not change while it is in flight), and then stage j-1 goes back to the producer.
+  float alpha[2];
+  wgmma_fence();
+  issue_s(0);
+  wgmma_wait<0>();
+  softmax(0, alpha);  // O is still zero: nothing to rescale
+  pack_p();
+  for (int j = 1; j < n_kv; ++j) {
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kHBKV / 16; ++kk)
-      wgmma_rs<D, 1>(o, pa[kk], make_smem_desc(v_addr + kk * 2048, kHBoxBytes, 1024, WgmmaSwizzle::B128), 1);
-    wgmma_commit();
+    issue_s(j);
+    issue_pv(j - 1);
+    wgmma_wait<1>();  // S_j has landed; P_{j-1} V_{j-1} may still run
+    softmax(j, alpha);
     wgmma_wait<0>();
-    if (lane == 0) mbar_arrive(&empty[s]);  // this warp is done with the stage
+    if (lane == 0) mbar_arrive(&empty[(j - 1) % kHStages]);  // this warp is done with stage j-1
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+    pack_p();
   }
+  wgmma_fence();
+  issue_pv(n_kv - 1);
+  wgmma_wait<0>();
+  if (lane == 0) mbar_arrive(&empty[(n_kv - 1) % kHStages]);
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

@@ -737,7 +737,7 @@ TEST_F(Gpu, AttentionHeadDim128) {
 }
 
 // The Hopper forward (attention_wgmma.cu: wgmma + TMA, 128-query tiles, 128-key tiles through a
-// 2-stage ring), asked for by name, against the CPU reference: out and the base-2 LSE.
+// 3-stage ring), asked for by name, against the CPU reference: out and the base-2 LSE.
 void run_attention_hopper(int B, int T, int NH, int hs) {
   SCOPED_TRACE("attention (wgmma) B=" + std::to_string(B) + " T=" + std::to_string(T) + " NH=" + std::to_string(NH) +
                " hs=" + std::to_string(hs));
@@ -770,8 +770,8 @@ TEST_F(Gpu, AttentionHopperForward) {
                           {2, 1024, 2, 64}, {1, 1, 1, 128},   {2, 33, 2, 128},  {1, 128, 1, 128}, {2, 200, 1, 128},
                           {1, 385, 2, 128}, {2, 1024, 1, 128}};
 #else
-  // T = 300 and 385: 3 and 4 key tiles for the last query tile, so the 2-stage ring wraps.
-  const int cases[][4] = {{1, 1, 1, 64},  {2, 130, 2, 64},  {1, 300, 1, 64},
+  // T = 520 and 385: 5 and 4 key tiles for the last query tile, so the 3-stage ring wraps.
+  const int cases[][4] = {{1, 1, 1, 64},  {2, 130, 2, 64},  {1, 520, 1, 64},
                           {1, 1, 1, 128}, {2, 200, 1, 128}, {1, 385, 2, 128}};
 #endif
   for (const auto& c : cases) run_attention_hopper(c[0], c[1], c[2], c[3]);
