@@ -27,8 +27,9 @@
 //   qkv [B,T,3C] is one 2-D tensor map over [B*T][3C] with boxes of 128 rows x 64 columns: Q of
 //   head h at column h*D, K at C + h*D, V at 2C + h*D. Rows past T of a batch entry are the next
 //   entry's (or zeros past the end): keys >= T are masked, query rows >= T never stored.
-//   Not done: ping-pong scheduling of the two consumer warpgroups (named barriers so one's
-//   softmax overlaps the other's GEMMs); a persistent grid; TMA stores of O.
+//   Ping-pong (kHPingPong): the two consumers take turns issuing their GEMM batches through a
+//   pair of mbarriers (turn[0], turn[1]), so one's softmax overlaps the other's GEMMs.
+//   Not done: a persistent grid; TMA stores of O; K and V on separate barriers.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -46,6 +47,9 @@ constexpr int kHBKV = 128;  // keys per K/V tile
 constexpr int kHStages = 3;
 constexpr int kHConsumers = 2;
 constexpr int kHThreads = 128 * (1 + kHConsumers);
+// The two consumers take turns issuing their GEMM batches (ping-pong), so one's softmax runs
+// while the other's GEMMs occupy the tensor cores; false: they issue whenever they are ready.
+constexpr bool kHPingPong = true;
 constexpr int kHBoxBytes = 128 * 64 * 2;  // one TMA box: [128 rows][64 bf16] = 16 KiB
 constexpr float kHLog2e = 1.4426950408889634f;
 static_assert(kHBQ == kHBKV, "causal tile count: query tile qb needs key tiles 0..qb");
@@ -57,7 +61,7 @@ struct HopperAttnLayout {
   static constexpr int kTileBytes = kBoxes * kHBoxBytes;  // Q, K or V tile
   static constexpr int kStageBytes = 2 * kTileBytes;      // K + V
   static constexpr size_t kSmem = 1024 /* alignment slack */ + kTileBytes + size_t(kHStages) * kStageBytes +
-                                  (1 + 2 * kHStages) * 8;
+                                  (3 + 2 * kHStages) * 8;
   static_assert(kSmem <= 227 * 1024, "shared memory: Hopper's 227 KiB per block");
 };
 
@@ -83,6 +87,7 @@ __global__ void __launch_bounds__(kHThreads, 1)
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + L::kTileBytes + kHStages * L::kStageBytes);
   uint64_t* full = q_full + 1;
   uint64_t* empty = full + kHStages;
+  uint64_t* turn = empty + kHStages;  // turn[c]: consumer c may issue its next GEMM batch
 
   const int tid = threadIdx.x, wg = tid / 128;
   const int qb = gridDim.x - 1 - blockIdx.x;
@@ -97,6 +102,7 @@ __global__ void __launch_bounds__(kHThreads, 1)
       mbar_init(&full[s], 1);                   // the producer's arrive.expect_tx (+ the bytes)
       mbar_init(&empty[s], kHConsumers * 4);  // one arrival per consumer warp
     }
+    for (int c = 0; c < kHConsumers; ++c) mbar_init(&turn[c], 4);  // one arrival per warp of the other
     fence_mbarrier_init();
   }
   __syncthreads();
@@ -138,11 +144,11 @@ __global__ void __launch_bounds__(kHThreads, 1)
   const uint32_t q_addr = smem_u32(sQ) + 64 * c * 128;  // this warpgroup's 64 rows of each Q box
 
   // S = Q K_j^T into sc (one wgmma group): the k16 slice kk of the head dim lies in box kk/4 at
-  // byte 32*(kk%4) of each row; A = Q and B = K both K-major.
+  // byte 32*(kk%4) of each row; A = Q and B = K both K-major. Stage j must have landed (its full
+  // barrier waited on before the wgmma_fence: a spin loop between the fence and the wgmma makes
+  // ptxas inject another warpgroup.arrive).
   auto issue_s = [&](int j) {
-    const int s = j % kHStages;
-    mbar_wait(&full[s], (j / kHStages) & 1);
-    const uint32_t k_addr = smem_u32(stage_k(s));
+    const uint32_t k_addr = smem_u32(stage_k(j % kHStages));
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t off = (kk / 4) * kHBoxBytes + (kk % 4) * 32;
@@ -210,20 +216,41 @@ __global__ void __launch_bounds__(kHThreads, 1)
     }
   };
 
+  // Ping-pong: every consumer has n_kv + 1 GEMM batches; batch k of consumer c waits for phase k
+  // of turn[c], which the other consumer's warps complete once they have issued their batch k-1
+  // (consumer 1 completes turn[0]'s phase 0 at the start, so consumer 0 goes first).
+  int batch = 0;
+  auto wait_turn = [&] {
+    if constexpr (kHPingPong) mbar_wait(&turn[c], batch & 1);
+  };
+  auto pass_turn = [&] {
+    if constexpr (kHPingPong)
+      if (lane == 0) mbar_arrive(&turn[c ^ 1]);
+    ++batch;
+  };
+  if constexpr (kHPingPong)
+    if (c == 1 && lane == 0) mbar_arrive(&turn[0]);
+
   // Software pipeline within the warpgroup: S_j = Q K_j^T is issued together with O += P_{j-1}
   // V_{j-1}; the softmax of S_j runs while the P V group is still on the tensor cores. O is
   // rescaled and P_j packed only once that group has retired (its accumulators and A registers
   // must not change while it is in flight), and then stage j-1 goes back to the producer.
   float alpha[2];
+  mbar_wait(&full[0], 0);
+  wait_turn();
   wgmma_fence();
   issue_s(0);
+  pass_turn();
   wgmma_wait<0>();
   softmax(0, alpha);  // O is still zero: nothing to rescale
   pack_p();
   for (int j = 1; j < n_kv; ++j) {
+    mbar_wait(&full[j % kHStages], (j / kHStages) & 1);
+    wait_turn();
     wgmma_fence();
     issue_s(j);
     issue_pv(j - 1);
+    pass_turn();
     wgmma_wait<1>();  // S_j has landed; P_{j-1} V_{j-1} may still run
     softmax(j, alpha);
     wgmma_wait<0>();
@@ -232,8 +259,10 @@ __global__ void __launch_bounds__(kHThreads, 1)
     for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
     pack_p();
   }
+  wait_turn();
   wgmma_fence();
   issue_pv(n_kv - 1);
+  pass_turn();
   wgmma_wait<0>();
   if (lane == 0) mbar_arrive(&empty[(n_kv - 1) % kHStages]);
 
