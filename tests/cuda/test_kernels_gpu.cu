@@ -756,6 +756,14 @@ void run_attention_hopper(int B, int T, int NH, int hs) {
   CUDA_OK(cudaGetLastError());
   expect_close(d_out.download(), out_ref, kTolBf16, "out");
   expect_close(d_lse.download(), lse_ref, 1e-4, "lse");
+#ifndef LT_EMULATED
+  // On a Hopper GPU attention_forward is this kernel (the emulator keeps mma.sync): the same bits.
+  DevBuf<bf16> d_out2(n_out);
+  d_out2.poison();
+  gpu::attention_forward(d_out2.get(), d_lse.get(), d_qkv.get(), B, T, C, NH, 0);
+  EXPECT_TRUE(d_out.download_bytes() == d_out2.download_bytes()) << "attention_forward did not run the Hopper kernel";
+  EXPECT_GUARD(d_out2);
+#endif
   EXPECT_GUARD(d_qkv);
   EXPECT_GUARD(d_out);
   EXPECT_GUARD(d_lse);
