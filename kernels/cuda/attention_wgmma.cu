@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kHThreads, 1)
       mbar_init(&full[s], 1);                   // the producer's arrive.expect_tx (+ the bytes)
       mbar_init(&empty[s], kHConsumers * 4);  // one arrival per consumer warp
     }
-    for (int c = 0; c < kHConsumers; ++c) mbar_init(&turn[c], 4);  // one arrival per warp of the other
+    for (int k = 0; k < kHConsumers; ++k) mbar_init(&turn[k], 4);  // one arrival per warp of the other
     fence_mbarrier_init();
   }
   __syncthreads();
