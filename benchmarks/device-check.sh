@@ -8,7 +8,8 @@
 #
 # It configures and builds the CUDA tree for this GPU's architecture only (e.g. 90a on H100/H200),
 # runs the `gpu` CTest label, `leasetrain bench gemm` and `bench attention` (when this binary has
-# them; on Hopper also the wgmma GEMM at 8192^3 and GPT-2 350M's shapes), a short GPT-2 124M
+# them; on Hopper also the wgmma GEMM at 8192^3 and GPT-2 350M's shapes, and the wgmma attention
+# forward beside the mma.sync one), a short GPT-2 124M
 # training run on --device cuda (hand-written GEMM, then cuBLAS, on Hopper also mma.sync forced), and a
 # tiny run that checkpoints and resumes on the device; it writes OUTDIR/summary.json (every
 # stage's exit status, seconds and key numbers), the benchmarks' JSON, the 124M run's
@@ -292,6 +293,8 @@ else
   printf 'bench-gemm\tmissing\t0\t0\n' >>"$STAGES_TSV"
 fi
 if [ -x "$LT" ] && bench_has attention; then
+  # T = 512 .. 8192 (the default --max-seq) at head dims 64 and 128, forward and backward; on
+  # Hopper (sm_90a builds) each forward also has a wgmma row with its ratio to mma.sync (x_mma).
   stage bench-attention 90 15 "$LT" bench attention --iters 10 --warmup 2 --json "$OUTDIR/bench_attention.json"
 else
   note "bench-attention: this leasetrain has no 'bench attention'"

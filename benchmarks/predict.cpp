@@ -387,12 +387,19 @@ SuiteInputs suite_inputs(const json& suite, const std::string& file, const GPTCo
     throw UserError(file + ": results: no measured gemm row of the kernel asked for (suite gemm, impl " + in.gemm_impl +
                     ", device " + in.device + ", status ok)");
 
-  // Attention: per pass, the row nearest the model's head dim and sequence length (log distance).
+  // Attention: per pass, the row nearest the model's head dim and sequence length (log distance),
+  // of the kernel the trainer runs: the Hopper kernels ("flash-wgmma") where the suite measured
+  // them for that pass, else the mma.sync ones ("flash").
   const double hd = (double)model.n_embd / model.n_head;
   for (const char* pass : {"fwd", "bwd"}) {
+    auto pass_row = [&](const json& r) {
+      return ok_row(r, "attention") && r.value("device", "") == in.device && r["params"].value("pass", "") == pass;
+    };
+    bool have_flash_wgmma = false;
+    for (const json& r : rows) have_flash_wgmma = have_flash_wgmma || (pass_row(r) && r.value("impl", "") == "flash-wgmma");
     double best_d = std::numeric_limits<double>::infinity(), rate = 0;
     for (const json& r : rows) {
-      if (!ok_row(r, "attention") || r.value("device", "") != in.device || r["params"].value("pass", "") != pass) continue;
+      if (!pass_row(r) || (r.value("impl", "") == "flash-wgmma") != have_flash_wgmma) continue;
       const double d_hd = std::log(std::max<int64_t>(1, int_param(r, "head_dim")) / hd);
       const double d_t = std::log(std::max<int64_t>(1, int_param(r, "T")) / (double)seq_len);
       const double d = d_hd * d_hd + d_t * d_t;

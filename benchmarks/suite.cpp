@@ -509,7 +509,9 @@ void gpu_attention_rows(Ctx& c, bool have_gpu, const std::string& why) {
       }
     AttentionBenchReport rep = bench_attention(cfgs);
     for (const AttentionBenchRow& r : rep.rows) {
-      json row = make_row("attention", "flash", "cuda", params(r.pass.c_str(), r.B, r.T, r.NH, r.D), "tflops");
+      // impl "flash": the mma.sync kernels; "flash-wgmma": the Hopper kernels (where they run).
+      json row = make_row("attention", r.kernel == "wgmma" ? "flash-wgmma" : "flash", "cuda",
+                          params(r.pass.c_str(), r.B, r.T, r.NH, r.D), "tflops");
       put_stats(row, r.median_ms, r.min_ms, r.max_ms, c.opt.quick ? 10 : 20);
       json& m = row["metrics"];
       m["rel_err"] = r.rel_err;

@@ -46,7 +46,8 @@ file(GLOB LT_CUDA_HEADERS CONFIGURE_DEPENDS ${LT_CUDA_DIR}/*.h ${LT_CUDA_DIR}/*.
 # cuBLAS is only the baseline (tests, benchmarks, --gemm cublas).
 add_library(leasetrain_kernels_cuda STATIC
   ${LT_CUDA_DIR}/gemm.cu ${LT_CUDA_DIR}/gemm_wgmma.cu ${LT_CUDA_DIR}/gemm_cublas.cu ${LT_CUDA_DIR}/attention.cu
-  ${LT_CUDA_DIR}/attention_wgmma_bwd.cu ${LT_CUDA_DIR}/ops.cu ${LT_CUDA_DIR}/attention_naive.cu)
+  ${LT_CUDA_DIR}/attention_wgmma.cu ${LT_CUDA_DIR}/attention_wgmma_bwd.cu ${LT_CUDA_DIR}/ops.cu
+  ${LT_CUDA_DIR}/attention_naive.cu)
 target_link_libraries(leasetrain_kernels_cuda PUBLIC leasetrain_flags CUDA::cudart_static CUDA::cublas)
 target_compile_definitions(leasetrain_kernels_cuda PUBLIC LEASETRAIN_HAVE_CUDA=1)
 target_compile_options(leasetrain_kernels_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo>)
@@ -92,7 +93,7 @@ endforeach()
 # The Hopper kernels: PTX for compute_90a (always made, whatever CMAKE_CUDA_ARCHITECTURES says, so
 # the check runs on every machine with nvcc).
 set(LT_PTX_90A "")
-foreach(name gemm_wgmma attention_wgmma_bwd)
+foreach(name gemm_wgmma attention_wgmma attention_wgmma_bwd)
   set(ptx ${LT_PTX_DIR}/${name}.compute_90a.ptx)
   add_custom_command(OUTPUT ${ptx}
     COMMAND ${CMAKE_COMMAND} -E make_directory ${LT_PTX_DIR}
@@ -105,10 +106,17 @@ endforeach()
 set(LT_PTX_90A_BWD ${LT_PTX_DIR}/attention_wgmma_bwd.compute_90a.ptx)
 add_custom_target(leasetrain_cuda_ptx ALL DEPENDS ${LT_PTX_FILES} ${LT_PTX_90A})
 add_test(NAME cuda_ptx_hopper_uses_wgmma_and_tma
-  COMMAND ${CMAKE_COMMAND} "-DPTX_FILES=${LT_PTX_90A}" "-DKERNELS=gemm_wgmma_kernel"
+  COMMAND ${CMAKE_COMMAND} "-DPTX_FILES=${LT_PTX_DIR}/gemm_wgmma.compute_90a.ptx" "-DKERNELS=gemm_wgmma_kernel"
           "-DPATTERNS=wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16;cp.async.bulk.tensor.2d.shared::cluster.global;mbarrier.try_wait.parity;mbarrier.arrive.expect_tx;setmaxnreg.inc.sync.aligned.u32 240;setmaxnreg.dec.sync.aligned.u32 24;wgmma.fence.sync.aligned"
           -P ${PROJECT_SOURCE_DIR}/tests/cuda/check_ptx_mma.cmake)
 set_tests_properties(cuda_ptx_hopper_uses_wgmma_and_tma PROPERTIES LABELS cuda-compile)
+# The Hopper attention forward: S = Q K^T from shared memory (m64n128k16), O += P V with A from
+# registers (m64n64k16 at head dim 64, m64n128k16 at 128), fed by TMA through mbarriers.
+add_test(NAME cuda_ptx_hopper_attention_uses_wgmma_and_tma
+  COMMAND ${CMAKE_COMMAND} "-DPTX_FILES=${LT_PTX_DIR}/attention_wgmma.compute_90a.ptx" "-DKERNELS=flash_fwd_wgmma_kernel"
+          "-DPATTERNS=wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16;cp.async.bulk.tensor.2d.shared::cluster.global;mbarrier.try_wait.parity;mbarrier.arrive.expect_tx;setmaxnreg.inc.sync.aligned.u32 240;setmaxnreg.dec.sync.aligned.u32 24;wgmma.fence.sync.aligned;wgmma.wait_group.sync.aligned"
+          -P ${PROJECT_SOURCE_DIR}/tests/cuda/check_ptx_mma.cmake)
+set_tests_properties(cuda_ptx_hopper_attention_uses_wgmma_and_tma PROPERTIES LABELS cuda-compile)
 # The Hopper attention backward: both kernels, both head dims, wgmma (m64n64 for S and dP, and
 # m64n128 for the head-dim-128 accumulations from registers), TMA, the ring's barriers, the roles.
 add_test(NAME cuda_ptx_hopper_attention_bwd_uses_wgmma_and_tma
@@ -200,8 +208,8 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
   set(LT_EMU_DIR ${CMAKE_CURRENT_BINARY_DIR}/emulated)
   set(LT_EMU_SRC "")
   foreach(src ${LT_CUDA_DIR}/gemm.cu ${LT_CUDA_DIR}/gemm_wgmma.cu ${LT_CUDA_DIR}/attention.cu
-              ${LT_CUDA_DIR}/attention_wgmma_bwd.cu ${LT_CUDA_DIR}/ops.cu ${LT_CUDA_DIR}/attention_naive.cu
-              ${PROJECT_SOURCE_DIR}/tests/cuda/test_kernels_gpu.cu)
+              ${LT_CUDA_DIR}/attention_wgmma.cu ${LT_CUDA_DIR}/attention_wgmma_bwd.cu ${LT_CUDA_DIR}/ops.cu
+              ${LT_CUDA_DIR}/attention_naive.cu ${PROJECT_SOURCE_DIR}/tests/cuda/test_kernels_gpu.cu)
     get_filename_component(name ${src} NAME_WE)
     set(out ${LT_EMU_DIR}/${name}.cpp)
     add_custom_command(OUTPUT ${out}
@@ -220,7 +228,7 @@ if(LEASETRAIN_CUDA_EMULATED_TESTS)
   target_compile_definitions(leasetrain_emulated INTERFACE LT_EMULATED=1)
   target_link_libraries(leasetrain_emulated INTERFACE leasetrain_flags leasetrain_kernels_cpu Threads::Threads)
   set(LT_EMU_KERNELS "")
-  foreach(name gemm gemm_wgmma attention attention_wgmma_bwd ops attention_naive)
+  foreach(name gemm gemm_wgmma attention attention_wgmma attention_wgmma_bwd ops attention_naive)
     list(APPEND LT_EMU_KERNELS ${LT_EMU_DIR}/${name}.cpp)
   endforeach()
   add_library(leasetrain_emulated_kernels OBJECT ${LT_EMU_KERNELS} ${PROJECT_SOURCE_DIR}/tests/cuda/emulator_stubs.cpp)

@@ -158,8 +158,10 @@ void add_gpu_bench_commands(CLI::App* bench) {
       "head dim. Each shape is first checked against the fallback kernels (fp32 arithmetic on the same bf16 inputs, "
       "up to 2 sequences of 4 heads, T up to 2048), then timed with CUDA events on one stream, the L2 cache flushed before "
       "every run; rows report the median. FLOPs as FlashAttention-2: forward 4*B*T^2*NH*D halved for the causal "
-      "mask, backward 2.5x the forward; % of the dense bf16 peak from the SM count and maximum clock. Exit status 1 "
-      "without a CUDA device.");
+      "mask, backward 2.5x the forward; % of the dense bf16 peak from the SM count and maximum clock. Rows per pass: "
+      "the mma.sync kernels and, on a compute capability 9.0 GPU with sm_90a code, the Hopper kernels (wgmma + "
+      "TMA, what the trainer runs there); x_mma = the mma.sync row's median / this median. Exit status 1 without a "
+      "CUDA device.");
   ac->add_option("--head-dim", a->head_dims, "Comma-separated head dims (64, 128)")->capture_default_str();
   ac->add_option("--max-seq", a->max_seq, "Longest sequence (powers of two from 512)")
       ->check(in_range(512, 65536))->capture_default_str();
@@ -192,7 +194,7 @@ void add_gpu_bench_commands(CLI::App* bench) {
     bool all_ok = true;
     for (const bench::AttentionBenchRow& x : r.rows) {
       all_ok = all_ok && x.correct;
-      rows.push_back({{"pass", x.pass}, {"B", x.B}, {"T", x.T}, {"NH", x.NH}, {"D", x.D}, {"causal", true},
+      rows.push_back({{"pass", x.pass}, {"kernel", x.kernel}, {"vs_mma", x.vs_mma}, {"B", x.B}, {"T", x.T}, {"NH", x.NH}, {"D", x.D}, {"causal", true},
                       {"median_ms", x.median_ms}, {"min_ms", x.min_ms}, {"max_ms", x.max_ms}, {"tflops", x.tflops},
                       {"pct_peak", x.pct_peak}, {"rel_err", x.rel_err}, {"check_B", x.check_B}, {"check_T", x.check_T},
                       {"check_NH", x.check_NH}, {"correct", x.correct}});

@@ -224,6 +224,26 @@ TEST(PlanPredict, PlotsTokensPerSecondAndCost) {
   EXPECT_NE(r.err.find("wrote " + d / "plots/predict.png"), std::string::npos) << r.err;
 }
 
+// On Hopper the suite holds the Hopper attention forward's rows (impl flash-wgmma) beside the
+// mma.sync kernel's (impl flash); the trainer runs the Hopper one there, so its rate is read.
+TEST(PlanPredict, HopperAttentionForwardRowsAreReadWhereMeasured) {
+  json s = bench::load_suite_result(kH100);
+  json extra = json::array();
+  for (const json& r : s["results"])
+    if (r["suite"] == "attention" && r["params"]["pass"] == "fwd") {
+      json w = r;
+      w["impl"] = "flash-wgmma";
+      w["id"] = r["id"].get<std::string>() + "/wgmma";
+      w["metrics"]["tflops"] = 500.0;
+      extra.push_back(w);
+    }
+  ASSERT_FALSE(extra.empty());
+  for (const json& w : extra) s["results"].push_back(w);
+  const predict::SuiteInputs in = predict::suite_inputs(s, kH100, gpt2(), 1024, "cublas");
+  EXPECT_DOUBLE_EQ(in.rates.attention_fwd_tflops, 500.0);
+  EXPECT_DOUBLE_EQ(in.rates.attention_bwd_tflops, 335.0);  // one backward kernel: the flash rows
+}
+
 TEST(PlanPredict, BadInputIsOneLineNamingTheFieldExit2) {
   TempDir d;
   const std::string base = "plan --predict --config " + kConfig + " --gemm-impl cublas --max-nodes 1 ";

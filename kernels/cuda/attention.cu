@@ -12,6 +12,8 @@
 // needs no fp32 atomics, so gradients are bit-identical run to run.
 //
 // Versions (what changed): v1 as above. Masks: key > query (causal) and rows/keys >= T.
+// v2: attention_forward runs the Hopper forward (attention_wgmma.cu) on a compute capability
+// 9.0 device when the build has sm_90a code; these kernels everywhere else and for the backward.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +23,8 @@
 
 namespace lt::cuda {
 namespace detail {
+
+bool wgmma_auto();  // gemm_wgmma.cu: a Hopper device with sm_90a code, never in the emulator
 
 constexpr int kAttnThreads = 128;  // 4 warps, 16 rows each
 constexpr int kBQ = 64;            // query rows per CTA (forward, dq)
@@ -508,11 +512,16 @@ void forward_impl(const AttnParams& p, int B, cudaStream_t stream) {
 }
 
 template <int D>
-void backward_impl(const AttnParams& p, int B, cudaStream_t stream) {
+void dot_impl(const AttnParams& p, int B, cudaStream_t stream) {
   const int rows = B * p.T * p.NH;
   const int warps_per_block = kAttnThreads / 32;
   flash_bwd_dot_kernel<D><<<(rows + warps_per_block - 1) / warps_per_block, kAttnThreads, 0, stream>>>(p, rows);
   CUDA_CHECK_LAST();
+}
+
+template <int D>
+void backward_impl(const AttnParams& p, int B, cudaStream_t stream) {
+  dot_impl<D>(p, B, stream);
   raise_smem(flash_bwd_dq_kernel<D>, kDqSmem<D>);
   const dim3 grid_q((p.T + kBQ - 1) / kBQ, B * p.NH);
   flash_bwd_dq_kernel<D><<<grid_q, kAttnThreads, kDqSmem<D>, stream>>>(p);
@@ -534,11 +543,34 @@ static AttnParams make_params(int T, int C, int NH) {
   return p;
 }
 
+// D = rowsum(dout * out) per (b, h, t) into dvec [B,NH,T]: the first step of both backwards
+// (attention_wgmma_bwd.cu calls it too).
+void attention_backward_dot(float* dvec, const bf16* dout, const bf16* out, int B, int T, int C, int NH,
+                            cudaStream_t stream) {
+  AttnParams p = make_params(T, C, NH);
+  p.dout = dout;
+  p.o = out;
+  p.dvec = dvec;
+  if (C / NH == 64)
+    dot_impl<64>(p, B, stream);
+  else
+    dot_impl<128>(p, B, stream);
+}
+
 }  // namespace detail
 
 bool attention_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
 void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
+  detail::check_shapes(B, T, C, NH);
+  if (detail::wgmma_auto())  // Hopper: the wgmma + TMA kernel (attention_wgmma.cu)
+    attention_forward_hopper(out, lse, qkv, B, T, C, NH, stream);
+  else
+    attention_forward_mma_sync(out, lse, qkv, B, T, C, NH, stream);
+}
+
+void attention_forward_mma_sync(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
+                                cudaStream_t stream) {
   detail::check_shapes(B, T, C, NH);
   // Loads are 16-byte chunks, stores 4-byte pairs: a misaligned view faults only on a device.
   if (!detail::aligned16(qkv) || !detail::aligned16(out)) detail::attn_fail("qkv/out not 16-byte aligned", 0);
@@ -556,6 +588,15 @@ size_t attention_backward_scratch_bytes(int B, int T, int NH) { return (size_t)B
 
 void attention_backward(bf16* dqkv, void* scratch, const bf16* dout, const bf16* out, const float* lse,
                         const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
+  detail::check_shapes(B, T, C, NH);
+  if (detail::wgmma_auto())  // Hopper: the wgmma + TMA kernels (attention_wgmma_bwd.cu)
+    attention_backward_hopper(dqkv, scratch, dout, out, lse, qkv, B, T, C, NH, stream);
+  else
+    attention_backward_mma_sync(dqkv, scratch, dout, out, lse, qkv, B, T, C, NH, stream);
+}
+
+void attention_backward_mma_sync(bf16* dqkv, void* scratch, const bf16* dout, const bf16* out, const float* lse,
+                                 const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
   detail::check_shapes(B, T, C, NH);
   if (!detail::aligned16(qkv) || !detail::aligned16(dout) || !detail::aligned16(out) || !detail::aligned16(dqkv))
     detail::attn_fail("qkv/dout/out/dqkv not 16-byte aligned", 0);

@@ -3,8 +3,7 @@
 // (attention.h); entry point attention_backward_hopper.
 //
 // Design (v1):
-//   attn_bwd_dot_kernel          D = rowsum(dO * O) into `scratch`, one warp per (token, head),
-//                                as attention.cu's flash_bwd_dot_kernel.
+//   D = rowsum(dO * O) into `scratch`: attention.cu's kernel (detail::attention_backward_dot).
 //   attn_bwd_dkdv_wgmma_kernel   one CTA per (128 keys, head, batch), looping over the 64-query
 //                                tiles at or after its first key. Per consumer warpgroup (64 keys):
 //                                  S^T  = K Q^T         wgmma_ss m64n64, K and Q K-major
@@ -50,6 +49,11 @@
 
 namespace lt::cuda {
 namespace detail {
+
+// attention.cu: D = rowsum(dout * out) into dvec [B,NH,T].
+void attention_backward_dot(float* dvec, const bf16* dout, const bf16* out, int B, int T, int C, int NH,
+                            cudaStream_t stream);
+
 namespace attn90 {
 
 constexpr int kRows = 64;                      // rows per consumer warpgroup (wgmma M)
@@ -115,23 +119,6 @@ __device__ __forceinline__ void zero(float (&a)[N]) {
 
 __device__ __forceinline__ unsigned char* align1024(unsigned char* raw) {
   return raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
-}
-
-// dvec[b,h,t] = sum_d dO[b,t,h,d] * O[b,t,h,d]; one warp per (b, t, h).
-template <int D>
-__global__ void __launch_bounds__(128) attn_bwd_dot_kernel(const Params p, int rows) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int r = blockIdx.x * 4 + warp;  // (b*T + t)*NH + h
-  if (r >= rows) return;
-  const int bt = r / p.NH, h = r % p.NH;
-  const bf16* dO = p.dout + (int64_t)bt * p.C + h * D;
-  const bf16* O = p.o + (int64_t)bt * p.C + h * D;
-  float acc = 0.f;
-#pragma unroll
-  for (int i = lane; i < D; i += 32) acc += __bfloat162float(dO[i]) * __bfloat162float(O[i]);
-  acc = warp_sum(acc);
-  const int b = bt / p.T, tt = bt % p.T;
-  if (lane == 0) p.dvec[((int64_t)b * p.NH + h) * p.T + tt] = acc;
 }
 
 // map_block: qkv, boxes [128][64] (K, V once); map_q: qkv, boxes [64][64]; map_do: dout, [64][64].
@@ -433,9 +420,7 @@ static void tensor_map(CUtensorMap* map, const void* base, int64_t rows, int64_t
 
 template <int D>
 static void backward_hopper_impl(const Params& p, const bf16* qkv, int B, cudaStream_t stream) {
-  const int rows = B * p.T * p.NH;
-  attn_bwd_dot_kernel<D><<<(rows + 3) / 4, 128, 0, stream>>>(p, rows);
-  CUDA_CHECK_LAST();
+  detail::attention_backward_dot(p.dvec, p.dout, p.o, B, p.T, p.C, p.NH, stream);
 
   const int64_t bt = (int64_t)B * p.T;
   CUtensorMap qkv_block, qkv_stream, do_block, do_stream;
@@ -470,7 +455,7 @@ void attention_backward_hopper(bf16* dqkv, void* scratch, const bf16* dout, cons
   if (!aligned16(qkv) || !aligned16(dout) || !aligned16(out) || !aligned16(dqkv))
     fail("qkv/dout/out/dqkv not 16-byte aligned", 0);
   // The kernels exist only in sm_90a code and run only on compute capability 9.0.
-  if (!gemm_wgmma_available()) {
+  if (!attention_hopper_available()) {
     std::fprintf(stderr,
                  "leasetrain: attention_backward_hopper needs a build with sm_90a code and a compute capability 9.0 "
                  "device (use attention_backward elsewhere)\n");

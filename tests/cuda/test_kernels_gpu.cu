@@ -665,7 +665,9 @@ std::vector<float> reference_lse(const std::vector<float>& qkv, int B, int T, in
 void run_attention(int B, int T, int NH, int hs, bool hopper_bwd = false) {
   SCOPED_TRACE(std::string(hopper_bwd ? "attention (hopper backward)" : "attention") + " B=" + std::to_string(B) +
                " T=" + std::to_string(T) + " NH=" + std::to_string(NH) + " hs=" + std::to_string(hs));
-  const auto backward = hopper_bwd ? gpu::attention_backward_hopper : gpu::attention_backward;
+  // By name, so a Hopper GPU (where attention_forward/backward are the Hopper kernels) still
+  // checks the mma.sync ones.
+  const auto backward = hopper_bwd ? gpu::attention_backward_hopper : gpu::attention_backward_mma_sync;
   const int C = NH * hs;
   const size_t n_qkv = (size_t)B * T * 3 * C, n_out = (size_t)B * T * C, n_lse = (size_t)B * NH * T;
   const auto qkv = randn<bf16>(n_qkv);
@@ -682,7 +684,7 @@ void run_attention(int B, int T, int NH, int hs, bool hopper_bwd = false) {
   d_dout.upload(dout);
   d_out.poison();
   d_lse.poison();
-  gpu::attention_forward(d_out.get(), d_lse.get(), d_qkv.get(), B, T, C, NH, 0);
+  gpu::attention_forward_mma_sync(d_out.get(), d_lse.get(), d_qkv.get(), B, T, C, NH, 0);
   CUDA_OK(cudaGetLastError());
   expect_close(d_out.download(), out_ref, kTolBf16, "out");
   // fp32 statistic of a bf16-input computation: tighter than bf16, looser than pure fp32.
@@ -727,6 +729,15 @@ void run_attention(int B, int T, int NH, int hs, bool hopper_bwd = false) {
   d_dqkv2.poison();
   backward(d_dqkv2.get(), scratch.get(), d_dout.get(), d_out.get(), d_lse.get(), d_qkv.get(), B, T, C, NH, 0);
   EXPECT_TRUE(d_dqkv.download_bytes() == d_dqkv2.download_bytes()) << "attention backward is not deterministic";
+#ifndef LT_EMULATED
+  if (hopper_bwd) {  // on a Hopper GPU attention_backward is this kernel: the same bits
+    d_dqkv2.poison();
+    gpu::attention_backward(d_dqkv2.get(), scratch.get(), d_dout.get(), d_out.get(), d_lse.get(), d_qkv.get(), B, T,
+                            C, NH, 0);
+    EXPECT_TRUE(d_dqkv.download_bytes() == d_dqkv2.download_bytes())
+        << "attention_backward did not run the Hopper kernels";
+  }
+#endif
   EXPECT_GUARD(d_qkv);
   EXPECT_GUARD(d_out);
   EXPECT_GUARD(d_dout);
@@ -760,7 +771,7 @@ TEST_F(Gpu, AttentionHeadDim128) {
 // (and, at 200, wraps the ring); T = 1; B*NH > 1; both head dims. On a GPU without sm_90a code or
 // compute capability 9.0 it skips (attention_backward_hopper would abort).
 TEST_F(Gpu, AttentionHopperBackward) {
-  if (!gpu::gemm_wgmma_available()) GTEST_SKIP() << "no sm_90a build or not a compute capability 9.0 device";
+  if (!gpu::attention_hopper_available()) GTEST_SKIP() << "no sm_90a build or not a compute capability 9.0 device";
 #ifndef LT_EMULATED
   const int cases[][4] = {{1, 1, 1, 64},   {2, 17, 3, 64},   {1, 64, 2, 64},   {2, 200, 2, 64},  {1, 257, 2, 64},
                           {2, 1024, 2, 64}, {1, 1, 1, 128}, {2, 33, 2, 128}, {1, 130, 2, 128}, {2, 1024, 1, 128}};
@@ -769,6 +780,55 @@ TEST_F(Gpu, AttentionHopperBackward) {
                           {1, 1, 1, 128},  {2, 33, 1, 128}, {1, 200, 1, 128}, {1, 130, 2, 128}};
 #endif
   for (const auto& c : cases) run_attention(c[0], c[1], c[2], c[3], true);
+}
+
+// The Hopper forward (attention_wgmma.cu: wgmma + TMA, 128-query tiles, 128-key tiles through a
+// 3-stage ring), asked for by name, against the CPU reference: out and the base-2 LSE.
+void run_attention_hopper(int B, int T, int NH, int hs) {
+  SCOPED_TRACE("attention (wgmma) B=" + std::to_string(B) + " T=" + std::to_string(T) + " NH=" + std::to_string(NH) +
+               " hs=" + std::to_string(hs));
+  const int C = NH * hs;
+  const size_t n_qkv = (size_t)B * T * 3 * C, n_out = (size_t)B * T * C, n_lse = (size_t)B * NH * T;
+  const auto qkv = randn<bf16>(n_qkv);
+  std::vector<float> out_ref(n_out), att((size_t)B * NH * T * T);
+  cpu::attention_forward(out_ref.data(), att.data(), qkv.data(), B, T, C, NH);
+  const auto lse_ref = reference_lse(qkv, B, T, C, NH);
+  DevBuf<bf16> d_qkv(n_qkv), d_out(n_out);
+  DevBuf<float> d_lse(n_lse);
+  d_qkv.upload(qkv);
+  d_out.poison();
+  d_lse.poison();
+  gpu::attention_forward_hopper(d_out.get(), d_lse.get(), d_qkv.get(), B, T, C, NH, 0);
+  CUDA_OK(cudaGetLastError());
+  expect_close(d_out.download(), out_ref, kTolBf16, "out");
+  expect_close(d_lse.download(), lse_ref, 1e-4, "lse");
+#ifndef LT_EMULATED
+  // On a Hopper GPU attention_forward is this kernel (the emulator keeps mma.sync): the same bits.
+  DevBuf<bf16> d_out2(n_out);
+  d_out2.poison();
+  gpu::attention_forward(d_out2.get(), d_lse.get(), d_qkv.get(), B, T, C, NH, 0);
+  EXPECT_TRUE(d_out.download_bytes() == d_out2.download_bytes()) << "attention_forward did not run the Hopper kernel";
+  EXPECT_GUARD(d_out2);
+#endif
+  EXPECT_GUARD(d_qkv);
+  EXPECT_GUARD(d_out);
+  EXPECT_GUARD(d_lse);
+}
+
+// Head dims 64 and 128; T = 1, below, at and across the 128-row tiles; B*NH > 1 (rows past T in
+// the shared tensor map belong to the next batch entry); on a GPU also GPT-2's T = 1024.
+TEST_F(Gpu, AttentionHopperForward) {
+  if (!gpu::attention_hopper_available()) GTEST_SKIP() << "not a compute capability 9.0 GPU with sm_90a code";
+#ifndef LT_EMULATED
+  const int cases[][4] = {{1, 1, 1, 64},    {2, 17, 3, 64},   {1, 128, 1, 64},  {2, 130, 2, 64},  {1, 257, 2, 64},
+                          {2, 1024, 2, 64}, {1, 1, 1, 128},   {2, 33, 2, 128},  {1, 128, 1, 128}, {2, 200, 1, 128},
+                          {1, 385, 2, 128}, {2, 1024, 1, 128}};
+#else
+  // T = 520 and 385: 5 and 4 key tiles for the last query tile, so the 3-stage ring wraps.
+  const int cases[][4] = {{1, 1, 1, 64},  {2, 130, 2, 64},  {1, 520, 1, 64},
+                          {1, 1, 1, 128}, {2, 200, 1, 128}, {1, 385, 2, 128}};
+#endif
+  for (const auto& c : cases) run_attention_hopper(c[0], c[1], c[2], c[3]);
 }
 
 // The fallback attention (attention_naive.h: any head dim, fp32 or bf16 storage, probabilities
