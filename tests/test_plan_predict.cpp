@@ -159,8 +159,11 @@ TEST(PlanPredict, TopologyFromTheLeaseAndAGlobalBatchHeld) {
   EXPECT_EQ(g, 2);
   EXPECT_EQ(rows.back()["nodes"], nodes);
   EXPECT_EQ(j["machines"][0]["gpus_per_node"], g);
-  for (const json& row : rows)
-    if (row["feasible"]) EXPECT_EQ(row["micro_batch"].get<int>() * row["grad_accum"].get<int>() * row["gpus"].get<int>(), 64);
+  for (const json& row : rows) {
+    if (row["feasible"]) {
+      EXPECT_EQ(row["micro_batch"].get<int>() * row["grad_accum"].get<int>() * row["gpus"].get<int>(), 64);
+    }
+  }
 }
 
 // The largest --global-batch accepted (2^40) needs more accumulation steps than an int holds on

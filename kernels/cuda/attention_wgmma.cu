@@ -49,7 +49,7 @@ constexpr int kHConsumers = 2;
 constexpr int kHThreads = 128 * (1 + kHConsumers);
 // The two consumers take turns issuing their GEMM batches (ping-pong), so one's softmax runs
 // while the other's GEMMs occupy the tensor cores; false: they issue whenever they are ready.
-constexpr bool kHPingPong = true;
+[[maybe_unused]] constexpr bool kHPingPong = true;
 constexpr int kHBoxBytes = 128 * 64 * 2;  // one TMA box: [128 rows][64 bf16] = 16 KiB
 constexpr float kHLog2e = 1.4426950408889634f;
 static_assert(kHBQ == kHBKV, "causal tile count: query tile qb needs key tiles 0..qb");
