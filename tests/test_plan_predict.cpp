@@ -227,9 +227,10 @@ TEST(PlanPredict, PlotsTokensPerSecondAndCost) {
   EXPECT_NE(r.err.find("wrote " + d / "plots/predict.png"), std::string::npos) << r.err;
 }
 
-// On Hopper the suite holds the Hopper attention forward's rows (impl flash-wgmma) beside the
-// mma.sync kernel's (impl flash); the trainer runs the Hopper one there, so its rate is read.
-TEST(PlanPredict, HopperAttentionForwardRowsAreReadWhereMeasured) {
+// On Hopper the suite holds the Hopper attention kernels' rows (impl flash-wgmma) beside the
+// mma.sync kernels' (impl flash); the trainer runs the Hopper ones there, so their rates are read,
+// per pass.
+TEST(PlanPredict, HopperAttentionRowsAreReadPerPassWhereMeasured) {
   json s = bench::load_suite_result(kH100);
   json extra = json::array();
   for (const json& r : s["results"])
@@ -244,7 +245,20 @@ TEST(PlanPredict, HopperAttentionForwardRowsAreReadWhereMeasured) {
   for (const json& w : extra) s["results"].push_back(w);
   const predict::SuiteInputs in = predict::suite_inputs(s, kH100, gpt2(), 1024, "cublas");
   EXPECT_DOUBLE_EQ(in.rates.attention_fwd_tflops, 500.0);
-  EXPECT_DOUBLE_EQ(in.rates.attention_bwd_tflops, 335.0);  // one backward kernel: the flash rows
+  EXPECT_DOUBLE_EQ(in.rates.attention_bwd_tflops, 335.0);  // no Hopper backward rows: the flash rows
+  // With the Hopper backward's rows too, each pass reads its own Hopper rows.
+  const json plain = bench::load_suite_result(kH100);
+  for (const json& r : plain["results"])
+    if (r["suite"] == "attention" && r["params"]["pass"] == "bwd") {
+      json w = r;
+      w["impl"] = "flash-wgmma";
+      w["id"] = r["id"].get<std::string>() + "/wgmma";
+      w["metrics"]["tflops"] = 300.0;
+      s["results"].push_back(w);
+    }
+  const predict::SuiteInputs both = predict::suite_inputs(s, kH100, gpt2(), 1024, "cublas");
+  EXPECT_DOUBLE_EQ(both.rates.attention_fwd_tflops, 500.0);
+  EXPECT_DOUBLE_EQ(both.rates.attention_bwd_tflops, 300.0);
 }
 
 TEST(PlanPredict, BadInputIsOneLineNamingTheFieldExit2) {
