@@ -78,9 +78,7 @@ __global__ void __launch_bounds__(kHThreads, 1)
 #if defined(LT_CUDA_EMULATED_PTX) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
   using L = HopperAttnLayout<D>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // The 128B swizzle is a function of absolute shared addresses: align the tiles to 1024.
-  const uint32_t raw = smem_u32(smem_raw);
-  unsigned char* smem = smem_raw + ((1024 - (raw & 1023)) & 1023);
+  unsigned char* smem = align1024(smem_raw);
   unsigned char* sQ = smem;
   auto stage_k = [&](int s) { return smem + L::kTileBytes + s * L::kStageBytes; };
   auto stage_v = [&](int s) { return smem + L::kTileBytes + s * L::kStageBytes + L::kTileBytes; };

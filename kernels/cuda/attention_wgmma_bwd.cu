@@ -117,8 +117,24 @@ __device__ __forceinline__ void zero(float (&a)[N]) {
   for (int i = 0; i < N; ++i) a[i] = 0.f;
 }
 
-__device__ __forceinline__ unsigned char* align1024(unsigned char* raw) {
-  return raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
+// The two products each kernel starts a streamed tile with, as one wgmma group, retired before
+// returning: x = X[row0..row0+63] Y^T and y = Z[row0..] W^T, X and Z the CTA's own [kBlock][D]
+// tiles, Y and W the streamed [kStream][D] tiles, all K-major (dK/dV: S^T = K Q^T, dP^T = V dO^T;
+// dQ: S = Q K^T, dP = dO V^T).
+template <int D>
+__device__ __forceinline__ void two_products(float (&x)[kStream / 2], float (&y)[kStream / 2], uint32_t X, uint32_t Y,
+                                             uint32_t Z, uint32_t W, int row0) {
+  zero(x);
+  zero(y);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    wgmma_ss<kStream, 0, 0>(x, desc_kmajor(X, kBlock, row0, kk), desc_kmajor(Y, kStream, 0, kk), 1);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    wgmma_ss<kStream, 0, 0>(y, desc_kmajor(Z, kBlock, row0, kk), desc_kmajor(W, kStream, 0, kk), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
 }
 
 // map_block: qkv, boxes [128][64] (K, V once); map_q: qkv, boxes [64][64]; map_do: dout, [64][64].
@@ -212,17 +228,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const uint32_t q_tile = smem_u32(sQ(s)), do_tile = smem_u32(sdO(s));
     float st[kStream / 2], dpt[kStream / 2];
-    zero(st);
-    zero(dpt);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss<kStream, 0, 0>(st, desc_kmajor(k_tile, kBlock, kRows * c, kk), desc_kmajor(q_tile, kStream, 0, kk), 1);
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss<kStream, 0, 0>(dpt, desc_kmajor(v_tile, kBlock, kRows * c, kk), desc_kmajor(do_tile, kStream, 0, kk), 1);
-    wgmma_commit();
-    wgmma_wait<0>();
+    two_products<D>(st, dpt, k_tile, q_tile, v_tile, do_tile, kRows * c);
 
     // P^T (in st) and dS^T = P^T (dP^T - D) (in dpt); columns are queries.
     const float* l_s = sL + s * kStream;
@@ -350,17 +356,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const uint32_t k_tile = smem_u32(sK(s)), v_tile = smem_u32(sV(s));
     float sc[kStream / 2], dp[kStream / 2];
-    zero(sc);
-    zero(dp);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss<kStream, 0, 0>(sc, desc_kmajor(q_tile, kBlock, kRows * c, kk), desc_kmajor(k_tile, kStream, 0, kk), 1);
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      wgmma_ss<kStream, 0, 0>(dp, desc_kmajor(do_tile, kBlock, kRows * c, kk), desc_kmajor(v_tile, kStream, 0, kk), 1);
-    wgmma_commit();
-    wgmma_wait<0>();
+    two_products<D>(sc, dp, q_tile, k_tile, do_tile, v_tile, kRows * c);
 
     // dS = P (dP - D), P recomputed from the saved log-sum-exp; kept in sc.
     const int kv0 = j * kStream;

@@ -65,9 +65,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
                       const WgmmaParams p) {
 #if defined(LT_CUDA_EMULATED_PTX) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // The 128B swizzle is a function of absolute shared addresses: align the ring to 1024.
-  const uint32_t raw = smem_u32(smem_raw);
-  unsigned char* smem = smem_raw + ((1024 - (raw & 1023)) & 1023);
+  unsigned char* smem = align1024(smem_raw);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + kWgStages * kWgStageBytes);
   uint64_t* empty = full + kWgStages;
   auto stage_a = [&](int s) { return smem + s * kWgStageBytes; };

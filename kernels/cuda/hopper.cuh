@@ -1,7 +1,7 @@
 // Hopper (sm_90a) primitives for the wgmma/TMA kernels: shared-memory mbarriers with
 // transaction counts, the tensor copy engine (TMA) loading 2-D boxes, warpgroup MMA (wgmma)
 // with shared-memory matrix descriptors, and register reallocation (setmaxnreg).
-// defines: smem_u32, mbar_*, fence_proxy_async, fence_mbarrier_init, tma_load_2d,
+// defines: smem_u32, align1024, mbar_*, fence_proxy_async, fence_mbarrier_init, tma_load_2d,
 //          WgmmaSwizzle, make_smem_desc, wgmma_fence/commit/wait, wgmma_ss, wgmma_rs,
 //          setmaxnreg_inc/dec, TensorMap2d, make_tensor_map_2d (host).
 //
@@ -110,6 +110,13 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   while (!mbar_try_wait(bar, parity)) {
   }
+}
+
+// The first 1024-byte boundary (in shared addresses) at or after `raw`: where swizzled tiles
+// start, since the 128B swizzle is a function of absolute shared-address bits (callers reserve
+// 1024 bytes of slack in their dynamic shared memory).
+__device__ __forceinline__ unsigned char* align1024(unsigned char* raw) {
+  return raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
 }
 
 // ---- Shared-memory matrix descriptors (plain arithmetic: the same on GPU and emulator) ----------
