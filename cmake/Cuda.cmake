@@ -143,11 +143,25 @@ if(LT_PTXAS)
     COMMAND ${CMAKE_COMMAND} -DPTXAS=${LT_PTXAS} "-DPTX_FILES=${LT_PTX_FILES}" "-DARCHS=${CMAKE_CUDA_ARCHITECTURES}"
             -P ${PROJECT_SOURCE_DIR}/tests/cuda/check_ptxas_resources.cmake)
   # The Hopper kernels on sm_90a (they assemble for nothing else); also fails when ptxas ignores
-  # setmaxnreg (warning C7508), which would leave the consumers without their registers.
+  # setmaxnreg (warning C7508), which would leave the consumers without their registers, or
+  # serialises wgmma (a register of an in-flight group touched: slow, and invisible to numeric tests).
   add_test(NAME cuda_hopper_kernels_do_not_spill
     COMMAND ${CMAKE_COMMAND} -DPTXAS=${LT_PTXAS} "-DPTX_FILES=${LT_PTX_90A}" "-DARCHS=90a"
             -P ${PROJECT_SOURCE_DIR}/tests/cuda/check_ptxas_resources.cmake)
   set_tests_properties(cuda_hopper_kernels_do_not_spill PROPERTIES LABELS cuda-compile)
+  # ... and it can fail: a fixture kernel that touches an in-flight accumulator must be reported.
+  set(ser_ptx ${LT_PTX_DIR}/wgmma_serialized.compute_90a.ptx)
+  add_custom_command(OUTPUT ${ser_ptx}
+    COMMAND ${CMAKE_COMMAND} -E make_directory ${LT_PTX_DIR}
+    COMMAND ${CMAKE_CUDA_COMPILER} ${LT_PTX_HOST_FLAGS} -std=c++20 -O3 -arch=compute_90a -ptx -I${PROJECT_SOURCE_DIR}
+            ${PROJECT_SOURCE_DIR}/tests/cuda/fixtures/wgmma_serialized.cu -o ${ser_ptx}
+    DEPENDS ${PROJECT_SOURCE_DIR}/tests/cuda/fixtures/wgmma_serialized.cu ${LT_CUDA_HEADERS} VERBATIM)
+  add_custom_target(leasetrain_cuda_ptx_fixture_wgmma ALL DEPENDS ${ser_ptx})
+  add_test(NAME cuda_hopper_check_catches_serialised_wgmma
+    COMMAND ${CMAKE_COMMAND} -DPTXAS=${LT_PTXAS} -DPTX_FILES=${ser_ptx} -DARCHS=90a
+            -P ${PROJECT_SOURCE_DIR}/tests/cuda/check_ptxas_resources.cmake)
+  set_tests_properties(cuda_hopper_check_catches_serialised_wgmma PROPERTIES LABELS cuda-compile
+    PASS_REGULAR_EXPRESSION "ptxas serialised wgmma.*wgmma_serialized_kernel")
   # The check can fail: a fixture kernel that needs local memory must be reported.
   set(lm_ptx ${LT_PTX_DIR}/local_memory.compute_80.ptx)
   add_custom_command(OUTPUT ${lm_ptx}

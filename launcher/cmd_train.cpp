@@ -30,10 +30,10 @@ namespace lt::cli {
 
 namespace {
 
-// --device, --precision and --gemm, shared by train, eval and sample.
+// --device, --precision, --gemm and --attention, shared by train, eval and sample.
 struct DeviceArgs {
-  std::string device = "auto", precision = "bf16", gemm = "mma";
-  bool precision_given = false, gemm_given = false;
+  std::string device = "auto", precision = "bf16", gemm = "mma", attention = "auto";
+  bool precision_given = false, gemm_given = false, attention_given = false;
 
   void add_to(CLI::App* c) {
     c->add_option("--device", device,
@@ -51,10 +51,16 @@ struct DeviceArgs {
                   "(force one hand-written path; wgmma needs an H100/H200), or cublas (the cuBLAS baseline)")
         ->check(CLI::IsMember({"mma", "mma.sync", "wgmma", "cublas"}))
         ->capture_default_str();
+    c->add_option("--attention", attention,
+                  "CUDA, bf16: the flash-attention kernels: auto (wgmma/TMA on Hopper, mma.sync elsewhere), mma.sync or "
+                  "wgmma (force one; wgmma needs an H100/H200)")
+        ->check(CLI::IsMember({"auto", "mma.sync", "wgmma"}))
+        ->capture_default_str();
   }
   void read_counts(const CLI::App* c) {
     precision_given = c->count("--precision") > 0;
     gemm_given = c->count("--gemm") > 0;
+    attention_given = c->count("--attention") > 0;
   }
 };
 
@@ -72,10 +78,12 @@ ResolvedDevice resolve_device(const DeviceArgs& a, int rank, int local_rank, std
   ResolvedDevice r;
   r.backend.precision = a.precision == "fp32" ? DType::F32 : DType::BF16;
   r.backend.gemm = a.gemm;
+  r.backend.attention = a.attention;
   if (a.device == "cpu") {
     if (a.precision_given && a.precision != "fp32")
       throw UserError("--precision " + a.precision + ": the CPU backend computes in fp32");
     if (a.gemm_given) throw UserError("--gemm: only for --device cuda");
+    if (a.attention_given) throw UserError("--attention: only for --device cuda");
     return r;
   }
   std::string why;

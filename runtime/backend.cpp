@@ -88,6 +88,7 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& opt) {
   c.device_index = opt.device_index;
   c.precision = opt.precision;
   c.gemm = opt.gemm;
+  c.attention = opt.attention;
   return make_cuda_backend(c);
 #else
   throw UserError("--device cuda: this build has no CUDA (the CUDA toolkit was not found when it was configured)");

@@ -117,6 +117,7 @@ struct BackendOptions {
   Device device = Device::CPU;
   DType precision = DType::BF16;  // CUDA only: BF16 (mixed precision) or F32 (testing)
   std::string gemm = "mma";       // CUDA only: "mma" (hand-written), "mma.sync", "wgmma" or "cublas" (the baseline)
+  std::string attention = "auto";  // CUDA only: flash attention "auto" (wgmma on Hopper), "mma.sync" or "wgmma"
   int device_index = 0;           // CUDA only
 };
 // The backend for `opt`; a UserError when it cannot be made (e.g. no CUDA device).

@@ -148,6 +148,15 @@ class CudaBackend final : public Backend {
                         info_.name + " is not one (or the build lacks sm_90a)");
       gemm_path_ = cuda::GemmPath::Wgmma;
     }
+    if (opt.attention != "auto" && opt.attention != "mma.sync" && opt.attention != "wgmma")
+      throw UserError("--attention: expected auto, mma.sync or wgmma, got '" + opt.attention + "'");
+    if (opt.attention == "mma.sync") attn_path_ = cuda::AttnPath::MmaSync;
+    if (opt.attention == "wgmma") {
+      if (!cuda::attention_hopper_available())
+        throw UserError("--attention wgmma: needs a compute capability 9.0 GPU (H100, H200) and a build with sm_90a; " +
+                        info_.name + " is not one (or the build lacks sm_90a)");
+      attn_path_ = cuda::AttnPath::Wgmma;
+    }
     // A blocking stream: ordered after legacy-stream work such as Tensor::zeros' cudaMemset.
     ck(cudaStreamCreateWithFlags(&stream_, cudaStreamDefault), "cudaStreamCreate");
     staging_.init();
@@ -172,7 +181,7 @@ class CudaBackend final : public Backend {
   std::string name() const override {
     return "cuda:" + std::to_string(info_.index) + " " + info_.name + " (" +
            (opt_.precision == DType::BF16 ? "bf16 mixed precision" : "fp32") + ", gemm " +
-           (cublas_ ? std::string("cublas") : gemm_path_name()) + ")";
+           (cublas_ ? std::string("cublas") : gemm_path_name()) + ", attention " + attention_path_name() + ")";
   }
   DType compute_dtype() const override { return opt_.precision; }
 
@@ -286,7 +295,7 @@ class CudaBackend final : public Backend {
     const int B = (int)qkv.dim(0), T = (int)qkv.dim(1), C = (int)out.dim(-1);
     if (is_lse(att, B, n_head, T)) {
       LT_CHECK(qkv.dtype == DType::BF16, "flash attention needs bf16");
-      cuda::attention_forward(ptr<bf16>(out), ptr<float>(att), ptr<bf16>(qkv), B, T, C, n_head, stream_);
+      cuda::attention_forward(ptr<bf16>(out), ptr<float>(att), ptr<bf16>(qkv), B, T, C, n_head, stream_, attn_path_);
       return;
     }
     dispatch(qkv.dtype, [&](auto tag) {
@@ -308,7 +317,7 @@ class CudaBackend final : public Backend {
       LT_CHECK(out.buf && out.dtype == DType::BF16, "flash attention backward: the forward's bf16 output");
       void* scratch = scratch_.get(cuda::attention_backward_scratch_bytes(B, T, n_head), stream_);
       cuda::attention_backward(ptr<bf16>(dqkv), scratch, ptr<bf16>(dout), ptr<bf16>(out), ptr<float>(att),
-                               ptr<bf16>(qkv), B, T, C, n_head, stream_);
+                               ptr<bf16>(qkv), B, T, C, n_head, stream_, attn_path_);
       return;
     }
     void* scratch = scratch_.get(cuda::attention_naive_backward_scratch_bytes(B, T, n_head), stream_);
@@ -482,6 +491,11 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // The flash-attention kernels bf16 runs take: the forced ones, or Auto's choice on this device.
+  std::string attention_path_name() const {
+    if (attn_path_ == cuda::AttnPath::MmaSync) return "mma.sync";
+    return attn_path_ == cuda::AttnPath::Wgmma || cuda::attention_hopper_available() ? "wgmma" : "mma.sync";
+  }
   // The hand-written path bf16 GEMMs take: the forced one, or Auto's choice on this device.
   std::string gemm_path_name() const {
     if (gemm_path_ != cuda::GemmPath::Auto) return cuda::to_string(gemm_path_);
@@ -525,6 +539,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cuda::GemmPath gemm_path_ = cuda::GemmPath::Auto;  // --gemm mma.sync / wgmma force one
+  cuda::AttnPath attn_path_ = cuda::AttnPath::Auto;  // --attention mma.sync / wgmma force one
   DeviceScratch scratch_;  // per-op scratch; ops run in stream order, so one buffer serves all
   DeviceScratch plan_dev_;
   Staging staging_;

@@ -28,6 +28,7 @@ struct CudaBackendOptions {
   int device_index = 0;
   DType precision = DType::BF16;
   std::string gemm = "mma";  // "mma" (hand-written, best path), "mma.sync", "wgmma" or "cublas"
+  std::string attention = "auto";  // flash attention: "auto" (wgmma on Hopper), "mma.sync" or "wgmma"
 };
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& opt);
 

@@ -561,9 +561,18 @@ void attention_backward_dot(float* dvec, const bf16* dout, const bf16* out, int 
 
 bool attention_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
-void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
+namespace detail {
+// Whether attention_forward/backward take the Hopper kernels (attention.h, AttnPath).
+static bool use_hopper(AttnPath path, int B, int T) {
+  if (path == AttnPath::MmaSync || (int64_t)B * T >= (int64_t(1) << 30)) return false;
+  return path == AttnPath::Wgmma ? attention_hopper_available() : wgmma_auto();
+}
+}  // namespace detail
+
+void attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream,
+                       AttnPath path) {
   detail::check_shapes(B, T, C, NH);
-  if (detail::wgmma_auto())  // Hopper: the wgmma + TMA kernel (attention_wgmma.cu)
+  if (detail::use_hopper(path, B, T))  // Hopper: the wgmma + TMA kernel (attention_wgmma.cu)
     attention_forward_hopper(out, lse, qkv, B, T, C, NH, stream);
   else
     attention_forward_mma_sync(out, lse, qkv, B, T, C, NH, stream);
@@ -587,9 +596,9 @@ void attention_forward_mma_sync(bf16* out, float* lse, const bf16* qkv, int B, i
 size_t attention_backward_scratch_bytes(int B, int T, int NH) { return (size_t)B * NH * T * sizeof(float); }
 
 void attention_backward(bf16* dqkv, void* scratch, const bf16* dout, const bf16* out, const float* lse,
-                        const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
+                        const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream, AttnPath path) {
   detail::check_shapes(B, T, C, NH);
-  if (detail::wgmma_auto())  // Hopper: the wgmma + TMA kernels (attention_wgmma_bwd.cu)
+  if (detail::use_hopper(path, B, T))  // Hopper: the wgmma + TMA kernels (attention_wgmma_bwd.cu)
     attention_backward_hopper(dqkv, scratch, dout, out, lse, qkv, B, T, C, NH, stream);
   else
     attention_backward_mma_sync(dqkv, scratch, dout, out, lse, qkv, B, T, C, NH, stream);

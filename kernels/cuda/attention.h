@@ -17,13 +17,19 @@ namespace lt::cuda {
 // Head dims with a kernel: 64 (GPT-2) and 128. Pointers must be 16-byte aligned.
 bool attention_supported(int head_dim);
 
+// Which kernels attention_forward/backward run. Auto: the Hopper kernels on a compute capability
+// 9.0 device with sm_90a code (and B*T < 2^30), the mma.sync kernels elsewhere and on the CPU
+// emulator. MmaSync forces those; Wgmma asks for the Hopper kernels and falls back to mma.sync
+// where they cannot run (the trainer's --attention wgmma refuses such a device up front).
+enum class AttnPath { Auto, MmaSync, Wgmma };
+
 // out [B,T,C] bf16 (assigned). lse [B,NH,T] fp32: per query row, log2 of the sum of
 // exp2(score * log2(e) / sqrt(head_dim)) over its keys, i.e. the row's base-2 log-sum-exp of the
 // scaled scores; only attention_backward reads it. Any T >= 1. On a compute capability 9.0
 // device with sm_90a code in the build this is attention_forward_hopper, elsewhere (and on the
 // CPU emulator) the mma.sync kernel.
 void attention_forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16* qkv, int B, int T, int C, int NH,
-                       cudaStream_t stream);
+                       cudaStream_t stream, AttnPath path = AttnPath::Auto);
 
 // The mma.sync forward by name (what attention_forward runs off Hopper), for benchmarks that
 // put it beside the Hopper kernel.
@@ -44,7 +50,8 @@ size_t attention_backward_scratch_bytes(int B, int T, int NH);
 // As the forward: attention_backward_hopper on a compute capability 9.0 device with sm_90a code,
 // elsewhere (and on the CPU emulator) the mma.sync kernels.
 void attention_backward(__nv_bfloat16* dqkv, void* scratch, const __nv_bfloat16* dout, const __nv_bfloat16* out,
-                        const float* lse, const __nv_bfloat16* qkv, int B, int T, int C, int NH, cudaStream_t stream);
+                        const float* lse, const __nv_bfloat16* qkv, int B, int T, int C, int NH, cudaStream_t stream,
+                        AttnPath path = AttnPath::Auto);
 
 // The mma.sync backward by name (what attention_backward runs off Hopper), for benchmarks.
 void attention_backward_mma_sync(__nv_bfloat16* dqkv, void* scratch, const __nv_bfloat16* dout,

@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kHThreads, 1)
     flash_fwd_wgmma_kernel(const __grid_constant__ CUtensorMap map_qkv, const HopperAttnParams p) {
 #if defined(LT_CUDA_EMULATED_PTX) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
   using L = HopperAttnLayout<D>;
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // align1024 rounds up at run time
   unsigned char* smem = align1024(smem_raw);
   unsigned char* sQ = smem;
   auto stage_k = [&](int s) { return smem + L::kTileBytes + s * L::kStageBytes; };

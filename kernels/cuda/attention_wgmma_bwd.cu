@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                const __grid_constant__ CUtensorMap map_do, const Params p) {
 #if defined(LT_CUDA_EMULATED_PTX) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
   using L = Smem<D>;
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // align1024 rounds up at run time
   unsigned char* smem = align1024(smem_raw);
   unsigned char* sK = smem;
   unsigned char* sV = smem + L::kBlockBytes;
@@ -284,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                              const __grid_constant__ CUtensorMap map_kv, const Params p) {
 #if defined(LT_CUDA_EMULATED_PTX) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
   using L = Smem<D>;
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // align1024 rounds up at run time
   unsigned char* smem = align1024(smem_raw);
   unsigned char* sQ = smem;
   unsigned char* sdO = smem + L::kBlockBytes;

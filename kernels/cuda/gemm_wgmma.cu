@@ -22,6 +22,7 @@
 //   tail arrive as zeros (TMA's out-of-bounds fill), so ragged shapes need no special case.
 //   Seam for later: thread-block clusters with TMA multicast (the tensor maps and barriers
 //   would gain a cluster dimension; nothing else changes).
+#include <atomic>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -64,7 +65,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                       const WgmmaParams p) {
 #if defined(LT_CUDA_EMULATED_PTX) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // align1024 rounds up at run time
   unsigned char* smem = align1024(smem_raw);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + kWgStages * kWgStageBytes);
   uint64_t* empty = full + kWgStages;
@@ -170,18 +171,33 @@ bool wgmma_eligible(const GemmArgs& a) {
   return tiles <= INT_MAX / 2;
 }
 
+// Per current device, computed once: 0 unknown, else the computed value (> 0). The device's
+// model cannot change under a process, so mixed-GPU machines get each device's own answer.
+constexpr int kMaxDevices = 64;
+template <class F>
+static int per_device(std::atomic<int> (&cache)[kMaxDevices], F compute) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return compute();
+  int v = cache[dev].load(std::memory_order_relaxed);
+  if (v == 0) cache[dev].store(v = compute(), std::memory_order_relaxed);
+  return v;
+}
+
 // True when this process can run the Wgmma path on the current device: the build has sm_90a
 // code and the device is compute capability 9.0 (the emulator models the instructions).
 bool wgmma_available() {
 #if defined(LT_CUDA_EMULATED_PTX)
   return true;
 #elif defined(LEASETRAIN_HAVE_SM90A)
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
-    return false;
-  return major == 9 && minor == 0;
+  static std::atomic<int> cache[kMaxDevices];
+  return per_device(cache, [] {
+           int dev = 0, major = 0, minor = 0;
+           if (cudaGetDevice(&dev) != cudaSuccess ||
+               cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+               cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+             return 1;
+           return major == 9 && minor == 0 ? 2 : 1;
+         }) == 2;
 #else
   return false;
 #endif
@@ -193,8 +209,22 @@ bool wgmma_auto() {
 #if defined(LT_CUDA_EMULATED_PTX)
   return false;
 #else
-  static const bool yes = wgmma_available();  // one device model per process is assumed
-  return yes;
+  return wgmma_available();
+#endif
+}
+
+// The current device's SM count, the persistent grid's size.
+static int sm_count() {
+#if defined(LT_CUDA_EMULATED_PTX)
+  return 2;  // the emulator: two CTAs, so each walks several tiles and the ring wraps across them
+#else
+  static std::atomic<int> cache[kMaxDevices];
+  return per_device(cache, [] {
+    int dev = 0, n = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n > 0 ? n : 1;
+  });
 #endif
 }
 
@@ -220,16 +250,7 @@ static void launch_wgmma_layout(const GemmArgs& a, cudaStream_t stream) {
   p.epi = make_epilogue_params(a);
   auto* kernel = gemm_wgmma_kernel<kAKMajor, kBKMajor>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kWgSmemBytes));
-#if defined(LT_CUDA_EMULATED_PTX)
-  const int sms = 2;  // the emulator: two CTAs, so each walks several tiles and the ring wraps across them
-#else
-  static int sms = 0;
-  if (sms == 0) {
-    int dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  }
-#endif
+  const int sms = sm_count();
   const int64_t tiles = (int64_t)((a.M + kWgBM - 1) / kWgBM) * ((a.N + kWgBN - 1) / kWgBN);
   const unsigned grid = (unsigned)(tiles < sms ? tiles : sms);
   kernel<<<grid, kWgThreads, kWgSmemBytes, stream>>>(map_a, map_b, p);

@@ -49,6 +49,10 @@ foreach(arch IN LISTS ARCHS)
         endif()
       elseif(line MATCHES "C7508|setmaxnreg.*ignored|ignor.*setmaxnreg")
         list(APPEND failures "sm_${arch} ${ptx_name}: ptxas ignored setmaxnreg: ${line}")
+      elseif(line MATCHES "wgmma.*serializ|Potential Performance Loss|C7517|C7519|warpgroup\\.(arrive|wait) is injected")
+        # ptxas serialises wgmma when a kernel touches registers of a group still in flight: the
+        # results stay right, the pipelining is gone, and no numeric test can see it.
+        list(APPEND failures "sm_${arch} ${ptx_name}: ptxas serialised wgmma: ${line}")
       elseif(entry AND line MATCHES "Used ([0-9]+) registers")
         message(STATUS "sm_${arch} ${CMAKE_MATCH_1} registers  ${entry}")
         set(entry "")

@@ -69,6 +69,16 @@ TEST_F(DeviceCli, RequiredCudaFailsInOneLine) {
                               " --device cpu --precision bf16");
   EXPECT_EQ(p.code, 2) << p.both();
   EXPECT_NE(p.err.find("fp32"), std::string::npos) << p.err;
+  // The CUDA kernel choices are refused on the CPU, each in one line naming the option.
+  for (const char* opt : {"--gemm mma.sync", "--attention wgmma"}) {
+    const RunResult o = run_cli("train --config " + job.config + " --out " + (job.dir / "run") + " --device cpu " + opt);
+    EXPECT_EQ(o.code, 2) << o.both();
+    EXPECT_EQ(count_lines(o.err), 1) << o.err;
+    EXPECT_NE(o.err.find(std::string(opt).substr(0, std::string(opt).find(' ')) + ": only for --device cuda"),
+              std::string::npos)
+        << o.err;
+  }
+  EXPECT_FALSE(std::filesystem::exists(job.dir / "run/metrics.jsonl"));
 }
 
 TEST_F(DeviceCli, GpuBenchmarksExitOneWithOneLine) {

@@ -52,6 +52,7 @@ struct Case {
   int B = 2, T = 16;
   DType precision = DType::BF16;
   std::string gemm = "mma";
+  std::string attention = "auto";
   // Relative tolerances: the loss; each parameter's gradient (relative L2 over the tensor); the
   // AdamW update (relative L2 of p_after - p_before over all parameters).
   double tol_loss = 1e-2, tol_grad = 5e-2, tol_update = 0.25;
@@ -67,11 +68,12 @@ GPTConfig config(int L, int NH, int C, int V, int ctx) {
   return c;
 }
 
-std::unique_ptr<Backend> cuda_backend(DType precision, const std::string& gemm) {
+std::unique_ptr<Backend> cuda_backend(DType precision, const std::string& gemm, const std::string& attention = "auto") {
   BackendOptions o;
   o.device = Device::CUDA;
   o.precision = precision;
   o.gemm = gemm;
+  o.attention = attention;
   return lt::make_backend(o);
 }
 
@@ -98,8 +100,8 @@ double rel_l2(const float* got, const float* ref, int64_t n, double* worst_abs =
 // One forward + backward + AdamW step on each backend from identical weights and tokens.
 void compare_step(const Case& c) {
   SCOPED_TRACE(c.name);
-  if (c.gemm == "wgmma" && !lt::cuda::gemm_wgmma_available()) {
-    std::printf("[   INFO   ] %s: not run (the wgmma GEMM needs an H100/H200)\n", c.name.c_str());
+  if ((c.gemm == "wgmma" || c.attention == "wgmma") && !lt::cuda::gemm_wgmma_available()) {
+    std::printf("[   INFO   ] %s: not run (the wgmma kernels need an H100/H200)\n", c.name.c_str());
     return;
   }
   const int B = c.B, T = c.T, V = c.cfg.vocab_size;
@@ -118,7 +120,7 @@ void compare_step(const Case& c) {
   const float cpu_norm = cpu_opt.step(1e-3f);
   const std::vector<float> cpu_p1 = cpu_be->to_host_f32(cpu.params());
 
-  auto be = cuda_backend(c.precision, c.gemm);
+  auto be = cuda_backend(c.precision, c.gemm, c.attention);
   ASSERT_EQ(be->device(), Device::CUDA);
   ASSERT_EQ(be->compute_dtype(), c.precision);
   GPT gpu(c.cfg, *be);
@@ -182,6 +184,14 @@ const std::vector<Case> kCases = [] {
   Case wg{"bf16 wgmma hd64", config(2, 2, 128, 300, 128), 3, 97};
   wg.gemm = "wgmma";
   v.push_back(wg);
+  // Off Hopper-by-default: the mma.sync GEMM and attention forced (on a Hopper the cases above
+  // run the wgmma kernels through Auto), and the Hopper attention at head dim 128.
+  Case ms{"bf16 mma.sync gemm and attention hd64", config(2, 2, 128, 300, 128), 3, 97};
+  ms.gemm = ms.attention = "mma.sync";
+  v.push_back(ms);
+  Case wa{"bf16 wgmma gemm and attention hd128", config(1, 2, 256, 256, 160), 2, 130};
+  wa.gemm = wa.attention = "wgmma";
+  v.push_back(wa);
   // fp32 mode: SIMT GEMM and the fallback attention, against the fp32 CPU reference.
   Case f{"fp32 hd64", config(2, 2, 128, 300, 128), 3, 97, DType::F32};
   f.tol_loss = 1e-5, f.tol_grad = 1e-4, f.tol_update = 1e-3;
@@ -200,8 +210,8 @@ const std::vector<Case> kCases = [] {
   std::vector<Case> v;
   v.push_back({"bf16 flash hd64", config(1, 1, 64, 64, 32), 2, 20});
   v.push_back({"bf16 fallback hd32", config(1, 2, 64, 64, 32), 2, 20});
-  Case wg{"bf16 wgmma hd64", config(1, 1, 64, 64, 32), 2, 20};  // the Hopper GEMM behind --gemm wgmma
-  wg.gemm = "wgmma";
+  Case wg{"bf16 wgmma hd64", config(1, 1, 64, 64, 32), 2, 20};  // the Hopper kernels: --gemm/--attention wgmma
+  wg.gemm = wg.attention = "wgmma";
   v.push_back(wg);
   Case f{"fp32 hd64", config(1, 1, 64, 64, 32), 2, 20, DType::F32};
   f.tol_loss = 1e-5, f.tol_grad = 1e-4, f.tol_update = 1e-3;
