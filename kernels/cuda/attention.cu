@@ -490,7 +490,6 @@ constexpr size_t kDkdvSmem = size_t(2 * kBKV + 4 * kDkdvBQ<D>) * D * sizeof(bf16
   std::abort();
 }
 
-static bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 static void check_shapes(int B, int T, int C, int NH) {
   if (B < 1 || T < 1 || NH < 1 || C % NH != 0) attn_fail("bad shape B/T/C/NH, C", C);
@@ -582,7 +581,7 @@ void attention_forward_mma_sync(bf16* out, float* lse, const bf16* qkv, int B, i
                                 cudaStream_t stream) {
   detail::check_shapes(B, T, C, NH);
   // Loads are 16-byte chunks, stores 4-byte pairs: a misaligned view faults only on a device.
-  if (!detail::aligned16(qkv) || !detail::aligned16(out)) detail::attn_fail("qkv/out not 16-byte aligned", 0);
+  if (!aligned16(qkv) || !aligned16(out)) detail::attn_fail("qkv/out not 16-byte aligned", 0);
   detail::AttnParams p = detail::make_params(T, C, NH);
   p.qkv = qkv;
   p.out = out;
@@ -607,7 +606,7 @@ void attention_backward(bf16* dqkv, void* scratch, const bf16* dout, const bf16*
 void attention_backward_mma_sync(bf16* dqkv, void* scratch, const bf16* dout, const bf16* out, const float* lse,
                                  const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
   detail::check_shapes(B, T, C, NH);
-  if (!detail::aligned16(qkv) || !detail::aligned16(dout) || !detail::aligned16(out) || !detail::aligned16(dqkv))
+  if (!aligned16(qkv) || !aligned16(dout) || !aligned16(out) || !aligned16(dqkv))
     detail::attn_fail("qkv/dout/out/dqkv not 16-byte aligned", 0);
   detail::AttnParams p = detail::make_params(T, C, NH);
   p.qkv = qkv;

@@ -293,12 +293,8 @@ template <int D>
 static void forward_hopper_impl(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                                 cudaStream_t stream) {
   using L = HopperAttnLayout<D>;
-  CUtensorMap map;
-  const char* why = nullptr;
-  if (!make_tensor_map_2d(&map, qkv, (uint64_t)B * T, 3 * (uint64_t)C, 3 * (uint64_t)C, kHBQ, 64, &why)) {
-    std::fprintf(stderr, "leasetrain: internal error: attention (wgmma): %s\n", why);
-    std::abort();
-  }
+  const CUtensorMap map =
+      tensor_map_2d_or_abort("attention (wgmma)", qkv, (uint64_t)B * T, 3 * (uint64_t)C, 3 * (uint64_t)C, kHBQ, 64);
   HopperAttnParams p;
   p.out = out;
   p.lse = lse;

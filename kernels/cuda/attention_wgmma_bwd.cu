@@ -404,14 +404,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   std::abort();
 }
 
-static bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-static void tensor_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, uint32_t box_rows) {
-  const char* why = nullptr;
-  if (!make_tensor_map_2d(map, base, (uint64_t)rows, (uint64_t)cols, (uint64_t)cols, box_rows, 64, &why)) {
-    std::fprintf(stderr, "leasetrain: internal error: attention_backward_hopper: %s\n", why);
-    std::abort();
-  }
+// A map over packed rows [rows][cols] in boxes of box_rows x 64.
+static CUtensorMap tensor_map(const void* base, int64_t rows, int64_t cols, uint32_t box_rows) {
+  return tensor_map_2d_or_abort("attention_backward_hopper", base, (uint64_t)rows, (uint64_t)cols, (uint64_t)cols,
+                                box_rows, 64);
 }
 
 template <int D>
@@ -419,11 +416,10 @@ static void backward_hopper_impl(const Params& p, const bf16* qkv, int B, cudaSt
   detail::attention_backward_dot(p.dvec, p.dout, p.o, B, p.T, p.C, p.NH, stream);
 
   const int64_t bt = (int64_t)B * p.T;
-  CUtensorMap qkv_block, qkv_stream, do_block, do_stream;
-  tensor_map(&qkv_block, qkv, bt, 3 * (int64_t)p.C, kBlock);
-  tensor_map(&qkv_stream, qkv, bt, 3 * (int64_t)p.C, kStream);
-  tensor_map(&do_block, p.dout, bt, p.C, kBlock);
-  tensor_map(&do_stream, p.dout, bt, p.C, kStream);
+  const CUtensorMap qkv_block = tensor_map(qkv, bt, 3 * (int64_t)p.C, kBlock);
+  const CUtensorMap qkv_stream = tensor_map(qkv, bt, 3 * (int64_t)p.C, kStream);
+  const CUtensorMap do_block = tensor_map(p.dout, bt, p.C, kBlock);
+  const CUtensorMap do_stream = tensor_map(p.dout, bt, p.C, kStream);
   const dim3 grid((p.T + kBlock - 1) / kBlock, B * p.NH);
   constexpr size_t smem = Smem<D>::kBytes;
 

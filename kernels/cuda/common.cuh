@@ -1,5 +1,5 @@
 // Shared device helpers for the hand-written CUDA kernels.
-// defines: CUDA_CHECK, CUDA_CHECK_LAST, bf16 conversion/packing, gelu math, warp/block
+// defines: CUDA_CHECK, CUDA_CHECK_LAST, aligned16, bf16 conversion/packing, gelu math, warp/block
 //          reductions, and inline-PTX wrappers for cp.async, ldmatrix and mma.sync m16n8k16.
 // Only included from .cu files (device code); the host APIs are in the matching .h files.
 #pragma once
@@ -28,6 +28,10 @@
 namespace lt::cuda {
 
 using bf16 = __nv_bfloat16;
+
+// Host: the 16-byte alignment every tensor-core path needs of its base pointers (16-byte loads,
+// cp.async chunks, TMA tensor maps).
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // ---------------------------------------------------------------------------------------------
 // Scalars

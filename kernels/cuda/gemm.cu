@@ -315,7 +315,6 @@ static GemmArgs resolve(const GemmArgs& in) {
   return a;
 }
 
-static bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 static bool mma_eligible(const GemmArgs& a) {
   if (a.in_type != DataType::BF16) return false;
@@ -410,7 +409,8 @@ GemmPath gemm(const GemmArgs& args, cudaStream_t stream) {
   GemmPath path = a.path;
   // Auto prefers Wgmma on Hopper unless an mma.sync tile was asked for (bench gemm --tiles).
   if (path == GemmPath::Auto && a.tile == GemmTile::Auto && detail::wgmma_auto()) path = GemmPath::Wgmma;
-  if (path == GemmPath::Wgmma && !(detail::wgmma_eligible(a) && detail::wgmma_available())) path = GemmPath::MmaSync;
+  if (path == GemmPath::Wgmma && !(detail::mma_eligible(a) && detail::wgmma_eligible(a) && detail::wgmma_available()))
+    path = GemmPath::MmaSync;
   if (path == GemmPath::Auto || path == GemmPath::MmaSync)
     path = detail::mma_eligible(a) ? GemmPath::MmaSync : GemmPath::Simt;
   if (a.M == 0 || a.N == 0) return path;

@@ -3,7 +3,7 @@
 // with shared-memory matrix descriptors, and register reallocation (setmaxnreg).
 // defines: smem_u32, align1024, mbar_*, fence_proxy_async, fence_mbarrier_init, tma_load_2d,
 //          WgmmaSwizzle, make_smem_desc, wgmma_fence/commit/wait, wgmma_ss, wgmma_rs,
-//          setmaxnreg_inc/dec, TensorMap2d, make_tensor_map_2d (host).
+//          setmaxnreg_inc/dec, make_tensor_map_2d, tensor_map_2d_or_abort (host).
 //
 // Like common.cuh's cp.async/ldmatrix/mma.sync wrappers, every function that is one PTX
 // instruction is defined here only for the GPU (#ifndef LT_CUDA_EMULATED_PTX); the CPU emulator
@@ -177,6 +177,19 @@ inline bool make_tensor_map_2d(CUtensorMap* map, const void* base, uint64_t rows
     return false;
   }
   return true;
+}
+
+// make_tensor_map_2d for the kernels' launchers, where a refused map is a caller bug: one line
+// naming `who` and the driver's reason, then abort (as CUDA_CHECK does).
+inline CUtensorMap tensor_map_2d_or_abort(const char* who, const void* base, uint64_t rows, uint64_t cols,
+                                          uint64_t ld, uint32_t box_rows, uint32_t box_cols) {
+  CUtensorMap map;
+  const char* why = nullptr;
+  if (!make_tensor_map_2d(&map, base, rows, cols, ld, box_rows, box_cols, &why)) {
+    std::fprintf(stderr, "leasetrain: internal error: %s: %s\n", who, why);
+    std::abort();
+  }
+  return map;
 }
 
 }  // namespace lt::cuda
